@@ -1,0 +1,4 @@
+//! deltacast: a live media relay. One program in (RTMP, WHIP); out over WebRTC, LL-HLS and RTMP
+//! fan-out. See docs/ARCHITECTURE.md for the module map and data flow.
+
+pub mod media;

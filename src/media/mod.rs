@@ -1,0 +1,11 @@
+//! The one media model in the middle: streams (named live programs) made of tracks (codec
+//! parameters) carrying frames (shared payloads). Every ingest produces it; every egress reads it.
+
+pub mod codec;
+pub mod frame;
+pub mod stream;
+pub mod track;
+
+pub use frame::{Frame, TrackKind, CLOCK_HZ};
+pub use stream::{Envelope, MediaEvent, PublishError, Publisher, Registry, Stream, StreamState};
+pub use track::{AacParams, Codec, H264Params, OpusParams, TrackSet};
