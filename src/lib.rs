@@ -1,4 +1,5 @@
 //! deltacast: a live media relay. One program in (RTMP, WHIP); out over WebRTC, LL-HLS and RTMP
 //! fan-out. See docs/ARCHITECTURE.md for the module map and data flow.
 
+pub mod config;
 pub mod media;
