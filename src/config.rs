@@ -58,6 +58,8 @@ pub struct HlsConfig {
     pub playlist_max_age_s: u64,
     /// Access-Control-Allow-Origin for HLS responses.
     pub cors_origin: String,
+    /// Core to pin the packager thread to; -1 leaves it to the scheduler.
+    pub packager_core: i64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -110,6 +112,7 @@ impl Default for HlsConfig {
             retain_segments: 4,
             playlist_max_age_s: 1,
             cors_origin: "*".into(),
+            packager_core: -1,
         }
     }
 }

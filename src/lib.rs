@@ -3,3 +3,7 @@
 
 pub mod config;
 pub mod media;
+pub mod affinity;
+pub mod egress;
+pub mod http;
+pub mod metrics;

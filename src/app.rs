@@ -1,0 +1,102 @@
+//! Wiring: builds the registry, starts the engines on their threads and the control-plane runtime,
+//! binds the listeners, and runs until SIGINT/SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::egress::hls::packager;
+use crate::egress::hls::segmenter::SegmenterConfig;
+use crate::egress::hls::store::{HlsStore, StoreConfig};
+use crate::http::{self, AppState};
+use crate::media::Registry;
+use crate::metrics::Metrics;
+
+/// Capacity of the HLS packager's event queue (frames of all streams).
+const HLS_SINK_CAPACITY: usize = 8192;
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    if cfg.open_mode() {
+        tracing::warn!(
+            "no [[streams]] configured: running open, any RTMP key publishes a stream of that name"
+        );
+    }
+    let registry = Registry::new();
+    let metrics = Arc::new(Metrics::default());
+    let store = HlsStore::new(StoreConfig {
+        part_target_secs: cfg.hls.part_target_ms as f64 / 1000.0,
+        segment_target_secs: cfg.hls.segment_target_ms as f64 / 1000.0,
+        window_segments: cfg.hls.window_segments,
+        retain_segments: cfg.hls.retain_segments,
+    });
+    let rx = registry.add_sink("hls", HLS_SINK_CAPACITY);
+    let pin = (cfg.hls.packager_core >= 0).then_some(cfg.hls.packager_core as usize);
+    packager::spawn(
+        rx,
+        store.clone(),
+        SegmenterConfig::from_ms(cfg.hls.part_target_ms, cfg.hls.segment_target_ms),
+        pin,
+        metrics.packager.clone(),
+    )
+    .context("starting the HLS packager thread")?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.server.http_threads.max(1))
+        .thread_name("control")
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+
+    rt.block_on(async move {
+        let http_listener = tokio::net::TcpListener::bind(cfg.server.http_listen)
+            .await
+            .with_context(|| format!("binding HTTP on {}", cfg.server.http_listen))?;
+        let rtmp_listener = tokio::net::TcpListener::bind(cfg.rtmp.listen)
+            .await
+            .with_context(|| format!("binding RTMP on {}", cfg.rtmp.listen))?;
+        tracing::info!(
+            http = %http_listener.local_addr()?,
+            rtmp = %rtmp_listener.local_addr()?,
+            "deltacast listening"
+        );
+        tokio::spawn(crate::ingest::rtmp::serve(
+            rtmp_listener,
+            registry.clone(),
+            cfg.clone(),
+            metrics.clone(),
+        ));
+        if cfg.demo.enabled {
+            tracing::info!(stream = %cfg.demo.name, "publishing the built-in demo program");
+            tokio::spawn(crate::ingest::demo::run(registry.clone(), cfg.demo.name.clone()));
+        }
+        let state = AppState {
+            cfg: cfg.clone(),
+            registry: registry.clone(),
+            hls: store.clone(),
+            metrics: metrics.clone(),
+        };
+        let server = tokio::spawn(http::serve(http_listener, state));
+        tokio::select! {
+            r = server => {
+                r.context("HTTP server task")?.context("HTTP server")?;
+            }
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,381 @@
+//! Sans-IO LL-HLS segmenter for one stream: media events in, fMP4 parts and segment boundaries
+//! out. A part closes before the frame that would take it past the part target, and always before
+//! a video keyframe (so every keyframe starts an independent part); a segment closes at the first
+//! keyframe at or after the segment target. Audio-only streams are cut on audio time.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::cmaf::{self, Sample, TrackFragment, AUDIO_TRACK_ID, VIDEO_TRACK_ID};
+use crate::media::{Frame, MediaEvent, TrackKind, TrackSet, CLOCK_HZ};
+
+/// What the segmenter produces, in order.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A new initialization segment; later parts refer to it.
+    Init { version: u32, data: Bytes },
+    /// A complete part. `segment_start` marks the first part of a new segment.
+    Part(PartOut),
+    /// The segment the last part belongs to is complete.
+    SegmentEnd,
+    /// The publisher left; the current segment (if any) has been closed.
+    Idle,
+    /// The stream was removed.
+    Ended,
+}
+
+#[derive(Clone, Debug)]
+pub struct PartOut {
+    pub data: Bytes,
+    /// Seconds.
+    pub duration: f64,
+    pub independent: bool,
+    pub segment_start: bool,
+    /// The segment this part starts follows a discontinuity (new publisher session / codecs).
+    pub discontinuity: bool,
+    pub init_version: u32,
+    /// Wall clock at ingest of the part's first frame.
+    pub wallclock: SystemTime,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SegmenterConfig {
+    pub part_target: i64,
+    pub segment_target: i64,
+}
+
+impl SegmenterConfig {
+    pub fn from_ms(part_ms: u64, segment_ms: u64) -> Self {
+        Self {
+            part_target: part_ms as i64 * CLOCK_HZ / 1000,
+            segment_target: segment_ms as i64 * CLOCK_HZ / 1000,
+        }
+    }
+}
+
+pub struct Segmenter {
+    cfg: SegmenterConfig,
+    tracks: Option<Arc<TrackSet>>,
+    init: Option<Bytes>,
+    init_version: u32,
+    /// Waiting for a keyframe to start (after start, a discontinuity or an error).
+    need_keyframe: bool,
+    pending_video: Option<Arc<Frame>>,
+    last_video_duration: i64,
+    video: Vec<Sample>,
+    video_base: Option<i64>,
+    video_dur: i64,
+    audio: Vec<Sample>,
+    audio_base: Option<u64>,
+    /// Next audio decode time, in audio samples (sample-accurate, resynced on drift).
+    audio_next: Option<u64>,
+    audio_rate: u32,
+    audio_frame: u32,
+    /// Stream-clock time where the open part and segment started.
+    part_start: Option<i64>,
+    part_wallclock: Option<SystemTime>,
+    part_independent: bool,
+    segment_start: Option<i64>,
+    /// The next part emitted starts a segment.
+    next_starts_segment: bool,
+    next_discontinuity: bool,
+    /// At least one part was emitted in the open segment.
+    segment_open: bool,
+    sequence: u32,
+    errors: u64,
+}
+
+impl Segmenter {
+    pub fn new(cfg: SegmenterConfig) -> Self {
+        Self {
+            cfg,
+            tracks: None,
+            init: None,
+            init_version: 0,
+            need_keyframe: true,
+            pending_video: None,
+            last_video_duration: CLOCK_HZ / 30,
+            video: Vec::new(),
+            video_base: None,
+            video_dur: 0,
+            audio: Vec::new(),
+            audio_base: None,
+            audio_next: None,
+            audio_rate: 48_000,
+            audio_frame: 1024,
+            part_start: None,
+            part_wallclock: None,
+            part_independent: false,
+            segment_start: None,
+            next_starts_segment: true,
+            next_discontinuity: false,
+            segment_open: false,
+            sequence: 0,
+            errors: 0,
+        }
+    }
+
+    /// fMP4 errors seen (a frame or part that could not be written).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    pub fn handle(&mut self, ev: &MediaEvent, out: &mut Vec<Output>) {
+        match ev {
+            MediaEvent::Tracks(t) => self.on_tracks(t.clone(), out),
+            MediaEvent::Frame(f) => self.on_frame(f, out),
+            MediaEvent::Idle => {
+                self.close_all(out);
+                out.push(Output::Idle);
+            }
+            MediaEvent::Ended => {
+                self.close_all(out);
+                out.push(Output::Ended);
+            }
+        }
+    }
+
+    fn has_video(&self) -> bool {
+        self.tracks.as_ref().is_some_and(|t| t.video.is_some())
+    }
+
+    fn on_tracks(&mut self, t: Arc<TrackSet>, out: &mut Vec<Output>) {
+        if self.tracks.as_deref() == Some(&*t) {
+            return;
+        }
+        let first = self.tracks.is_none();
+        self.close_all(out);
+        match cmaf::init_segment(&t) {
+            Ok(init) => {
+                if self.init.as_ref() != Some(&init) {
+                    self.init_version += 1;
+                    self.init = Some(init.clone());
+                    out.push(Output::Init {
+                        version: self.init_version,
+                        data: init,
+                    });
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                tracing::error!(side = "egress", path = "hls", "cannot write init segment: {e}");
+                self.init = None;
+            }
+        }
+        if let Some(crate::media::Codec::Aac(a)) = &t.audio {
+            self.audio_rate = a.sample_rate.max(1);
+            self.audio_frame = a.samples_per_frame();
+        } else if let Some(crate::media::Codec::Opus(o)) = &t.audio {
+            self.audio_rate = o.sample_rate.max(1);
+            self.audio_frame = 960;
+        }
+        self.audio_next = None;
+        self.tracks = Some(t);
+        self.need_keyframe = true;
+        self.next_starts_segment = true;
+        self.next_discontinuity = !first;
+    }
+
+    fn on_frame(&mut self, f: &Arc<Frame>, out: &mut Vec<Output>) {
+        if self.init.is_none() {
+            return;
+        }
+        let has_video = self.has_video();
+        match f.kind {
+            TrackKind::Video => {
+                if !has_video {
+                    return;
+                }
+                if self.need_keyframe {
+                    if !f.keyframe {
+                        return;
+                    }
+                    self.need_keyframe = false;
+                }
+                if let Some(p) = self.pending_video.take() {
+                    let mut d = f.dts - p.dts;
+                    if d <= 0 || d > 10 * CLOCK_HZ {
+                        d = self.last_video_duration;
+                    }
+                    self.last_video_duration = d;
+                    self.add_video(&p, d);
+                    // Close before `f` if it is a keyframe or would overflow the part.
+                    if f.keyframe || self.video_dur + d > self.cfg.part_target {
+                        let seg_len = self.segment_start.map_or(0, |s| f.dts - s);
+                        let end_segment =
+                            f.keyframe && seg_len + d / 2 >= self.cfg.segment_target;
+                        self.emit_part(out);
+                        if end_segment {
+                            self.end_segment(out);
+                        }
+                    }
+                }
+                self.pending_video = Some(f.clone());
+            }
+            TrackKind::Audio => {
+                if has_video && (self.need_keyframe || self.part_start.is_none()) {
+                    // Parts start on video; audio before the first keyframe is dropped.
+                    if self.pending_video.is_none() {
+                        return;
+                    }
+                }
+                self.add_audio(f);
+                if !has_video {
+                    let dur = self.audio_dur_ticks();
+                    let frame = self.audio_frame as i64 * CLOCK_HZ / self.audio_rate as i64;
+                    if dur + frame > self.cfg.part_target {
+                        let seg_len = self.segment_start.map_or(0, |s| f.dts + frame - s);
+                        self.emit_part(out);
+                        if seg_len + frame > self.cfg.segment_target {
+                            self.end_segment(out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn audio_dur_ticks(&self) -> i64 {
+        self.audio.iter().map(|s| s.duration as i64).sum::<i64>() * CLOCK_HZ
+            / self.audio_rate as i64
+    }
+
+    fn mark_part_start(&mut self, dts: i64, wallclock: SystemTime, independent: bool) {
+        if self.part_start.is_none() {
+            self.part_start = Some(dts);
+            self.part_wallclock = Some(wallclock);
+            self.part_independent = independent;
+            if self.next_starts_segment {
+                self.segment_start = Some(dts);
+            }
+        }
+    }
+
+    fn add_video(&mut self, f: &Frame, duration: i64) {
+        self.mark_part_start(f.dts, f.wallclock, f.keyframe);
+        if self.video_base.is_none() {
+            self.video_base = Some(f.dts);
+        }
+        self.video.push(Sample {
+            duration: duration as u32,
+            cts: f.cts().clamp(0, i32::MAX as i64) as i32,
+            keyframe: f.keyframe,
+            data: f.data.clone(),
+        });
+        self.video_dur += duration;
+    }
+
+    fn add_audio(&mut self, f: &Frame) {
+        let rate = self.audio_rate as i64;
+        let actual = (f.dts.max(0) as i128 * rate as i128 / CLOCK_HZ as i128) as u64;
+        let next = match self.audio_next {
+            Some(n) if (n as i64 - actual as i64).abs() <= self.audio_frame as i64 => n,
+            _ => actual,
+        };
+        if !self.has_video() {
+            self.mark_part_start(f.dts, f.wallclock, true);
+        }
+        if self.audio_base.is_none() {
+            self.audio_base = Some(next);
+        } else if let Some(n) = self.audio_next {
+            if n != next {
+                // A gap or overlap in the audio: start a new traf run at the right time.
+                let base = self.audio_base.unwrap();
+                let expected = base + self.audio.iter().map(|s| s.duration as u64).sum::<u64>();
+                if expected != next {
+                    // Keep the run contiguous by stretching the previous sample's duration.
+                    if let Some(last) = self.audio.last_mut() {
+                        let diff = next as i64 - expected as i64;
+                        last.duration = (last.duration as i64 + diff).max(1) as u32;
+                    }
+                }
+            }
+        }
+        self.audio.push(Sample {
+            duration: self.audio_frame,
+            cts: 0,
+            keyframe: true,
+            data: f.data.clone(),
+        });
+        self.audio_next = Some(next + self.audio_frame as u64);
+    }
+
+    fn emit_part(&mut self, out: &mut Vec<Output>) {
+        if self.video.is_empty() && self.audio.is_empty() {
+            return;
+        }
+        let mut trafs = Vec::with_capacity(2);
+        if !self.video.is_empty() {
+            trafs.push(TrackFragment {
+                track_id: VIDEO_TRACK_ID,
+                base_decode_time: self.video_base.unwrap_or(0).max(0) as u64,
+                samples: &self.video,
+            });
+        }
+        if !self.audio.is_empty() {
+            trafs.push(TrackFragment {
+                track_id: AUDIO_TRACK_ID,
+                base_decode_time: self.audio_base.unwrap_or(0),
+                samples: &self.audio,
+            });
+        }
+        self.sequence = self.sequence.wrapping_add(1);
+        let duration = if self.has_video() {
+            self.video_dur as f64 / CLOCK_HZ as f64
+        } else {
+            self.audio_dur_ticks() as f64 / CLOCK_HZ as f64
+        };
+        match cmaf::fragment(self.sequence, &trafs) {
+            Ok(data) => {
+                out.push(Output::Part(PartOut {
+                    data,
+                    duration,
+                    independent: self.part_independent,
+                    segment_start: self.next_starts_segment,
+                    discontinuity: self.next_starts_segment && self.next_discontinuity,
+                    init_version: self.init_version,
+                    wallclock: self.part_wallclock.unwrap_or_else(SystemTime::now),
+                }));
+                if self.next_starts_segment {
+                    self.next_discontinuity = false;
+                }
+                self.next_starts_segment = false;
+                self.segment_open = true;
+            }
+            Err(e) => {
+                self.errors += 1;
+                tracing::error!(side = "egress", path = "hls", "cannot write part: {e}");
+            }
+        }
+        self.video.clear();
+        self.audio.clear();
+        self.video_base = None;
+        self.audio_base = None;
+        self.video_dur = 0;
+        self.part_start = None;
+        self.part_wallclock = None;
+    }
+
+    fn end_segment(&mut self, out: &mut Vec<Output>) {
+        if self.segment_open {
+            out.push(Output::SegmentEnd);
+        }
+        self.segment_open = false;
+        self.next_starts_segment = true;
+        self.segment_start = None;
+    }
+
+    /// Flush everything buffered (publisher left, tracks changed).
+    fn close_all(&mut self, out: &mut Vec<Output>) {
+        if let Some(p) = self.pending_video.take() {
+            let d = self.last_video_duration;
+            self.add_video(&p, d);
+        }
+        self.emit_part(out);
+        self.end_segment(out);
+        self.audio_next = None;
+        self.need_keyframe = true;
+    }
+}

@@ -1,0 +1,3 @@
+//! Egress engines: each reads the media model and delivers one path (LL-HLS today).
+
+pub mod hls;

@@ -1,0 +1,131 @@
+//! The JSON API under /api/v1: stream state for operators and pages; mutating calls need the
+//! admin token (or, with none configured, a loopback peer).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::config::constant_time_eq;
+use crate::media::Stream;
+
+fn stream_json(state: &AppState, s: &Stream) -> Value {
+    let st = s.status();
+    let mut v = serde_json::to_value(&st).unwrap_or_else(|_| json!({}));
+    let hls = state.hls.get(s.name()).map(|hs| {
+        let w = hs.window.read();
+        json!({
+            "live": w.live,
+            "media_sequence": w.media_sequence(),
+            "segments": w.listed_segments(),
+            "target_duration": w.target_duration(),
+            "parts_total": w.parts_total,
+            "window_bytes": w.bytes_held(),
+        })
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "playback".into(),
+            json!({ "hls": format!("/hls/{}/index.m3u8", st.name) }),
+        );
+        m.insert("hls".into(), hls.unwrap_or(Value::Null));
+        m.insert(
+            "viewers".into(),
+            json!({ "webrtc": 0, "hls_blocked_requests": state.metrics.held() }),
+        );
+        m.insert("destinations".into(), json!([]));
+    }
+    v
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let v: Vec<Value> = state
+        .registry
+        .list()
+        .iter()
+        .map(|s| stream_json(&state, s))
+        .collect();
+    Json(Value::Array(v))
+}
+
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.registry.get(&name) {
+        Some(s) => Json(stream_json(&state, &s)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such stream"),
+    }
+}
+
+fn error(code: StatusCode, msg: &str) -> Response {
+    (code, Json(json!({ "error": msg }))).into_response()
+}
+
+/// Mutating calls: the admin token when configured, otherwise loopback only.
+fn authorize(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+    let token = &state.cfg.server.admin_token;
+    if token.is_empty() {
+        if peer.ip().is_loopback() {
+            return Ok(());
+        }
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "no admin_token configured: mutating calls are accepted from loopback only",
+        ));
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong admin token")),
+        None => Err(error(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer …)")),
+    }
+}
+
+/// DELETE /api/v1/streams/{name}/publisher: disconnect the current publisher.
+pub async fn kick(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, peer, &headers) {
+        return r;
+    }
+    match state.registry.get(&name) {
+        Some(s) => {
+            tracing::info!(stream = %name, %peer, "API: publisher disconnect requested");
+            s.kick();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "no such stream"),
+    }
+}
+
+/// DELETE /api/v1/streams/{name}: end a stream that has no publisher.
+pub async fn remove(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&state, peer, &headers) {
+        return r;
+    }
+    match state.registry.get(&name) {
+        Some(s) if s.state() == crate::media::StreamState::Publishing => error(
+            StatusCode::CONFLICT,
+            "stream has a live publisher; disconnect it first",
+        ),
+        Some(_) => {
+            state.registry.remove(&name);
+            tracing::info!(stream = %name, %peer, "API: stream removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "no such stream"),
+    }
+}

@@ -1,0 +1,85 @@
+//! The one HTTP listener (HLS origin, API, metrics, health) on its own small tokio runtime.
+
+pub mod api;
+pub mod hls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use axum::routing::{delete, get};
+use axum::Router;
+
+use crate::config::Config;
+use crate::egress::hls::store::HlsStore;
+use crate::media::Registry;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub hls: Arc<HlsStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+async fn metrics(State(state): State<AppState>) -> Response<Body> {
+    let text = state.metrics.render(&state.registry, &state.hls);
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn preflight(State(state): State<AppState>) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&state.cfg.hls.cors_origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    r
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.cfg.server.max_request_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/streams", get(api::list))
+        .route("/api/v1/streams/{name}", get(api::get).delete(api::remove))
+        .route("/api/v1/streams/{name}/publisher", delete(api::kick))
+        .route(
+            "/hls/{stream}/index.m3u8",
+            get(hls::playlist).options(preflight),
+        )
+        .route(
+            "/hls/{stream}/{gen}/{file}",
+            get(hls::media).options(preflight),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serve until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}

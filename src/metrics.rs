@@ -1,0 +1,146 @@
+//! Process-wide counters updated by the engines, and their Prometheus text rendering
+//! (via `prometheus-client`). Per-stream values are read from the registry and the HLS store at
+//! scrape time rather than duplicated here.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::egress::hls::packager::PackagerStats;
+use crate::egress::hls::store::HlsStore;
+use crate::media::{Registry, StreamState};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub rtmp_connections: AtomicU64,
+    pub rtmp_connections_open: AtomicI64,
+    pub rtmp_rejected: AtomicU64,
+    pub rtmp_errors: AtomicU64,
+    pub hls_bytes: AtomicU64,
+    hls_2xx: AtomicU64,
+    hls_400: AtomicU64,
+    hls_404: AtomicU64,
+    hls_503: AtomicU64,
+    hls_other: AtomicU64,
+    hls_held: AtomicI64,
+    pub packager: Arc<PackagerStats>,
+}
+
+/// Decrements the held-requests gauge when a blocking request ends, however it ends.
+pub struct HoldGuard<'a>(&'a AtomicI64);
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+impl Metrics {
+    pub fn hls_response(&self, s: StatusCode) {
+        let c = match s.as_u16() {
+            200..=299 => &self.hls_2xx,
+            400 => &self.hls_400,
+            404 => &self.hls_404,
+            503 => &self.hls_503,
+            _ => &self.hls_other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hold(&self) -> HoldGuard<'_> {
+        self.hls_held.fetch_add(1, Ordering::Relaxed);
+        HoldGuard(&self.hls_held)
+    }
+
+    pub fn held(&self) -> i64 {
+        self.hls_held.load(Ordering::Relaxed)
+    }
+
+    /// Render everything in the Prometheus text format.
+    pub fn render(&self, registry: &Registry, hls: &HlsStore) -> String {
+        let mut r = PromRegistry::with_prefix("deltacast");
+        let counter = |v: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            c
+        };
+        let gauge = |v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            g
+        };
+        let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        r.register("rtmp_connections", "RTMP connections accepted", counter(ld(&self.rtmp_connections)));
+        r.register("rtmp_connections_open", "RTMP connections open now", gauge(self.rtmp_connections_open.load(Ordering::Relaxed)));
+        r.register("rtmp_rejected", "RTMP connections or publishes refused", counter(ld(&self.rtmp_rejected)));
+        r.register("rtmp_errors", "RTMP connections closed on a protocol error", counter(ld(&self.rtmp_errors)));
+        r.register("hls_sent_bytes", "HLS media bytes served", counter(ld(&self.hls_bytes)));
+        let resp = Family::<Labels, Counter>::default();
+        for (code, v) in [
+            ("2xx", &self.hls_2xx),
+            ("400", &self.hls_400),
+            ("404", &self.hls_404),
+            ("503", &self.hls_503),
+            ("other", &self.hls_other),
+        ] {
+            resp.get_or_create(&vec![("code".into(), code.into())]).inc_by(ld(v));
+        }
+        r.register("hls_responses", "HLS responses by status", resp);
+        r.register("hls_blocked_requests", "Blocking playlist/part requests held now", gauge(self.held()));
+        r.register("hls_packager_events", "Media events processed by the packager", counter(ld(&self.packager.events)));
+        r.register("hls_mux_errors", "Parts or inits that could not be written", counter(ld(&self.packager.mux_errors)));
+
+        let state = Family::<Labels, Gauge>::default();
+        let bytes_in = Family::<Labels, Counter>::default();
+        let frames_in = Family::<Labels, Counter>::default();
+        let bitrate = Family::<Labels, Gauge>::default();
+        for s in registry.list() {
+            let st = s.status();
+            for (name, val) in [("publishing", StreamState::Publishing), ("idle", StreamState::Idle)] {
+                state
+                    .get_or_create(&vec![("stream".into(), st.name.clone()), ("state".into(), name.into())])
+                    .set((st.state == val) as i64);
+            }
+            let l = vec![("stream".to_string(), st.name.clone())];
+            bytes_in.get_or_create(&l).inc_by(st.bytes_in);
+            frames_in.get_or_create(&l).inc_by(st.frames_in);
+            bitrate.get_or_create(&l).set(st.bitrate_bps as i64);
+        }
+        r.register("stream_state", "1 for the stream's current state", state);
+        r.register("ingest_bytes", "Media payload bytes received", bytes_in);
+        r.register("ingest_frames", "Frames received", frames_in);
+        r.register("ingest_bitrate_bps", "Ingest bitrate over the last second", bitrate);
+
+        let parts = Family::<Labels, Counter>::default();
+        let segs = Family::<Labels, Counter>::default();
+        let held = Family::<Labels, Gauge>::default();
+        for hs in hls.list() {
+            let w = hs.window.read();
+            let l = vec![("stream".to_string(), hs.name.to_string())];
+            parts.get_or_create(&l).inc_by(w.parts_total);
+            segs.get_or_create(&l).inc_by(w.segments_total);
+            held.get_or_create(&l).set(w.bytes_held() as i64);
+        }
+        r.register("hls_parts", "LL-HLS parts produced", parts);
+        r.register("hls_segments", "HLS segments completed", segs);
+        r.register("hls_window_bytes", "Bytes held in the HLS window", held);
+
+        let dropped = Family::<Labels, Counter>::default();
+        for (sink, n) in registry.dropped_by_sink() {
+            dropped.get_or_create(&vec![("egress".into(), sink.into())]).inc_by(n);
+        }
+        r.register("egress_dropped_frames", "Frames an egress lost because it was behind", dropped);
+
+        let mut out = String::new();
+        encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+}
