@@ -16,8 +16,13 @@ use crate::media::Stream;
 fn stream_json(state: &AppState, s: &Stream) -> Value {
     let st = s.status();
     let mut v = serde_json::to_value(&st).unwrap_or_else(|_| json!({}));
+    let mut hls_viewers = 0;
     let hls = state.hls.get(s.name()).map(|hs| {
         let w = hs.window.read();
+        hls_viewers = hs.recent_clients(
+            std::time::Instant::now(),
+            std::time::Duration::from_secs(3 * w.target_duration()),
+        );
         json!({
             "live": w.live,
             "media_sequence": w.media_sequence(),
@@ -35,7 +40,7 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
         m.insert("hls".into(), hls.unwrap_or(Value::Null));
         m.insert(
             "viewers".into(),
-            json!({ "webrtc": 0, "hls_blocked_requests": state.metrics.held() }),
+            json!({ "hls": hls_viewers, "webrtc": 0, "rtmp_destinations": 0 }),
         );
         m.insert("destinations".into(), json!([]));
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::AppState;
@@ -79,6 +79,7 @@ fn parse_directives(q: Option<&str>) -> Result<Directives, &'static str> {
 
 pub async fn playlist(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(stream): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response<Body> {
@@ -93,6 +94,7 @@ pub async fn playlist(
             plain(&state, StatusCode::NOT_FOUND, "no such stream")
         };
     };
+    hs.saw_client(peer.ip(), std::time::Instant::now());
     let mut rx = hs.subscribe();
     let (hold, target) = {
         let w = hs.window.read();

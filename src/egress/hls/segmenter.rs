@@ -379,3 +379,119 @@ impl Segmenter {
         self.need_keyframe = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{AacParams, Codec, H264Params};
+    use bytes::Bytes;
+
+    fn tracks(session: u64, video: bool) -> Arc<TrackSet> {
+        let sps = Bytes::from_static(&[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8]);
+        let pps = Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80]);
+        Arc::new(TrackSet {
+            session,
+            video: video.then(|| {
+                Codec::H264(H264Params {
+                    avcc: Bytes::new(),
+                    sps: vec![sps],
+                    pps: vec![pps],
+                    profile_idc: 0x42,
+                    constraint_flags: 0xc0,
+                    level_idc: 0x1e,
+                    width: 320,
+                    height: 240,
+                    nalu_length_size: 4,
+                })
+            }),
+            audio: Some(Codec::Aac(AacParams {
+                asc: Bytes::from_static(&[0x11, 0x90]),
+                object_type: 2,
+                sample_rate: 48_000,
+                channels: 2,
+            })),
+        })
+    }
+
+    fn frame(kind: TrackKind, dts: i64, key: bool) -> MediaEvent {
+        MediaEvent::Frame(Arc::new(Frame {
+            kind,
+            dts,
+            pts: dts,
+            keyframe: key,
+            data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+            wallclock: SystemTime::now(),
+        }))
+    }
+
+    /// 30 fps video with a 1 s GOP and 48 kHz AAC, interleaved by time.
+    fn feed_av(s: &mut Segmenter, out: &mut Vec<Output>, secs: i64, start: i64) {
+        let mut a = 0i64;
+        for i in 0..secs * 30 {
+            let vdts = start + i * 3000;
+            while start + a * 1920 <= vdts {
+                s.handle(&frame(TrackKind::Audio, start + a * 1920, true), out);
+                a += 1;
+            }
+            s.handle(&frame(TrackKind::Video, vdts, i % 30 == 0), out);
+        }
+    }
+
+    #[test]
+    fn parts_respect_target_and_segments_cut_on_keyframes() {
+        let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
+        let mut out = Vec::new();
+        s.handle(&MediaEvent::Tracks(tracks(1, true)), &mut out);
+        feed_av(&mut s, &mut out, 7, 0);
+        assert!(matches!(out[0], Output::Init { version: 1, .. }));
+        let parts: Vec<&PartOut> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Part(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert!(parts.iter().all(|p| p.duration <= 0.2 + 1e-9), "part over target");
+        assert!(parts.iter().all(|p| (p.duration - 0.2).abs() < 1e-6), "30 fps: 6 frames a part");
+        // A segment starts only on an independent part, every 2 s (60 frames = 10 parts).
+        let starts: Vec<usize> = parts.iter().enumerate().filter(|(_, p)| p.segment_start).map(|(i, _)| i).collect();
+        assert_eq!(starts, vec![0, 10, 20, 30]);
+        assert!(starts.iter().all(|&i| parts[i].independent));
+        assert_eq!(out.iter().filter(|o| matches!(o, Output::SegmentEnd)).count(), 3);
+        assert_eq!(s.errors(), 0);
+    }
+
+    #[test]
+    fn new_session_flushes_and_marks_discontinuity() {
+        let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
+        let mut out = Vec::new();
+        s.handle(&MediaEvent::Tracks(tracks(1, true)), &mut out);
+        feed_av(&mut s, &mut out, 3, 0);
+        s.handle(&MediaEvent::Idle, &mut out);
+        let n = out.len();
+        s.handle(&MediaEvent::Tracks(tracks(2, true)), &mut out);
+        // Audio before the first keyframe of the new session is dropped; video starts on a key.
+        s.handle(&frame(TrackKind::Audio, 900_000, true), &mut out);
+        feed_av(&mut s, &mut out, 1, 900_000);
+        let first_new = out[n..].iter().find_map(|o| match o {
+            Output::Part(p) => Some(p),
+            _ => None,
+        });
+        let p = first_new.expect("parts after resume");
+        assert!(p.segment_start && p.discontinuity && p.independent);
+    }
+
+    #[test]
+    fn audio_only_stream_makes_parts() {
+        let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
+        let mut out = Vec::new();
+        s.handle(&MediaEvent::Tracks(tracks(1, false)), &mut out);
+        for a in 0..500 {
+            s.handle(&frame(TrackKind::Audio, a * 1920, true), &mut out);
+        }
+        let parts = out.iter().filter(|o| matches!(o, Output::Part(_))).count();
+        let segs = out.iter().filter(|o| matches!(o, Output::SegmentEnd)).count();
+        assert!(parts >= 45, "{parts}");
+        assert!(segs >= 4, "{segs}");
+    }
+}

@@ -444,9 +444,34 @@ pub struct HlsStream {
     pub name: Arc<str>,
     pub window: RwLock<Window>,
     version: watch::Sender<u64>,
+    /// Playlist clients seen recently, by address (an estimate: behind a CDN it counts edges).
+    clients: parking_lot::Mutex<HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
+/// Most client addresses remembered per stream for the viewer estimate.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
+
 impl HlsStream {
+    /// Note a playlist request from `ip` (for the viewers-by-path estimate).
+    pub fn saw_client(&self, ip: std::net::IpAddr, now: std::time::Instant) {
+        let mut c = self.clients.lock();
+        if c.len() >= MAX_TRACKED_CLIENTS && !c.contains_key(&ip) {
+            let horizon = std::time::Duration::from_secs(10);
+            c.retain(|_, t| now.duration_since(*t) < horizon);
+            if c.len() >= MAX_TRACKED_CLIENTS {
+                return;
+            }
+        }
+        c.insert(ip, now);
+    }
+
+    /// Distinct client addresses that fetched a playlist in the last `within`.
+    pub fn recent_clients(&self, now: std::time::Instant, within: std::time::Duration) -> usize {
+        let mut c = self.clients.lock();
+        c.retain(|_, t| now.duration_since(*t) < within);
+        c.len()
+    }
+
     /// Subscribe to window changes. Subscribe before checking the window to never miss a wake-up.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
@@ -519,6 +544,7 @@ impl HlsStore {
                     name: name.clone(),
                     window: RwLock::new(Window::new(self.cfg, self.gen.clone())),
                     version: watch::channel(0).0,
+                    clients: parking_lot::Mutex::new(HashMap::new()),
                 })
             })
             .clone()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# HLS origin load: wrk against a cached part (keep-alive), then the blocking-reload hold test.
+# Starts its own relay with the built-in demo on loopback, and stops it at the end.
+# usage: loadtest/bench-hls.sh [wrk-seconds] [held-clients]
+set -euo pipefail
+secs=${1:-10}
+held=${2:-1000}
+cd "$(dirname "$0")/.."
+cargo build --release --bin deltacast --bin deltacast-loadtest >/dev/null
+http=127.0.0.1:18080
+ulimit -n 65536 || true
+# Pin the relay to core 0 and the load generators to core 1, so they do not share a core.
+taskset -c 0 target/release/deltacast serve --demo --http $http --rtmp 127.0.0.1:11935 \
+  2>/tmp/deltacast-bench.log &
+relay=$!
+trap 'kill $relay 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -sf "http://$http/hls/demo/index.m3u8" >/dev/null && break; sleep 0.2; done
+sleep 3
+part=$(curl -sf "http://$http/hls/demo/index.m3u8" | grep -o 'URI="[^"]*part[^"]*"' | grep -v PRELOAD | head -1 | cut -d'"' -f2)
+echo "part under test: $part ($(curl -sf "http://$http/hls/demo/$part" | wc -c) bytes)"
+echo "== wrk: cached part, 1 thread, 64 keep-alive connections, ${secs}s (relay pinned to 1 core)"
+taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://$http/hls/demo/$part"
+echo "== wrk: playlist (non-blocking), 1 thread, 64 connections, ${secs}s"
+taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://$http/hls/demo/index.m3u8"
+echo "== blocking reload: $held held requests for the next part, 20 s"
+taskset -c 1 target/release/deltacast-loadtest $http /hls/demo/index.m3u8 --clients "$held" --secs 20
+echo "== relay RSS: $(grep VmRSS /proc/$relay/status)"
