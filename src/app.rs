@@ -25,8 +25,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::default());
+    let seg_cfg = SegmenterConfig::from_ms(cfg.hls.part_target_ms, cfg.hls.segment_target_ms);
     let store = HlsStore::new(StoreConfig {
-        part_target_secs: cfg.hls.part_target_ms as f64 / 1000.0,
+        part_target_secs: seg_cfg.part_target_secs(),
         segment_target_secs: cfg.hls.segment_target_ms as f64 / 1000.0,
         window_segments: cfg.hls.window_segments,
         retain_segments: cfg.hls.retain_segments,
@@ -36,7 +37,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     packager::spawn(
         rx,
         store.clone(),
-        SegmenterConfig::from_ms(cfg.hls.part_target_ms, cfg.hls.segment_target_ms),
+        seg_cfg,
         pin,
         metrics.packager.clone(),
     )

@@ -15,6 +15,9 @@ pub struct Config {
     pub demo: DemoConfig,
     /// Stream name ↔ publish keys. Empty: the server runs open (key = name).
     pub streams: Vec<StreamConfig>,
+    /// RTMP/RTMPS push destinations (`[[destinations]]`), each naming the stream it carries.
+    /// More can be added at run time through the API.
+    pub destinations: Vec<DestinationConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -80,6 +83,29 @@ pub struct StreamConfig {
     pub keys: Vec<String>,
 }
 
+/// One RTMP push destination of a stream.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The stream (public name) to push. It need not be live yet.
+    pub stream: String,
+    /// Unique within the stream (API paths use it); derived from the URL's host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `rtmp://host[:port]/app/key` or `rtmps://…` (the key is a secret: never shown in full).
+    pub url: String,
+    /// Verify the RTMPS server's certificate (turn off only for self-signed test peers).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// Give up after this many consecutive failures (state `failed`); absent: retry forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -134,6 +160,7 @@ impl Default for Config {
             hls: HlsConfig::default(),
             demo: DemoConfig::default(),
             streams: Vec::new(),
+            destinations: Vec::new(),
         }
     }
 }
@@ -193,6 +220,19 @@ impl Config {
                 }
                 if !keys.insert(k) {
                     return Err(format!("config: streams.{}: key used twice", s.name));
+                }
+            }
+        }
+        let mut dest_ids = std::collections::HashSet::new();
+        for d in &self.destinations {
+            crate::egress::push::validate(&d.stream, &d.into())
+                .map_err(|e| format!("config: destinations (stream '{}'): {e}", d.stream))?;
+            if let Some(id) = &d.id {
+                if !dest_ids.insert((d.stream.as_str(), id.as_str())) {
+                    return Err(format!(
+                        "config: destinations: stream '{}' has two destinations with id '{id}'",
+                        d.stream
+                    ));
                 }
             }
         }
@@ -256,6 +296,30 @@ mod tests {
         assert_eq!(c.lookup_key(&"k".repeat(300)), KeyLookup::Unknown);
         let open = Config::default();
         assert_eq!(open.lookup_key("anything"), KeyLookup::Open);
+    }
+
+    #[test]
+    fn destinations_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "[[destinations]]\nstream = \"show\"\nid = \"yt\"\nurl = \"rtmp://h/live2/k\"\n\n\
+             [[destinations]]\nstream = \"show\"\nurl = \"rtmps://h/app/k\"\ntls_verify = false\nmax_retries = 3\n",
+        )
+        .unwrap();
+        assert!(c.open_mode(), "destinations do not configure streams");
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.destinations[0].id.as_deref(), Some("yt"));
+        assert!(c.destinations[0].tls_verify);
+        assert!(!c.destinations[1].tls_verify);
+        assert_eq!(c.destinations[1].max_retries, Some(3));
+        for bad in [
+            "[[destinations]]\nstream = \"show\"\nurl = \"http://h/a/k\"\n",
+            "[[destinations]]\nstream = \"a b\"\nurl = \"rtmp://h/a/k\"\n",
+            "[[destinations]]\nstream = \"s\"\nurl = \"rtmp://h/a/k\"\nbogus = 1\n",
+            "[[destinations]]\nstream = \"s\"\nid = \"x\"\nurl = \"rtmp://h/a/k\"\n\
+             [[destinations]]\nstream = \"s\"\nid = \"x\"\nurl = \"rtmp://h/a/k2\"\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! deltacast: a live media relay. One program in (RTMP, WHIP); out over WebRTC, LL-HLS and RTMP
 //! fan-out. See docs/ARCHITECTURE.md for the module map and data flow.
 
-pub mod config;
-pub mod media;
 pub mod affinity;
+pub mod app;
+pub mod config;
 pub mod egress;
 pub mod http;
+pub mod ingest;
+pub mod media;
 pub mod metrics;

@@ -42,16 +42,25 @@ pub struct PartOut {
 
 #[derive(Clone, Copy, Debug)]
 pub struct SegmenterConfig {
+    /// The longest a part may be, in ticks: the configured target plus a small tolerance,
+    /// because RTMP's millisecond timestamps make 30 fps frames 33 or 34 ms long and six of
+    /// them may add up to 201 ms. This is what the playlist advertises as PART-TARGET.
     pub part_target: i64,
     pub segment_target: i64,
 }
 
 impl SegmenterConfig {
     pub fn from_ms(part_ms: u64, segment_ms: u64) -> Self {
+        let tolerance_ms = (part_ms / 50).max(2);
         Self {
-            part_target: part_ms as i64 * CLOCK_HZ / 1000,
+            part_target: (part_ms + tolerance_ms) as i64 * CLOCK_HZ / 1000,
             segment_target: segment_ms as i64 * CLOCK_HZ / 1000,
         }
+    }
+
+    /// PART-TARGET as written in the playlist, in seconds.
+    pub fn part_target_secs(&self) -> f64 {
+        self.part_target as f64 / CLOCK_HZ as f64
     }
 }
 
@@ -451,7 +460,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(parts.iter().all(|p| p.duration <= 0.2 + 1e-9), "part over target");
+        let target = SegmenterConfig::from_ms(200, 2000).part_target_secs();
+        assert!((target - 0.204).abs() < 1e-9);
+        assert!(parts.iter().all(|p| p.duration <= target + 1e-9), "part over target");
         assert!(parts.iter().all(|p| (p.duration - 0.2).abs() < 1e-6), "30 fps: 6 frames a part");
         // A segment starts only on an independent part, every 2 s (60 frames = 10 parts).
         let starts: Vec<usize> = parts.iter().enumerate().filter(|(_, p)| p.segment_start).map(|(i, _)| i).collect();
