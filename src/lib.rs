@@ -5,6 +5,8 @@ pub mod affinity;
 pub mod app;
 pub mod config;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod media;

@@ -77,6 +77,12 @@ fn parse_directives(q: Option<&str>) -> Result<Directives, &'static str> {
     Ok(d)
 }
 
+/// Fuzzing hook for the delivery-directive parser.
+#[doc(hidden)]
+pub fn parse_query_for_fuzz(q: &str) -> bool {
+    parse_directives(Some(q)).is_ok()
+}
+
 pub async fn playlist(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,

@@ -1339,3 +1339,37 @@ mod tests {
         );
     }
 }
+
+/// Fuzzing entry point: run post-handshake bytes through the input guard and an RTMP server
+/// session exactly as a connection does (no socket). The first byte picks how the rest is split
+/// into reads. Must never panic or abort.
+#[doc(hidden)]
+pub fn fuzz_session_input(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let step = (split as usize % 64) + 1;
+    let mut guard = InputGuard::default();
+    let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
+        return;
+    };
+    for chunk in rest.chunks(step) {
+        if guard.check(chunk).is_err() {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| session.handle_input(chunk))) {
+            Ok(Ok(results)) => {
+                for r in results {
+                    if let ServerSessionResult::RaisedEvent(ServerSessionEvent::PublishStreamRequested {
+                        request_id,
+                        ..
+                    }) = r
+                    {
+                        let _ = session.accept_request(request_id);
+                    }
+                }
+            }
+            _ => return,
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub struct Frame {
     pub pts: i64,
     /// Video: an IDR / random access point. Audio: always true.
     pub keyframe: bool,
-    /// H.264: AVCC (4-byte length-prefixed NAL units, no parameter-set-only frames).
+    /// H.264: AVCC (NAL units prefixed by `H264Params::nalu_length_size` bytes, as received).
     /// AAC: one raw access unit (no ADTS header). Opus: one packet.
     pub data: Bytes,
     /// Wall clock when the frame reached the ingest (drives PROGRAM-DATE-TIME).

@@ -19,7 +19,7 @@ pub struct H264Params {
     pub level_idc: u8,
     pub width: u32,
     pub height: u32,
-    /// Length of the NALU length prefix in frames (1, 2 or 4); egress normalizes on 4.
+    /// Length of the NALU length prefix in frames (1, 2 or 4); frames keep it as received.
     pub nalu_length_size: u8,
 }
 
