@@ -25,3 +25,5 @@ taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://$http/hls/demo/index.m3
 echo "== blocking reload: $held held requests for the next part, 20 s"
 taskset -c 1 target/release/deltacast-loadtest $http /hls/demo/index.m3u8 --clients "$held" --secs 20
 echo "== relay RSS: $(grep VmRSS /proc/$relay/status)"
+echo "== server-side: part landed → held request answered (histogram, seconds)"
+curl -sf "http://$http/metrics" | grep '^deltacast_hls_block_release_seconds'

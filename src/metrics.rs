@@ -10,13 +10,14 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
 
 use crate::egress::hls::packager::PackagerStats;
 use crate::egress::hls::store::HlsStore;
+use crate::egress::push::PushEngine;
 use crate::media::{Registry, StreamState};
 
-#[derive(Default)]
 pub struct Metrics {
     pub rtmp_connections: AtomicU64,
     pub rtmp_connections_open: AtomicI64,
@@ -30,6 +31,30 @@ pub struct Metrics {
     hls_other: AtomicU64,
     hls_held: AtomicI64,
     pub packager: Arc<PackagerStats>,
+    /// Seconds from a part landing in the window to a held playlist request being answered.
+    block_release: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            rtmp_connections: AtomicU64::new(0),
+            rtmp_connections_open: AtomicI64::new(0),
+            rtmp_rejected: AtomicU64::new(0),
+            rtmp_errors: AtomicU64::new(0),
+            hls_bytes: AtomicU64::new(0),
+            hls_2xx: AtomicU64::new(0),
+            hls_400: AtomicU64::new(0),
+            hls_404: AtomicU64::new(0),
+            hls_503: AtomicU64::new(0),
+            hls_other: AtomicU64::new(0),
+            hls_held: AtomicI64::new(0),
+            packager: Arc::default(),
+            block_release: Histogram::new(
+                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter(),
+            ),
+        }
+    }
 }
 
 /// Decrements the held-requests gauge when a blocking request ends, however it ends.
@@ -60,12 +85,16 @@ impl Metrics {
         HoldGuard(&self.hls_held)
     }
 
+    pub fn block_release(&self, d: std::time::Duration) {
+        self.block_release.observe(d.as_secs_f64());
+    }
+
     pub fn held(&self) -> i64 {
         self.hls_held.load(Ordering::Relaxed)
     }
 
     /// Render everything in the Prometheus text format.
-    pub fn render(&self, registry: &Registry, hls: &HlsStore) -> String {
+    pub fn render(&self, registry: &Registry, hls: &HlsStore, push: &PushEngine) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
         let counter = |v: u64| {
             let c: Counter = Counter::default();
@@ -95,6 +124,11 @@ impl Metrics {
         }
         r.register("hls_responses", "HLS responses by status", resp);
         r.register("hls_blocked_requests", "Blocking playlist/part requests held now", gauge(self.held()));
+        r.register(
+            "hls_block_release_seconds",
+            "Time from a part landing to a held playlist request being answered",
+            self.block_release.clone(),
+        );
         r.register("hls_packager_events", "Media events processed by the packager", counter(ld(&self.packager.events)));
         r.register("hls_mux_errors", "Parts or inits that could not be written", counter(ld(&self.packager.mux_errors)));
 
@@ -138,6 +172,8 @@ impl Metrics {
             dropped.get_or_create(&vec![("egress".into(), sink.into())]).inc_by(n);
         }
         r.register("egress_dropped_frames", "Frames an egress lost because it was behind", dropped);
+
+        push.encode_metrics(&mut r);
 
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -108,6 +108,7 @@ pub async fn playlist(
     };
     let deadline = tokio::time::Instant::now() + hold;
     let _held = d.msn.map(|_| state.metrics.hold());
+    let mut waited = false;
     loop {
         {
             let w = hs.window.read();
@@ -125,6 +126,10 @@ pub async fn playlist(
                 match ready {
                     Readiness::Ready => {
                         let body = w.playlist(d.skip);
+                        if waited {
+                            // Time from the part landing in the window to this answer.
+                            state.metrics.block_release(w.updated_at.elapsed());
+                        }
                         drop(w);
                         state.metrics.hls_response(StatusCode::OK);
                         let mut r = Response::new(Body::from(body));
@@ -148,6 +153,7 @@ pub async fn playlist(
                 }
             }
         }
+        waited = true;
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return plain(&state, StatusCode::NOT_FOUND, "stream removed"),

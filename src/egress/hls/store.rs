@@ -123,6 +123,8 @@ pub struct Window {
     playlist_skip: Bytes,
     pub parts_total: u64,
     pub segments_total: u64,
+    /// When the packager last changed this window (what a released blocking request waited for).
+    pub updated_at: std::time::Instant,
 }
 
 impl Window {
@@ -144,6 +146,7 @@ impl Window {
             playlist_skip: Bytes::new(),
             parts_total: 0,
             segments_total: 0,
+            updated_at: std::time::Instant::now(),
         };
         w.render();
         w
@@ -488,6 +491,7 @@ impl HlsStream {
                 w.apply(o);
             }
             w.render();
+            w.updated_at = std::time::Instant::now();
         }
         self.version.send_modify(|v| *v += 1);
     }
