@@ -16,7 +16,29 @@ use crate::metrics::Metrics;
 /// Capacity of the HLS packager's event queue (frames of all streams).
 const HLS_SINK_CAPACITY: usize = 8192;
 
+/// Raise the soft open-files limit to the hard limit: every viewer and held request is a socket.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let want = r.rlim_max;
+            r.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!("could not raise the open-files limit");
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            tracing::info!(limit = r.rlim_cur, "open-files limit");
+        }
+    }
+}
+
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let cfg = Arc::new(cfg);
     if cfg.open_mode() {
         tracing::warn!(
@@ -42,6 +64,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.packager.clone(),
     )
     .context("starting the HLS packager thread")?;
+
+    let push = crate::egress::push::PushEngine::start(
+        registry.clone(),
+        &cfg.destinations,
+        crate::egress::push::PushOptions::default(),
+    )
+    .context("starting the RTMP push engine")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.server.http_threads.max(1))
@@ -77,6 +106,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             registry: registry.clone(),
             hls: store.clone(),
             metrics: metrics.clone(),
+            push: push.clone(),
         };
         let server = tokio::spawn(http::serve(http_listener, state));
         tokio::select! {
