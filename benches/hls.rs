@@ -16,7 +16,9 @@ fn tracks() -> Arc<TrackSet> {
         session: 1,
         video: Some(Codec::H264(H264Params {
             avcc: Bytes::new(),
-            sps: vec![Bytes::from_static(&[0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8])],
+            sps: vec![Bytes::from_static(&[
+                0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8,
+            ])],
             pps: vec![Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80])],
             profile_idc: 0x42,
             constraint_flags: 0xc0,

@@ -30,12 +30,17 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let len: usize = head
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
@@ -148,7 +153,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: {} HOST:PORT /hls/STREAM/index.m3u8 [--clients N] [--secs S]", args[0]);
+        eprintln!(
+            "usage: {} HOST:PORT /hls/STREAM/index.m3u8 [--clients N] [--secs S]",
+            args[0]
+        );
         std::process::exit(2);
     }
     let addr = args[1].clone();
@@ -170,7 +178,12 @@ async fn main() {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        tasks.push(tokio::spawn(client(addr.clone(), path.clone(), until, shared.clone())));
+        tasks.push(tokio::spawn(client(
+            addr.clone(),
+            path.clone(),
+            until,
+            shared.clone(),
+        )));
     }
     for t in tasks {
         let _ = t.await;
@@ -184,9 +197,17 @@ async fn main() {
         }
         full_rounds += 1;
         let first = *times.iter().min().unwrap();
-        spreads.extend(times.iter().map(|t| t.duration_since(first).as_secs_f64() * 1000.0));
+        spreads.extend(
+            times
+                .iter()
+                .map(|t| t.duration_since(first).as_secs_f64() * 1000.0),
+        );
     }
-    println!("clients={clients} secs={secs} rounds={full_rounds} responses={} errors={}", spreads.len(), g.errors);
+    println!(
+        "clients={clients} secs={secs} rounds={full_rounds} responses={} errors={}",
+        spreads.len(),
+        g.errors
+    );
     println!("status={:?}", g.status);
     println!(
         "wake spread after first response (ms): p50={:.2} p99={:.2} max={:.2}",

@@ -56,14 +56,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let rx = registry.add_sink("hls", HLS_SINK_CAPACITY);
     let pin = (cfg.hls.packager_core >= 0).then_some(cfg.hls.packager_core as usize);
-    packager::spawn(
-        rx,
-        store.clone(),
-        seg_cfg,
-        pin,
-        metrics.packager.clone(),
-    )
-    .context("starting the HLS packager thread")?;
+    packager::spawn(rx, store.clone(), seg_cfg, pin, metrics.packager.clone())
+        .context("starting the HLS packager thread")?;
 
     let push = crate::egress::push::PushEngine::start(
         registry.clone(),
@@ -99,7 +93,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ));
         if cfg.demo.enabled {
             tracing::info!(stream = %cfg.demo.name, "publishing the built-in demo program");
-            tokio::spawn(crate::ingest::demo::run(registry.clone(), cfg.demo.name.clone()));
+            tokio::spawn(crate::ingest::demo::run(
+                registry.clone(),
+                cfg.demo.name.clone(),
+            ));
         }
         let state = AppState {
             cfg: cfg.clone(),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -152,19 +152,6 @@ impl Default for DemoConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            rtmp: RtmpConfig::default(),
-            hls: HlsConfig::default(),
-            demo: DemoConfig::default(),
-            streams: Vec::new(),
-            destinations: Vec::new(),
-        }
-    }
-}
-
 /// What a publish key resolves to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyLookup<'a> {
@@ -253,7 +240,10 @@ impl Config {
             return KeyLookup::Open;
         }
         for s in &self.streams {
-            if s.keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) {
+            if s.keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
+            {
                 return KeyLookup::Stream(&s.name);
             }
         }
@@ -287,10 +277,8 @@ mod tests {
 
     #[test]
     fn keys_map_to_names() {
-        let c = Config::from_toml(
-            "[[streams]]\nname = \"town-hall\"\nkeys = [\"s3cret\"]\n",
-        )
-        .unwrap();
+        let c =
+            Config::from_toml("[[streams]]\nname = \"town-hall\"\nkeys = [\"s3cret\"]\n").unwrap();
         assert_eq!(c.lookup_key("s3cret"), KeyLookup::Stream("town-hall"));
         assert_eq!(c.lookup_key("town-hall"), KeyLookup::Unknown);
         assert_eq!(c.lookup_key(&"k".repeat(300)), KeyLookup::Unknown);

@@ -8,7 +8,9 @@ pub fn flv_tags(data: &[u8]) {
     let mut d = crate::ingest::flv::FlvDemuxer::new();
     let mut ts = 0i64;
     for body in data.split(|&b| b == 0xF7) {
-        let Some((&sel, body)) = body.split_first() else { continue };
+        let Some((&sel, body)) = body.split_first() else {
+            continue;
+        };
         ts += (sel as i64) * 7;
         let body = Bytes::copy_from_slice(body);
         if sel & 1 == 0 {

@@ -10,7 +10,11 @@ use deltacast::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "deltacast", version, about = "Live media relay: RTMP in; LL-HLS (and more) out")]
+#[command(
+    name = "deltacast",
+    version,
+    about = "Live media relay: RTMP in; LL-HLS (and more) out"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -50,9 +50,9 @@ impl Default for Metrics {
             hls_other: AtomicU64::new(0),
             hls_held: AtomicI64::new(0),
             packager: Arc::default(),
-            block_release: Histogram::new(
-                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter(),
-            ),
+            block_release: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
         }
     }
 }
@@ -107,11 +107,31 @@ impl Metrics {
             g
         };
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        r.register("rtmp_connections", "RTMP connections accepted", counter(ld(&self.rtmp_connections)));
-        r.register("rtmp_connections_open", "RTMP connections open now", gauge(self.rtmp_connections_open.load(Ordering::Relaxed)));
-        r.register("rtmp_rejected", "RTMP connections or publishes refused", counter(ld(&self.rtmp_rejected)));
-        r.register("rtmp_errors", "RTMP connections closed on a protocol error", counter(ld(&self.rtmp_errors)));
-        r.register("hls_sent_bytes", "HLS media bytes served", counter(ld(&self.hls_bytes)));
+        r.register(
+            "rtmp_connections",
+            "RTMP connections accepted",
+            counter(ld(&self.rtmp_connections)),
+        );
+        r.register(
+            "rtmp_connections_open",
+            "RTMP connections open now",
+            gauge(self.rtmp_connections_open.load(Ordering::Relaxed)),
+        );
+        r.register(
+            "rtmp_rejected",
+            "RTMP connections or publishes refused",
+            counter(ld(&self.rtmp_rejected)),
+        );
+        r.register(
+            "rtmp_errors",
+            "RTMP connections closed on a protocol error",
+            counter(ld(&self.rtmp_errors)),
+        );
+        r.register(
+            "hls_sent_bytes",
+            "HLS media bytes served",
+            counter(ld(&self.hls_bytes)),
+        );
         let resp = Family::<Labels, Counter>::default();
         for (code, v) in [
             ("2xx", &self.hls_2xx),
@@ -120,17 +140,30 @@ impl Metrics {
             ("503", &self.hls_503),
             ("other", &self.hls_other),
         ] {
-            resp.get_or_create(&vec![("code".into(), code.into())]).inc_by(ld(v));
+            resp.get_or_create(&vec![("code".into(), code.into())])
+                .inc_by(ld(v));
         }
         r.register("hls_responses", "HLS responses by status", resp);
-        r.register("hls_blocked_requests", "Blocking playlist/part requests held now", gauge(self.held()));
+        r.register(
+            "hls_blocked_requests",
+            "Blocking playlist/part requests held now",
+            gauge(self.held()),
+        );
         r.register(
             "hls_block_release_seconds",
             "Time from a part landing to a held playlist request being answered",
             self.block_release.clone(),
         );
-        r.register("hls_packager_events", "Media events processed by the packager", counter(ld(&self.packager.events)));
-        r.register("hls_mux_errors", "Parts or inits that could not be written", counter(ld(&self.packager.mux_errors)));
+        r.register(
+            "hls_packager_events",
+            "Media events processed by the packager",
+            counter(ld(&self.packager.events)),
+        );
+        r.register(
+            "hls_mux_errors",
+            "Parts or inits that could not be written",
+            counter(ld(&self.packager.mux_errors)),
+        );
 
         let state = Family::<Labels, Gauge>::default();
         let bytes_in = Family::<Labels, Counter>::default();
@@ -138,9 +171,15 @@ impl Metrics {
         let bitrate = Family::<Labels, Gauge>::default();
         for s in registry.list() {
             let st = s.status();
-            for (name, val) in [("publishing", StreamState::Publishing), ("idle", StreamState::Idle)] {
+            for (name, val) in [
+                ("publishing", StreamState::Publishing),
+                ("idle", StreamState::Idle),
+            ] {
                 state
-                    .get_or_create(&vec![("stream".into(), st.name.clone()), ("state".into(), name.into())])
+                    .get_or_create(&vec![
+                        ("stream".into(), st.name.clone()),
+                        ("state".into(), name.into()),
+                    ])
                     .set((st.state == val) as i64);
             }
             let l = vec![("stream".to_string(), st.name.clone())];
@@ -151,7 +190,11 @@ impl Metrics {
         r.register("stream_state", "1 for the stream's current state", state);
         r.register("ingest_bytes", "Media payload bytes received", bytes_in);
         r.register("ingest_frames", "Frames received", frames_in);
-        r.register("ingest_bitrate_bps", "Ingest bitrate over the last second", bitrate);
+        r.register(
+            "ingest_bitrate_bps",
+            "Ingest bitrate over the last second",
+            bitrate,
+        );
 
         let parts = Family::<Labels, Counter>::default();
         let segs = Family::<Labels, Counter>::default();
@@ -169,9 +212,15 @@ impl Metrics {
 
         let dropped = Family::<Labels, Counter>::default();
         for (sink, n) in registry.dropped_by_sink() {
-            dropped.get_or_create(&vec![("egress".into(), sink.into())]).inc_by(n);
+            dropped
+                .get_or_create(&vec![("egress".into(), sink.into())])
+                .inc_by(n);
         }
-        r.register("egress_dropped_frames", "Frames an egress lost because it was behind", dropped);
+        r.register(
+            "egress_dropped_frames",
+            "Frames an egress lost because it was behind",
+            dropped,
+        );
 
         push.encode_metrics(&mut r);
 

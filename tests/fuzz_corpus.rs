@@ -9,7 +9,9 @@ use deltacast::fuzzing;
 type Target = fn(&[u8]);
 
 fn corpus(name: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(name);
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
@@ -18,7 +20,11 @@ fn corpus(name: &str) -> Vec<Vec<u8>> {
             }
         }
     }
-    assert!(!v.is_empty(), "fuzz corpus {} is empty or missing", dir.display());
+    assert!(
+        !v.is_empty(),
+        "fuzz corpus {} is empty or missing",
+        dir.display()
+    );
     v
 }
 
@@ -91,11 +97,15 @@ fn flv_tags_corpus() {
 
 #[test]
 fn codec_config_corpus() {
-    replay("codec_config", |d| {
-        fuzzing::avcc(d);
-        fuzzing::asc(d);
-        fuzzing::flv_file(d);
-    }, 5000);
+    replay(
+        "codec_config",
+        |d| {
+            fuzzing::avcc(d);
+            fuzzing::asc(d);
+            fuzzing::flv_file(d);
+        },
+        5000,
+    );
 }
 
 #[test]
@@ -118,8 +128,8 @@ fn regenerate() {
     use deltacast::ingest::demo::demo_tags;
     use deltacast::media::TrackKind;
     use rml_rtmp::sessions::{
-        ClientSession, ClientSessionConfig, ClientSessionResult, PublishRequestType,
-        ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+        ClientSession, ClientSessionConfig, ClientSessionResult, PublishRequestType, ServerSession,
+        ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
     };
     use rml_rtmp::time::RtmpTimestamp;
 
@@ -144,8 +154,14 @@ fn regenerate() {
     write("flv_tags", "forty-tags", &flv);
 
     // Codec configs and a short FLV file.
-    let vseq = tags.iter().find(|t| t.kind == TrackKind::Video && t.is_sequence_header()).unwrap();
-    let aseq = tags.iter().find(|t| t.kind == TrackKind::Audio && t.is_sequence_header()).unwrap();
+    let vseq = tags
+        .iter()
+        .find(|t| t.kind == TrackKind::Video && t.is_sequence_header())
+        .unwrap();
+    let aseq = tags
+        .iter()
+        .find(|t| t.kind == TrackKind::Audio && t.is_sequence_header())
+        .unwrap();
     write("codec_config", "avcc", &vseq.body[5..]);
     write("codec_config", "asc", &aseq.body[2..]);
     let file = deltacast::ingest::demo::DEMO_FLV;
@@ -160,7 +176,9 @@ fn regenerate() {
         }
     }
     let mut wire = Vec::new();
-    let mut pump = |results: Vec<ClientSessionResult>, client: &mut ClientSession, wire: &mut Vec<u8>| {
+    let mut pump = |results: Vec<ClientSessionResult>,
+                    client: &mut ClientSession,
+                    wire: &mut Vec<u8>| {
         let mut pending = results;
         for _ in 0..20 {
             let mut next = Vec::new();

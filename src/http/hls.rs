@@ -20,7 +20,10 @@ fn plain(state: &AppState, status: StatusCode, msg: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(format!("{msg}\n")));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     // Errors must not stick in a CDN: the object may exist a moment later.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     cors(state, h);
@@ -104,7 +107,10 @@ pub async fn playlist(
     let mut rx = hs.subscribe();
     let (hold, target) = {
         let w = hs.window.read();
-        (Duration::from_secs(3 * w.target_duration()), w.target_duration())
+        (
+            Duration::from_secs(3 * w.target_duration()),
+            w.target_duration(),
+        )
     };
     let deadline = tokio::time::Instant::now() + hold;
     let _held = d.msn.map(|_| state.metrics.hold());
@@ -134,7 +140,10 @@ pub async fn playlist(
                         state.metrics.hls_response(StatusCode::OK);
                         let mut r = Response::new(Body::from(body));
                         let h = r.headers_mut();
-                        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PLAYLIST_TYPE));
+                        h.insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static(PLAYLIST_TYPE),
+                        );
                         // A blocking response's URL is unique to the state it waited for, so a CDN
                         // may keep it; the plain playlist changes every part.
                         let cc = if d.msn.is_some() {
@@ -146,9 +155,7 @@ pub async fn playlist(
                         cors(&state, h);
                         return r;
                     }
-                    Readiness::TooFar(why) => {
-                        return plain(&state, StatusCode::BAD_REQUEST, why)
-                    }
+                    Readiness::TooFar(why) => return plain(&state, StatusCode::BAD_REQUEST, why),
                     Readiness::Wait => {}
                 }
             }
@@ -201,7 +208,10 @@ pub async fn media(
             Err(_) => return unavailable(&state, "object not ready in time"),
         }
     };
-    state.metrics.hls_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+    state
+        .metrics
+        .hls_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
     let ctype = match obj {
         Object::Init(_) => "video/mp4",
         _ => "video/iso.segment",
@@ -224,7 +234,11 @@ fn serve_bytes(
     let (status, body, content_range) = match range {
         None | Some(RangeReq::Ignore) => (StatusCode::OK, data, None),
         Some(RangeReq::Unsatisfiable) => {
-            let mut r = plain(state, StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+            let mut r = plain(
+                state,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range not satisfiable",
+            );
             r.headers_mut().insert(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes */{len}")).unwrap(),
@@ -279,9 +293,17 @@ fn parse_range(v: &str, len: u64) -> RangeReq {
             None => RangeReq::Ignore,
         },
         (false, _) => {
-            let Some(start) = parse(a) else { return RangeReq::Ignore };
-            let end = if b.is_empty() { Some(len.saturating_sub(1)) } else { parse(b) };
-            let Some(end) = end else { return RangeReq::Ignore };
+            let Some(start) = parse(a) else {
+                return RangeReq::Ignore;
+            };
+            let end = if b.is_empty() {
+                Some(len.saturating_sub(1))
+            } else {
+                parse(b)
+            };
+            let Some(end) = end else {
+                return RangeReq::Ignore;
+            };
             if start >= len || end < start {
                 RangeReq::Unsatisfiable
             } else {
@@ -292,7 +314,6 @@ fn parse_range(v: &str, len: u64) -> RangeReq {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,13 +322,23 @@ mod tests {
     fn directives() {
         assert_eq!(parse_directives(None), Ok(Directives::default()));
         let d = parse_directives(Some("_HLS_msn=5&_HLS_part=2&_HLS_skip=YES")).unwrap();
-        assert_eq!(d, Directives { msn: Some(5), part: Some(2), skip: true });
+        assert_eq!(
+            d,
+            Directives {
+                msn: Some(5),
+                part: Some(2),
+                skip: true
+            }
+        );
         assert!(parse_directives(Some("_HLS_part=2")).is_err());
         assert!(parse_directives(Some("_HLS_msn=-1")).is_err());
         assert!(parse_directives(Some("_HLS_msn=18446744073709551616")).is_err());
         assert!(parse_directives(Some("_HLS_msn=18446744073709551615")).is_ok());
         assert!(parse_directives(Some("_HLS_msn=1x")).is_err());
-        assert_eq!(parse_directives(Some("utm=1&x")).unwrap(), Directives::default());
+        assert_eq!(
+            parse_directives(Some("utm=1&x")).unwrap(),
+            Directives::default()
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod hls;
+pub mod push_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +24,13 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub hls: Arc<HlsStore>,
     pub metrics: Arc<Metrics>,
+    pub push: crate::egress::push::PushEngine,
 }
 
 async fn metrics(State(state): State<AppState>) -> Response<Body> {
-    let text = state.metrics.render(&state.registry, &state.hls);
+    let text = state
+        .metrics
+        .render(&state.registry, &state.hls, &state.push);
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -54,7 +58,10 @@ async fn preflight(State(state): State<AppState>) -> Response<Body> {
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Range"),
     );
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
     r
 }
 
@@ -66,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/streams", get(api::list))
         .route("/api/v1/streams/{name}", get(api::get).delete(api::remove))
         .route("/api/v1/streams/{name}/publisher", delete(api::kick))
+        .merge(push_api::routes())
         .route(
             "/hls/{stream}/index.m3u8",
             get(hls::playlist).options(preflight),

@@ -759,6 +759,39 @@ fn amf0_depth_exceeds(data: &[u8], limit: usize) -> bool {
     }
 }
 
+/// Fuzzing entry point: run post-handshake bytes through the input guard and an RTMP server
+/// session exactly as a connection does (no socket). The first byte picks how the rest is split
+/// into reads. Must never panic or abort.
+#[doc(hidden)]
+pub fn fuzz_session_input(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let step = (split as usize % 64) + 1;
+    let mut guard = InputGuard::default();
+    let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
+        return;
+    };
+    for chunk in rest.chunks(step) {
+        if guard.check(chunk).is_err() {
+            return;
+        }
+        match catch_unwind(AssertUnwindSafe(|| session.handle_input(chunk))) {
+            Ok(Ok(results)) => {
+                for r in results {
+                    if let ServerSessionResult::RaisedEvent(
+                        ServerSessionEvent::PublishStreamRequested { request_id, .. },
+                    ) = r
+                    {
+                        let _ = session.accept_request(request_id);
+                    }
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,7 +810,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reg = Registry::new();
-        tokio::spawn(serve(listener, reg.clone(), Arc::new(cfg), Default::default()));
+        tokio::spawn(serve(
+            listener,
+            reg.clone(),
+            Arc::new(cfg),
+            Default::default(),
+        ));
         (addr, reg)
     }
 
@@ -1337,39 +1375,5 @@ mod tests {
             (tracks.h264().unwrap().width, tracks.h264().unwrap().height),
             (640, 360)
         );
-    }
-}
-
-/// Fuzzing entry point: run post-handshake bytes through the input guard and an RTMP server
-/// session exactly as a connection does (no socket). The first byte picks how the rest is split
-/// into reads. Must never panic or abort.
-#[doc(hidden)]
-pub fn fuzz_session_input(data: &[u8]) {
-    let Some((&split, rest)) = data.split_first() else {
-        return;
-    };
-    let step = (split as usize % 64) + 1;
-    let mut guard = InputGuard::default();
-    let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
-        return;
-    };
-    for chunk in rest.chunks(step) {
-        if guard.check(chunk).is_err() {
-            return;
-        }
-        match catch_unwind(AssertUnwindSafe(|| session.handle_input(chunk))) {
-            Ok(Ok(results)) => {
-                for r in results {
-                    if let ServerSessionResult::RaisedEvent(ServerSessionEvent::PublishStreamRequested {
-                        request_id,
-                        ..
-                    }) = r
-                    {
-                        let _ = session.accept_request(request_id);
-                    }
-                }
-            }
-            _ => return,
-        }
     }
 }

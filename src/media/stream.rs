@@ -254,7 +254,11 @@ impl Stream {
     /// The codec parameters and frames from the last keyframe on, for a late joiner.
     pub fn gop_snapshot(&self) -> (Option<Arc<TrackSet>>, Vec<Arc<Frame>>) {
         let g = self.inner.lock();
-        let frames = if g.gop_valid { g.gop.clone() } else { Vec::new() };
+        let frames = if g.gop_valid {
+            g.gop.clone()
+        } else {
+            Vec::new()
+        };
         (g.tracks.clone(), frames)
     }
 
@@ -563,6 +567,7 @@ impl Publisher {
     /// Publish one frame. `dts`/`pts` are on the publisher's own clock in 90 kHz ticks; the
     /// stream maps them onto its monotonic timeline. Frames of a track without codec parameters
     /// are dropped (a decoder could not use them).
+    #[allow(clippy::too_many_arguments)] // one call site per ingest; a struct would only rename them
     pub fn push(
         &mut self,
         kind: TrackKind,
@@ -605,7 +610,9 @@ impl Publisher {
             wallclock,
         });
         let len = frame.data.len();
-        self.stream.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+        self.stream
+            .bytes_in
+            .fetch_add(len as u64, Ordering::Relaxed);
         self.stream.frames_in.fetch_add(1, Ordering::Relaxed);
 
         // Bitrate over one-second buckets.
@@ -693,13 +700,29 @@ mod tests {
         p.set_codec(aac());
         let now = Instant::now();
         for i in 0..10 {
-            p.push(TrackKind::Audio, 1_000_000 + i * 1920, 0, true, Bytes::from_static(b"x"), SystemTime::now(), now);
+            p.push(
+                TrackKind::Audio,
+                1_000_000 + i * 1920,
+                0,
+                true,
+                Bytes::from_static(b"x"),
+                SystemTime::now(),
+                now,
+            );
         }
         drop(p);
         assert_eq!(reg.get("show").unwrap().state(), StreamState::Idle);
         let mut p = reg.begin_publish("show", "a".into()).unwrap();
         p.set_codec(aac());
-        p.push(TrackKind::Audio, 5, 5, true, Bytes::from_static(b"y"), SystemTime::now(), now);
+        p.push(
+            TrackKind::Audio,
+            5,
+            5,
+            true,
+            Bytes::from_static(b"y"),
+            SystemTime::now(),
+            now,
+        );
         let evs: Vec<_> = rx.try_iter().map(|e| e.event).collect();
         let dts: Vec<i64> = evs
             .iter()
@@ -729,7 +752,15 @@ mod tests {
         p.set_codec(aac());
         let now = Instant::now();
         for i in 0..10_000 {
-            p.push(TrackKind::Audio, i * 1920, i * 1920, true, Bytes::from_static(b"z"), SystemTime::now(), now);
+            p.push(
+                TrackKind::Audio,
+                i * 1920,
+                i * 1920,
+                true,
+                Bytes::from_static(b"z"),
+                SystemTime::now(),
+                now,
+            );
         }
         assert!(rx.len() <= 64);
         assert!(reg.dropped_by_sink()[0].1 > 9000);

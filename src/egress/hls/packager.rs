@@ -37,7 +37,12 @@ pub fn spawn(
         })
 }
 
-fn run(rx: Receiver<Envelope>, store: Arc<HlsStore>, cfg: SegmenterConfig, stats: Arc<PackagerStats>) {
+fn run(
+    rx: Receiver<Envelope>,
+    store: Arc<HlsStore>,
+    cfg: SegmenterConfig,
+    stats: Arc<PackagerStats>,
+) {
     let mut segmenters: HashMap<Arc<str>, Segmenter> = HashMap::new();
     let mut out = Vec::new();
     for env in rx.iter() {

@@ -43,9 +43,7 @@ impl PlaylistView<'_> {
 }
 
 fn fmt_pdt(t: SystemTime) -> String {
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let millis = d.subsec_millis();
     let days = secs.div_euclid(86_400);
@@ -144,7 +142,11 @@ pub fn render(v: &PlaylistView<'_>, skip: bool) -> String {
             fmt_pdt(seg.program_date_time)
         );
         for p in &seg.parts {
-            let _ = write!(s, "#EXT-X-PART:DURATION={:.5},URI=\"{}\"", p.duration, p.uri);
+            let _ = write!(
+                s,
+                "#EXT-X-PART:DURATION={:.5},URI=\"{}\"",
+                p.duration, p.uri
+            );
             if p.independent {
                 s.push_str(",INDEPENDENT=YES");
             }

@@ -169,7 +169,11 @@ impl Segmenter {
             }
             Err(e) => {
                 self.errors += 1;
-                tracing::error!(side = "egress", path = "hls", "cannot write init segment: {e}");
+                tracing::error!(
+                    side = "egress",
+                    path = "hls",
+                    "cannot write init segment: {e}"
+                );
                 self.init = None;
             }
         }
@@ -213,8 +217,7 @@ impl Segmenter {
                     // Close before `f` if it is a keyframe or would overflow the part.
                     if f.keyframe || self.video_dur + d > self.cfg.part_target {
                         let seg_len = self.segment_start.map_or(0, |s| f.dts - s);
-                        let end_segment =
-                            f.keyframe && seg_len + d / 2 >= self.cfg.segment_target;
+                        let end_segment = f.keyframe && seg_len + d / 2 >= self.cfg.segment_target;
                         self.emit_part(out);
                         if end_segment {
                             self.end_segment(out);
@@ -286,15 +289,13 @@ impl Segmenter {
         if !self.has_video() {
             self.mark_part_start(f.dts, f.wallclock, true);
         }
-        if self.audio_base.is_none() {
-            self.audio_base = Some(next);
-        } else if let Some(n) = self.audio_next {
-            if n != next {
-                // A gap or overlap in the audio: start a new traf run at the right time.
-                let base = self.audio_base.unwrap();
+        match self.audio_base {
+            None => self.audio_base = Some(next),
+            Some(base) => {
+                // A gap or overlap in the audio: keep the run contiguous by stretching (or
+                // shrinking) the previous sample so the next one lands at its real time.
                 let expected = base + self.audio.iter().map(|s| s.duration as u64).sum::<u64>();
                 if expected != next {
-                    // Keep the run contiguous by stretching the previous sample's duration.
                     if let Some(last) = self.audio.last_mut() {
                         let diff = next as i64 - expected as i64;
                         last.duration = (last.duration as i64 + diff).max(1) as u32;
@@ -462,13 +463,29 @@ mod tests {
             .collect();
         let target = SegmenterConfig::from_ms(200, 2000).part_target_secs();
         assert!((target - 0.204).abs() < 1e-9);
-        assert!(parts.iter().all(|p| p.duration <= target + 1e-9), "part over target");
-        assert!(parts.iter().all(|p| (p.duration - 0.2).abs() < 1e-6), "30 fps: 6 frames a part");
+        assert!(
+            parts.iter().all(|p| p.duration <= target + 1e-9),
+            "part over target"
+        );
+        assert!(
+            parts.iter().all(|p| (p.duration - 0.2).abs() < 1e-6),
+            "30 fps: 6 frames a part"
+        );
         // A segment starts only on an independent part, every 2 s (60 frames = 10 parts).
-        let starts: Vec<usize> = parts.iter().enumerate().filter(|(_, p)| p.segment_start).map(|(i, _)| i).collect();
+        let starts: Vec<usize> = parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.segment_start)
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(starts, vec![0, 10, 20, 30]);
         assert!(starts.iter().all(|&i| parts[i].independent));
-        assert_eq!(out.iter().filter(|o| matches!(o, Output::SegmentEnd)).count(), 3);
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o, Output::SegmentEnd))
+                .count(),
+            3
+        );
         assert_eq!(s.errors(), 0);
     }
 
@@ -501,7 +518,10 @@ mod tests {
             s.handle(&frame(TrackKind::Audio, a * 1920, true), &mut out);
         }
         let parts = out.iter().filter(|o| matches!(o, Output::Part(_))).count();
-        let segs = out.iter().filter(|o| matches!(o, Output::SegmentEnd)).count();
+        let segs = out
+            .iter()
+            .filter(|o| matches!(o, Output::SegmentEnd))
+            .count();
         assert!(parts >= 45, "{parts}");
         assert!(segs >= 4, "{segs}");
     }

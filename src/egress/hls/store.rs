@@ -91,13 +91,22 @@ impl Object {
             }
             s.parse().ok()
         };
-        if let Some(v) = file.strip_prefix("init").and_then(|s| s.strip_suffix(".mp4")) {
+        if let Some(v) = file
+            .strip_prefix("init")
+            .and_then(|s| s.strip_suffix(".mp4"))
+        {
             return Some(Object::Init(u32::try_from(num(v)?).ok()?));
         }
-        if let Some(m) = file.strip_prefix("seg").and_then(|s| s.strip_suffix(".m4s")) {
+        if let Some(m) = file
+            .strip_prefix("seg")
+            .and_then(|s| s.strip_suffix(".m4s"))
+        {
             return Some(Object::Segment(num(m)?));
         }
-        if let Some(r) = file.strip_prefix("part").and_then(|s| s.strip_suffix(".m4s")) {
+        if let Some(r) = file
+            .strip_prefix("part")
+            .and_then(|s| s.strip_suffix(".m4s"))
+        {
             let (m, i) = r.split_once('.')?;
             return Some(Object::Part(num(m)?, usize::try_from(num(i)?).ok()?));
         }
@@ -189,9 +198,7 @@ impl Window {
     }
 
     fn last_msn(&self) -> u64 {
-        self.segments
-            .back()
-            .map_or(self.next_msn, |s| s.msn)
+        self.segments.back().map_or(self.next_msn, |s| s.msn)
     }
 
     /// Blocking reload: is playlist state (msn, part) reached? `part` counts from 0.
@@ -343,8 +350,7 @@ impl Window {
             }
             Output::Part(p) => {
                 self.live = true;
-                let need_new = p.segment_start
-                    || self.segments.back().is_none_or(|s| s.complete);
+                let need_new = p.segment_start || self.segments.back().is_none_or(|s| s.complete);
                 if need_new {
                     let disc = (p.discontinuity || self.pending_discontinuity)
                         && !self.segments.is_empty();
@@ -397,7 +403,9 @@ impl Window {
             None
         } else {
             Some(match self.segments.back() {
-                Some(s) if !s.complete => format!("{}/part{}.{}.m4s", self.gen, s.msn, s.parts.len()),
+                Some(s) if !s.complete => {
+                    format!("{}/part{}.{}.m4s", self.gen, s.msn, s.parts.len())
+                }
                 _ => format!("{}/part{}.0.m4s", self.gen, self.next_msn),
             })
         };
@@ -604,7 +612,14 @@ mod tests {
         assert_eq!(Object::parse("init3.mp4"), Some(Object::Init(3)));
         assert_eq!(Object::parse("seg12.m4s"), Some(Object::Segment(12)));
         assert_eq!(Object::parse("part12.4.m4s"), Some(Object::Part(12, 4)));
-        for bad in ["seg.m4s", "seg-1.m4s", "part1.m4s", "segx.m4s", "seg99999999999999999999999.m4s", "../x"] {
+        for bad in [
+            "seg.m4s",
+            "seg-1.m4s",
+            "part1.m4s",
+            "segx.m4s",
+            "seg99999999999999999999999.m4s",
+            "../x",
+        ] {
             assert_eq!(Object::parse(bad), None, "{bad}");
         }
     }
@@ -612,7 +627,10 @@ mod tests {
     #[test]
     fn readiness_and_limits() {
         let mut w = Window::new(cfg(), "g".into());
-        w.apply(&Output::Init { version: 1, data: Bytes::from_static(b"init") });
+        w.apply(&Output::Init {
+            version: 1,
+            data: Bytes::from_static(b"init"),
+        });
         feed(&mut w, 2);
         w.apply(&part(true, false));
         w.apply(&part(false, false));
@@ -630,13 +648,19 @@ mod tests {
         assert!(matches!(w.lookup(Object::Segment(2)), Lookup::Pending));
         assert!(matches!(w.lookup(Object::Segment(1)), Lookup::Found(_)));
         let pl = String::from_utf8(w.playlist(false).to_vec()).unwrap();
-        assert!(pl.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"g/part2.2.m4s\""), "{pl}");
+        assert!(
+            pl.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"g/part2.2.m4s\""),
+            "{pl}"
+        );
     }
 
     #[test]
     fn window_slides_and_retired_segments_stay_downloadable() {
         let mut w = Window::new(cfg(), "g".into());
-        w.apply(&Output::Init { version: 1, data: Bytes::from_static(b"init") });
+        w.apply(&Output::Init {
+            version: 1,
+            data: Bytes::from_static(b"init"),
+        });
         feed(&mut w, 10);
         assert_eq!(w.listed_segments(), 3);
         assert_eq!(w.media_sequence(), 7);
@@ -651,7 +675,10 @@ mod tests {
     #[test]
     fn publisher_return_marks_discontinuity() {
         let mut w = Window::new(cfg(), "g".into());
-        w.apply(&Output::Init { version: 1, data: Bytes::from_static(b"init") });
+        w.apply(&Output::Init {
+            version: 1,
+            data: Bytes::from_static(b"init"),
+        });
         feed(&mut w, 2);
         w.apply(&Output::Idle);
         w.render();

@@ -32,8 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
-    PublishRequestType, StreamMetadata,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use serde::Serialize;
@@ -261,7 +260,9 @@ impl Destination {
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0)
             }),
-            uptime_secs: s.connected.map(|(t, _)| now.duration_since(t).as_secs_f64()),
+            uptime_secs: s
+                .connected
+                .map(|(t, _)| now.duration_since(t).as_secs_f64()),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
             frames_dropped,
@@ -384,10 +385,9 @@ pub(super) async fn run(d: Arc<Destination>, registry: Arc<Registry>, tls: TlsCo
         }
         let (live, refusal) = {
             let i = d.inbox.lock();
-            (
-                i.live,
-                i.queue.headers().and_then(|h| h.refusal.clone()),
-            )
+            let h = i.queue.headers();
+            // Live means a publisher with announced tracks: nothing to send before that.
+            (i.live && h.is_some(), h.and_then(|h| h.refusal.clone()))
         };
         if let Some(reason) = refusal {
             d.set_state(DestState::Refused, Some(reason));
@@ -490,11 +490,50 @@ fn io_err(what: &str, e: std::io::Error) -> String {
 /// onStatus codes that end a publish.
 fn is_error_status(code: &str) -> bool {
     [
-        "BadName", "Denied", "Rejected", "Failed", "Error", "Closed", "Unauthorized", "Invalid",
+        "BadName",
+        "Denied",
+        "Rejected",
+        "Failed",
+        "Error",
+        "Closed",
+        "Unauthorized",
+        "Invalid",
         "Unpublish",
     ]
     .iter()
     .any(|w| code.contains(w))
+}
+
+/// The error an event carries, if any: an `onStatus` error code, or an `_error` answer
+/// (rml_rtmp reports the latter as a result to an unknown transaction, since `publish` carries
+/// transaction id 0).
+fn error_code(ev: &ClientSessionEvent) -> Option<String> {
+    match ev {
+        ClientSessionEvent::UnhandleableOnStatusCode { code } if is_error_status(code) => {
+            Some(code.clone())
+        }
+        ClientSessionEvent::UnknownTransactionResultReceived {
+            additional_values, ..
+        } => {
+            let Some(rml_rtmp::rml_amf0::Amf0Value::Object(props)) = additional_values.first()
+            else {
+                return None;
+            };
+            let code = match props.get("code") {
+                Some(rml_rtmp::rml_amf0::Amf0Value::Utf8String(c)) => c.clone(),
+                _ => return None,
+            };
+            let level_error = matches!(props.get("level"),
+                Some(rml_rtmp::rml_amf0::Amf0Value::Utf8String(l)) if l == "error" || l == "_error");
+            (level_error || is_error_status(&code)).then(|| match props.get("description") {
+                Some(rml_rtmp::rml_amf0::Amf0Value::Utf8String(d)) if !d.is_empty() => {
+                    format!("{code} ({d})")
+                }
+                _ => code,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// TCP (+ TLS) + RTMP handshake + connect + publish.
@@ -552,6 +591,7 @@ async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<(BoxIo, ClientSess
     };
 
     let mut cfg = ClientSessionConfig::new();
+    cfg.chunk_size = CHUNK_SIZE;
     cfg.tc_url = Some(d.url.tc_url());
     cfg.flash_version = "FMLE/3.0 (compatible; deltacast)".into();
     let rtmp_err = |e: rml_rtmp::sessions::ClientSessionError| format!("RTMP: {e}");
@@ -591,12 +631,13 @@ async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<(BoxIo, ClientSess
                             ));
                         }
                         ClientSessionEvent::PublishRequestAccepted => published = true,
-                        ClientSessionEvent::UnhandleableOnStatusCode { code }
-                            if is_error_status(&code) =>
-                        {
-                            return Err(format!("the destination refused to publish: {code}"));
+                        ev => {
+                            if let Some(code) = error_code(&ev) {
+                                return Err(format!(
+                                    "the destination refused RTMP {phase}: {code}"
+                                ));
+                            }
                         }
-                        _ => {}
                     },
                     ClientSessionResult::UnhandleableMessageReceived(_) => {}
                 }
@@ -700,12 +741,14 @@ async fn run_live(
         ping: Mutex::new(None),
     };
     let (mut rd, mut wr) = tokio::io::split(io);
-    let reader = read_loop(d, &shared, &mut rd);
-    let writer = write_loop(d, &shared, &mut wr, ts);
-    tokio::pin!(reader, writer);
-    let r = tokio::select! {
-        e = &mut reader => Err(e),
-        r = &mut writer => r,
+    let r = {
+        let reader = read_loop(d, &shared, &mut rd);
+        let writer = write_loop(d, &shared, &mut wr, ts);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            e = &mut reader => Err(e),
+            r = &mut writer => r,
+        }
     };
     if let Ok(exit) = &r {
         // A clean end: tell the destination the publish is over (best effort).
@@ -729,7 +772,11 @@ async fn run_live(
 }
 
 /// Reads until the connection fails; returns why.
-async fn read_loop<R: AsyncRead + Unpin>(d: &Destination, shared: &LiveShared, rd: &mut R) -> String {
+async fn read_loop<R: AsyncRead + Unpin>(
+    d: &Destination,
+    shared: &LiveShared,
+    rd: &mut R,
+) -> String {
     match read_until_error(d, shared, rd).await {
         Err(e) => e,
     }
@@ -776,10 +823,10 @@ async fn read_until_error<R: AsyncRead + Unpin>(
                         }
                     }
                 }
-                ClientSessionResult::RaisedEvent(ClientSessionEvent::UnhandleableOnStatusCode {
-                    code,
-                }) if is_error_status(&code) => {
-                    return Err(format!("the destination ended the publish: {code}"));
+                ClientSessionResult::RaisedEvent(ev) => {
+                    if let Some(code) = error_code(&ev) {
+                        return Err(format!("the destination ended the publish: {code}"));
+                    }
                 }
                 _ => {}
             }
@@ -787,17 +834,74 @@ async fn read_until_error<R: AsyncRead + Unpin>(
     }
 }
 
-fn metadata_of(h: &Headers) -> StreamMetadata {
-    let mut m = StreamMetadata::new();
-    m.video_width = h.metadata.width;
-    m.video_height = h.metadata.height;
-    m.video_codec_id = h.video.as_ref().map(|_| 7);
-    m.audio_codec_id = h.audio.as_ref().map(|_| 10);
-    m.audio_sample_rate = h.metadata.audio_sample_rate;
-    m.audio_channels = h.metadata.audio_channels.map(u32::from);
-    m.audio_is_stereo = h.metadata.audio_channels.map(|c| c >= 2);
-    m.encoder = Some(concat!("deltacast ", env!("CARGO_PKG_VERSION")).to_string());
-    m
+/// The outbound chunk size `ClientSession` announces once connected (its config default).
+const CHUNK_SIZE: u32 = 4096;
+
+/// `@setDataFrame onMetaData` for the program, as one RTMP data message at timestamp 0.
+///
+/// Not through `ClientSession::publish_metadata`: that stamps the message with the session's
+/// wall-clock epoch, and ffmpeg-based receivers (ffmpeg, and platform ingests built on it) read a
+/// metadata tag with a non-zero timestamp as a *data stream*, then wait their whole probe time for
+/// its packets. The message goes out on chunk stream 3, which the session only uses for
+/// `publish_metadata` (never called), through a serializer of its own with the same chunk size;
+/// a fresh serializer always writes a full (type 0) chunk header, so the peer's view of the chunk
+/// streams the session uses is untouched.
+fn metadata_packet(h: &Headers, stream_id: u32) -> Option<Vec<u8>> {
+    use rml_rtmp::rml_amf0::Amf0Value;
+    use std::collections::HashMap;
+    let mut p = HashMap::new();
+    let mut num = |k: &str, v: f64| {
+        p.insert(k.to_string(), Amf0Value::Number(v));
+    };
+    if let Some(w) = h.metadata.width {
+        num("width", f64::from(w));
+    }
+    if let Some(v) = h.metadata.height {
+        num("height", f64::from(v));
+    }
+    if h.video.is_some() {
+        num("videocodecid", 7.0);
+    }
+    if h.audio.is_some() {
+        num("audiocodecid", 10.0);
+    }
+    if let Some(r) = h.metadata.audio_sample_rate {
+        num("audiosamplerate", f64::from(r));
+    }
+    if let Some(c) = h.metadata.audio_channels {
+        num("audiochannels", f64::from(c));
+        p.insert("stereo".into(), Amf0Value::Boolean(c >= 2));
+    }
+    p.insert(
+        "encoder".into(),
+        Amf0Value::Utf8String(concat!("deltacast ", env!("CARGO_PKG_VERSION")).into()),
+    );
+    let msg = rml_rtmp::messages::RtmpMessage::Amf0Data {
+        values: vec![
+            Amf0Value::Utf8String("@setDataFrame".into()),
+            Amf0Value::Utf8String("onMetaData".into()),
+            Amf0Value::Object(p),
+        ],
+    };
+    let payload = msg
+        .into_message_payload(RtmpTimestamp::new(0), stream_id)
+        .ok()?;
+    let mut ser = rml_rtmp::chunk_io::ChunkSerializer::new();
+    ser.set_max_chunk_size(CHUNK_SIZE, RtmpTimestamp::new(0))
+        .ok()?;
+    ser.serialize(&payload, true, false).ok().map(|p| p.bytes)
+}
+
+/// The message stream id in a full (type 0) chunk header with a one-byte basic header, as the
+/// session writes for the first message of a chunk stream.
+fn stream_id_of(packet: &[u8]) -> Option<u32> {
+    if packet.len() >= 12 && packet[0] >> 6 == 0 && packet[0] & 0x3f >= 2 {
+        Some(u32::from_le_bytes([
+            packet[8], packet[9], packet[10], packet[11],
+        ]))
+    } else {
+        None
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -810,6 +914,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut items: Vec<Item> = Vec::with_capacity(64);
     let mut sent_headers: Option<Arc<Headers>> = None;
+    let mut stream_id: Option<u32> = None;
     let mut next_ping = Instant::now() + PING_INTERVAL;
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -819,11 +924,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let now = Instant::now();
         {
             let mut inbox = d.inbox.lock();
-            if inbox
-                .queue
-                .headers()
-                .is_some_and(|h| h.refusal.is_some())
-            {
+            if inbox.queue.headers().is_some_and(|h| h.refusal.is_some()) {
                 return Ok(Exit::Refused);
             }
             if inbox.live {
@@ -856,15 +957,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                             continue;
                         }
                         let at = ts.now();
-                        collect(&mut out, vec![s.publish_metadata(&metadata_of(&h)).map_err(rtmp_err)?]);
+                        let mut hdr = Vec::new();
                         if let Some(v) = &h.video {
-                            let p = s.publish_video_data(v.clone(), at, false).map_err(rtmp_err)?;
-                            collect(&mut out, vec![p]);
+                            let p = s
+                                .publish_video_data(v.clone(), at, false)
+                                .map_err(rtmp_err)?;
+                            collect(&mut hdr, vec![p]);
                         }
                         if let Some(a) = &h.audio {
-                            let p = s.publish_audio_data(a.clone(), at, false).map_err(rtmp_err)?;
-                            collect(&mut out, vec![p]);
+                            let p = s
+                                .publish_audio_data(a.clone(), at, false)
+                                .map_err(rtmp_err)?;
+                            collect(&mut hdr, vec![p]);
                         }
+                        if stream_id.is_none() {
+                            stream_id = stream_id_of(&hdr);
+                        }
+                        if let Some(m) = metadata_packet(&h, stream_id.unwrap_or(1)) {
+                            out.extend_from_slice(&m);
+                        }
+                        out.extend_from_slice(&hdr);
                         sent_headers = Some(h);
                     }
                     Item::Tag(t) => {

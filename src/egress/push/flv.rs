@@ -225,7 +225,12 @@ pub fn build_avcc(p: &H264Params) -> Result<Bytes, FlvError> {
         (p.profile_idc, p.constraint_flags, p.level_idc)
     };
     let mut b = BytesMut::with_capacity(
-        16 + p.sps.iter().chain(&p.pps).map(|s| s.len() + 2).sum::<usize>(),
+        16 + p
+            .sps
+            .iter()
+            .chain(&p.pps)
+            .map(|s| s.len() + 2)
+            .sum::<usize>(),
     );
     b.put_u8(1);
     b.put_u8(profile);

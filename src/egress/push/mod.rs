@@ -130,7 +130,9 @@ pub fn valid_id(id: &str) -> bool {
 /// Check one destination as written (config or API), without adding it.
 pub fn validate(stream: &str, d: &NewDestination) -> Result<PushUrl, PushError> {
     if !crate::media::stream::valid_stream_name(stream) {
-        return Err(PushError::Invalid(format!("'{stream}' is not a valid stream name")));
+        return Err(PushError::Invalid(format!(
+            "'{stream}' is not a valid stream name"
+        )));
     }
     if let Some(id) = &d.id {
         if !valid_id(id) {
@@ -279,12 +281,28 @@ impl PushEngine {
                 let base: String = url
                     .host
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
                     .take(56)
                     .collect();
-                let base = if base.is_empty() { "dest".to_string() } else { base };
+                let base = if base.is_empty() {
+                    "dest".to_string()
+                } else {
+                    base
+                };
                 (1..)
-                    .map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") })
+                    .map(|n| {
+                        if n == 1 {
+                            base.clone()
+                        } else {
+                            format!("{base}-{n}")
+                        }
+                    })
                     .find(|c| !taken(c))
                     .expect("an unused id exists")
             }
@@ -319,7 +337,10 @@ impl PushEngine {
     pub fn remove(&self, stream: &str, id: &str) -> Result<DestinationStatus, PushError> {
         let d = {
             let mut dests = self.inner.dests.lock();
-            let Some(pos) = dests.iter().position(|d| &*d.stream == stream && d.id == id) else {
+            let Some(pos) = dests
+                .iter()
+                .position(|d| &*d.stream == stream && d.id == id)
+            else {
                 return Err(PushError::NotFound {
                     stream: stream.into(),
                     id: id.into(),
@@ -397,8 +418,16 @@ impl PushEngine {
             "1 for the RTMP push destination's current state",
             state,
         );
-        r.register("push_sent_bytes", "Bytes written to the push destination", bytes);
-        r.register("push_sent_frames", "Frames sent to the push destination", frames);
+        r.register(
+            "push_sent_bytes",
+            "Bytes written to the push destination",
+            bytes,
+        );
+        r.register(
+            "push_sent_frames",
+            "Frames sent to the push destination",
+            frames,
+        );
         r.register(
             "push_dropped_frames",
             "Frames a push destination lost because it was slower than the stream",
@@ -441,10 +470,13 @@ fn fanout_thread(
             recv(ctl) -> m => match m {
                 Ok(Ctl::Add(d)) => {
                     let (live, headers) = match registry.get(&d.stream) {
-                        Some(s) => (
-                            s.state() == StreamState::Publishing,
-                            s.tracks().map(|t| Arc::new(Headers::from_tracks(&t))),
-                        ),
+                        Some(s) => {
+                            let tracks = s.tracks();
+                            (
+                                s.state() == StreamState::Publishing && tracks.is_some(),
+                                tracks.map(|t| Arc::new(Headers::from_tracks(&t))),
+                            )
+                        }
                         None => (false, None),
                     };
                     fan.attach(d, live, headers);

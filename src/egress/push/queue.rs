@@ -226,7 +226,11 @@ impl SendQueue {
         self.need_sync = true;
         self.last_dts = self.sent_dts;
         if let Some(h) = headers {
-            if self.headers.as_ref().is_none_or(|cur| cur.session <= h.session) {
+            if self
+                .headers
+                .as_ref()
+                .is_none_or(|cur| cur.session <= h.session)
+            {
                 self.headers = Some(h);
             }
         }
@@ -234,7 +238,8 @@ impl SendQueue {
             self.items.push_back(Item::Headers(h.clone()));
         }
         // Start at the first keyframe newer than what was sent before; keep what follows it.
-        let fresh = |t: &FlvTag, floor: &[Option<i64>; 2]| floor[idx(t.kind)].is_none_or(|d| t.dts > d);
+        let fresh =
+            |t: &FlvTag, floor: &[Option<i64>; 2]| floor[idx(t.kind)].is_none_or(|d| t.dts > d);
         let Some(first) = snapshot
             .iter()
             .position(|t| self.sync_point(t) && fresh(t, &self.sent_dts))
@@ -343,7 +348,10 @@ mod tests {
         let mut q = SendQueue::new(QueueLimits::default());
         q.on_headers(headers(1, true));
         // The snapshot holds v10k a11 v12; the fan-out still has a9 v10k a11 v12 in flight.
-        let n = q.start(Some(headers(1, true)), vec![v(10, true, 5), a(11), v(12, false, 5)]);
+        let n = q.start(
+            Some(headers(1, true)),
+            vec![v(10, true, 5), a(11), v(12, false, 5)],
+        );
         assert_eq!(n, 3);
         for t in [a(9), v(10, true, 5), a(11), v(12, false, 5)] {
             assert_eq!(q.push(t), Pushed::Stale);
@@ -370,7 +378,13 @@ mod tests {
         // The GOP snapshot still starts at v100: too old for this destination.
         let n = q.start(
             None,
-            vec![v(100, true, 5), a(101), v(102, false, 5), v(103, false, 5), a(104)],
+            vec![
+                v(100, true, 5),
+                a(101),
+                v(102, false, 5),
+                v(103, false, 5),
+                a(104),
+            ],
         );
         assert_eq!(n, 0);
         assert_eq!(q.push(v(105, false, 5)), Pushed::WaitingForKeyframe);

@@ -118,10 +118,11 @@ impl PushUrl {
     }
 }
 
-/// Show at most the first and last two characters of a long secret, `****` for a short one.
+/// Show at most the first and last two characters of a long secret (16 characters or more),
+/// `****` for a shorter one.
 pub fn mask_key(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    if chars.len() < 12 {
+    if chars.len() < 16 {
         return "****".into();
     }
     let head: String = chars[..2].iter().collect();
@@ -201,10 +202,16 @@ mod tests {
         assert_eq!(u.masked(), "rtmps://live-api-s.facebook.com:443/rtmp/****");
 
         let u = PushUrl::parse("rtmps://127.0.0.1/a/b/c/key").unwrap();
-        assert_eq!((u.port, u.app.as_str(), u.key.as_str()), (443, "a/b/c", "key"));
+        assert_eq!(
+            (u.port, u.app.as_str(), u.key.as_str()),
+            (443, "a/b/c", "key")
+        );
 
         let u = PushUrl::parse("rtmp://[::1]:1936/app/k/").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.key.as_str()), ("::1", 1936, "k"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.key.as_str()),
+            ("::1", 1936, "k")
+        );
         assert_eq!(u.tc_url(), "rtmp://[::1]:1936/app");
     }
 
