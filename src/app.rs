@@ -66,6 +66,33 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .context("starting the RTMP push engine")?;
 
+    // WebRTC SFU (WHEP). A node whose UDP ports are taken still serves HLS and RTMP: WHEP then
+    // answers 503.
+    let sfu = if cfg.sfu.enabled {
+        match crate::egress::sfu::SfuHandle::start(&cfg.sfu, registry.clone()) {
+            Ok(h) => {
+                tracing::info!(
+                    workers = h.workers.len(),
+                    driver = h.driver().as_str(),
+                    "WebRTC SFU running"
+                );
+                Some(h)
+            }
+            Err(e) => {
+                tracing::error!("WebRTC SFU not started: {e:#}; WHEP playback disabled");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let providers = Arc::new(
+        crate::provider::ProviderRegistry::new(&cfg, Some(Arc::new(push.clone())))
+            .map_err(anyhow::Error::msg)
+            .context("setting up the streams' providers")?,
+    );
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.server.http_threads.max(1))
         .thread_name("control")
@@ -104,6 +131,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             hls: store.clone(),
             metrics: metrics.clone(),
             push: push.clone(),
+            sfu: sfu.clone(),
+            providers: providers.clone(),
         };
         let server = tokio::spawn(http::serve(http_listener, state));
         tokio::select! {

@@ -18,6 +18,73 @@ pub struct Config {
     /// RTMP/RTMPS push destinations (`[[destinations]]`), each naming the stream it carries.
     /// More can be added at run time through the API.
     pub destinations: Vec<DestinationConfig>,
+    /// WebRTC SFU (WHEP playback): workers, UDP ports, advertised addresses.
+    pub sfu: SfuConfig,
+    /// The watch page and the playback URLs handed to viewers (`[web]`).
+    pub web: WebConfig,
+}
+
+/// `[web]`: the watch page (`/watch/{stream}`), its assets, and how playback URLs are formed.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where `npm ci --prefix web` installed the page's dependencies (hls.js is served from
+    /// `{dir}/node_modules/hls.js/dist/`). Relative paths are relative to the working directory.
+    pub dir: std::path::PathBuf,
+    /// Base of the URLs handed out (`https://live.example.com`); empty: `http://` + the request's
+    /// `Host` header.
+    pub public_url: String,
+    /// The page falls back to LL-HLS when WebRTC has decoded no frame within this time.
+    pub webrtc_timeout_ms: u64,
+    /// The page falls back to LL-HLS when WebRTC decodes no new frame for this long.
+    pub freeze_ms: u64,
+    /// Provider of streams that do not name one (and of every stream in open mode): `"origin"`
+    /// or `{ kind = "cdn", hls_base = "https://…" }`.
+    pub default_provider: crate::provider::ProviderConfig,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            dir: "web".into(),
+            public_url: String::new(),
+            webrtc_timeout_ms: 2_500,
+            freeze_ms: 2_000,
+            default_provider: crate::provider::ProviderConfig::Origin,
+        }
+    }
+}
+
+impl WebConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.public_url.is_empty() {
+            crate::provider::ProviderConfig::Cdn {
+                hls_base: self.public_url.clone(),
+            }
+            .validate()
+            .map_err(|e| format!("config: web.public_url: {}", e.replace("hls_base", "value")))?;
+        }
+        if !(500..=30_000).contains(&self.webrtc_timeout_ms)
+            || !(500..=30_000).contains(&self.freeze_ms)
+        {
+            return Err(
+                "config: web.webrtc_timeout_ms and web.freeze_ms must be within 500..=30000".into(),
+            );
+        }
+        if matches!(
+            self.default_provider,
+            crate::provider::ProviderConfig::External { .. }
+        ) {
+            return Err(
+                "config: web.default_provider cannot be external (one external ingest \
+                        per stream): set provider on the [[streams]] entry"
+                    .into(),
+            );
+        }
+        self.default_provider
+            .validate()
+            .map_err(|e| format!("config: web.default_provider: {e}"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -81,6 +148,11 @@ pub struct StreamConfig {
     /// Secret publish keys (rtmp://HOST/live/KEY, WHIP Bearer).
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Who delivers the stream to viewers: `"origin"` (default: `web.default_provider`),
+    /// `{ kind = "cdn", hls_base = "…" }` or `{ kind = "external", ingest_url = "…",
+    /// playback_url = "…" }`. See `crate::provider`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::provider::ProviderConfig>,
 }
 
 /// One RTMP push destination of a stream.
@@ -100,6 +172,116 @@ pub struct DestinationConfig {
     /// Give up after this many consecutive failures (state `failed`); absent: retry forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+}
+
+/// `[sfu]`: the WebRTC workers that serve WHEP viewers.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfuConfig {
+    /// Serve WebRTC (WHEP) at all.
+    pub enabled: bool,
+    /// Worker threads, one UDP port each (`port_base + i`), each pinned to a core.
+    pub workers: usize,
+    /// First core to pin workers to (worker i gets core `core_base + i`); -1 leaves them unpinned.
+    pub core_base: i64,
+    /// Address the worker sockets bind to.
+    pub bind_ip: std::net::IpAddr,
+    /// First UDP port; 0 lets the OS choose each worker's port (tests).
+    pub port_base: u16,
+    /// Addresses put into ICE candidates (public IP behind NAT, several for multi-homed hosts).
+    /// Empty: the bind address, or every local interface address when bound to 0.0.0.0 / ::.
+    pub advertise: Vec<std::net::IpAddr>,
+    /// Most concurrent WebRTC viewers on this node (503 beyond).
+    pub max_viewers: usize,
+    /// UDP driver: "auto" (io_uring, else epoll), "uring" or "epoll".
+    pub io: String,
+    /// A viewer that sends nothing (no STUN consent, no RTCP) for this long is dropped.
+    pub idle_timeout_ms: u64,
+    /// A viewer that has not completed ICE + DTLS in this time is dropped.
+    pub connect_timeout_ms: u64,
+    /// Keyframe requests (PLI/FIR) from one viewer are answered from the GOP cache at most this
+    /// often.
+    pub keyframe_answer_interval_ms: u64,
+    /// ICE servers announced to WHEP clients in `Link` headers (`stun:` / `turn:` URLs).
+    pub ice_servers: Vec<String>,
+    /// Queue between the router and each worker, in frames.
+    pub worker_queue: usize,
+    /// Largest RTP payload the packetizer emits.
+    pub rtp_payload_max: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workers: 1,
+            core_base: -1,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            port_base: 8189,
+            advertise: Vec::new(),
+            max_viewers: 2_000,
+            io: "auto".into(),
+            idle_timeout_ms: 15_000,
+            connect_timeout_ms: 15_000,
+            keyframe_answer_interval_ms: 1_000,
+            ice_servers: Vec::new(),
+            worker_queue: 1_024,
+            rtp_payload_max: 1_200,
+        }
+    }
+}
+
+impl SfuConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err("config: sfu.workers must be within 1..=256".into());
+        }
+        if self.port_base != 0 && self.port_base as usize + self.workers > 65_536 {
+            return Err("config: sfu.port_base + sfu.workers must stay below 65536".into());
+        }
+        if !["auto", "uring", "epoll"].contains(&self.io.as_str()) {
+            return Err(format!(
+                "config: sfu.io must be \"auto\", \"uring\" or \"epoll\", not \"{}\"",
+                self.io
+            ));
+        }
+        if self.max_viewers == 0 {
+            return Err("config: sfu.max_viewers must be at least 1".into());
+        }
+        if !(1_000..=600_000).contains(&self.idle_timeout_ms)
+            || !(1_000..=600_000).contains(&self.connect_timeout_ms)
+        {
+            return Err(
+                "config: sfu.idle_timeout_ms and sfu.connect_timeout_ms must be within 1000..=600000"
+                    .into(),
+            );
+        }
+        if !(256..=1_400).contains(&self.rtp_payload_max) {
+            return Err("config: sfu.rtp_payload_max must be within 256..=1400".into());
+        }
+        if self.worker_queue < 64 {
+            return Err("config: sfu.worker_queue must be at least 64".into());
+        }
+        for a in &self.advertise {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(format!(
+                    "config: sfu.advertise: {a} is not a usable address"
+                ));
+            }
+        }
+        for s in &self.ice_servers {
+            let ok = ["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|p| s.starts_with(p))
+                && !s.contains(['\r', '\n', '<', '>']);
+            if !ok {
+                return Err(format!(
+                    "config: sfu.ice_servers: '{s}' is not a stun:/turn: URL"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_true() -> bool {
@@ -209,7 +391,13 @@ impl Config {
                     return Err(format!("config: streams.{}: key used twice", s.name));
                 }
             }
+            if let Some(p) = &s.provider {
+                p.validate()
+                    .map_err(|e| format!("config: streams.{}: provider: {e}", s.name))?;
+            }
         }
+        self.web.validate()?;
+        self.sfu.validate()?;
         let mut dest_ids = std::collections::HashSet::new();
         for d in &self.destinations {
             crate::egress::push::validate(&d.stream, &d.into())
@@ -307,6 +495,72 @@ mod tests {
              [[destinations]]\nstream = \"s\"\nid = \"x\"\nurl = \"rtmp://h/a/k2\"\n",
         ] {
             assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sfu_section() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.sfu.workers, 1);
+        assert_eq!(c.sfu.port_base, 8189);
+        assert_eq!(c.sfu.io, "auto");
+        let c = Config::from_toml(
+            "[sfu]\nworkers = 2\nport_base = 9000\nadvertise = [\"203.0.113.7\"]\nio = \"epoll\"\n\
+             ice_servers = [\"stun:stun.example.net:3478\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.sfu.workers, 2);
+        assert_eq!(c.sfu.advertise.len(), 1);
+        for bad in [
+            "[sfu]\nworkers = 0\n",
+            "[sfu]\nio = \"kqueue\"\n",
+            "[sfu]\nadvertise = [\"0.0.0.0\"]\n",
+            "[sfu]\nice_servers = [\"http://x\"]\n",
+            "[sfu]\nbogus = 1\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+        let e = Config::from_toml("[sfu]\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn web_section_and_providers() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.web.dir, std::path::PathBuf::from("web"));
+        assert_eq!(c.web.webrtc_timeout_ms, 2_500);
+        assert_eq!(c.web.default_provider.kind(), "origin");
+        let c = Config::from_toml(
+            "[web]\ndir = \"/opt/deltacast/web\"\npublic_url = \"https://live.example.com\"\n\
+             default_provider = { kind = \"cdn\", hls_base = \"https://d1.cloudfront.net\" }\n\
+             [[streams]]\nname = \"a\"\nkeys = [\"k\"]\nprovider = \"origin\"\n\
+             [[streams]]\nname = \"b\"\nprovider = { kind = \"external\", \
+             ingest_url = \"rtmps://x.example:443/app/sk\", playback_url = \"https://x.example/b.m3u8\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.web.default_provider.kind(), "cdn");
+        assert_eq!(c.streams[0].provider.as_ref().unwrap().kind(), "origin");
+        assert_eq!(c.streams[1].provider.as_ref().unwrap().kind(), "external");
+        for (bad, word) in [
+            ("[web]\nbogus = 1\n", "bogus"),
+            ("[web]\npublic_url = \"live.example.com\"\n", "public_url"),
+            ("[web]\nwebrtc_timeout_ms = 10\n", "webrtc_timeout_ms"),
+            ("[[streams]]\nname = \"a\"\nprovider = \"cloudfront\"\n", "cloudfront"),
+            (
+                "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"x\" }\n",
+                "hls_base",
+            ),
+            (
+                "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"https://x\", ttl = 1 }\n",
+                "ttl",
+            ),
+            (
+                "[web]\ndefault_provider = { kind = \"external\", ingest_url = \"rtmp://x/a/k\", playback_url = \"https://x/p\" }\n",
+                "external",
+            ),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(e.contains(word), "{bad}: {e}");
         }
     }
 

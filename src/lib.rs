@@ -9,5 +9,7 @@ pub mod egress;
 pub mod fuzzing;
 pub mod http;
 pub mod ingest;
+pub mod io;
 pub mod media;
 pub mod metrics;
+pub mod provider;

@@ -57,6 +57,12 @@ struct ServeArgs {
     /// Segments listed in the playlist (hls.window_segments).
     #[arg(long)]
     window_segments: Option<usize>,
+    /// WebRTC UDP driver: auto (io_uring, else epoll), uring or epoll (sfu.io).
+    #[arg(long)]
+    sfu_io: Option<String>,
+    /// Disable the WebRTC SFU (sfu.enabled = false).
+    #[arg(long)]
+    no_sfu: bool,
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -111,6 +117,12 @@ fn main() {
             }
             if let Some(v) = a.window_segments {
                 cfg.hls.window_segments = v;
+            }
+            if let Some(v) = a.sfu_io {
+                cfg.sfu.io = v;
+            }
+            if a.no_sfu {
+                cfg.sfu.enabled = false;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("{e}");

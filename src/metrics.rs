@@ -94,7 +94,13 @@ impl Metrics {
     }
 
     /// Render everything in the Prometheus text format.
-    pub fn render(&self, registry: &Registry, hls: &HlsStore, push: &PushEngine) -> String {
+    pub fn render(
+        &self,
+        registry: &Registry,
+        hls: &HlsStore,
+        push: &PushEngine,
+        sfu: Option<&crate::egress::sfu::SfuHandle>,
+    ) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
         let counter = |v: u64| {
             let c: Counter = Counter::default();
@@ -224,8 +230,79 @@ impl Metrics {
 
         push.encode_metrics(&mut r);
 
+        if let Some(sfu) = sfu {
+            render_sfu(&mut r, sfu);
+        }
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// WebRTC SFU counters, per worker and for the router.
+fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
+    let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    let viewers = Family::<Labels, Gauge>::default();
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let dgrams = Family::<Labels, Counter>::default();
+    let unknown = Family::<Labels, Counter>::default();
+    let keyframes = Family::<Labels, Counter>::default();
+    let dropped = Family::<Labels, Counter>::default();
+    for w in &sfu.workers {
+        let l = vec![
+            ("worker".to_string(), w.index.to_string()),
+            ("driver".to_string(), w.driver.as_str().to_string()),
+        ];
+        let s = &w.shared;
+        viewers
+            .get_or_create(&l)
+            .set(s.viewers.load(Ordering::Relaxed) as i64);
+        packets.get_or_create(&l).inc_by(ld(&s.packets_out));
+        bytes.get_or_create(&l).inc_by(ld(&s.bytes_out));
+        dgrams.get_or_create(&l).inc_by(ld(&s.datagrams_in));
+        unknown.get_or_create(&l).inc_by(ld(&s.datagrams_unknown));
+        keyframes.get_or_create(&l).inc_by(ld(&s.keyframe_answers));
+        dropped.get_or_create(&l).inc_by(ld(&s.viewers_dropped));
+    }
+    r.register(
+        "sfu_viewers",
+        "WebRTC viewers connected, per worker",
+        viewers,
+    );
+    r.register("sfu_packets_out", "RTP packets sent to viewers", packets);
+    r.register("sfu_bytes_out", "Bytes sent to viewers", bytes);
+    r.register("sfu_datagrams_in", "UDP datagrams received", dgrams);
+    r.register(
+        "sfu_datagrams_unknown",
+        "Datagrams that matched no viewer (garbage, stale peers, bad STUN integrity)",
+        unknown,
+    );
+    r.register(
+        "sfu_keyframe_answers",
+        "Viewer keyframe requests answered from the GOP cache",
+        keyframes,
+    );
+    r.register("sfu_viewers_dropped", "Viewers dropped on timeout", dropped);
+    let rs = &sfu.router_shared;
+    let c = |v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        c
+    };
+    r.register(
+        "sfu_router_frames",
+        "Frames packetized for WebRTC",
+        c(ld(&rs.frames)),
+    );
+    r.register(
+        "sfu_router_packets",
+        "RTP packets made (once per stream)",
+        c(ld(&rs.packets)),
+    );
+    r.register(
+        "sfu_router_frames_dropped",
+        "Frames a worker queue had no room for",
+        c(ld(&rs.frames_dropped)),
+    );
 }

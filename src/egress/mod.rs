@@ -2,3 +2,4 @@
 
 pub mod hls;
 pub mod push;
+pub mod sfu;

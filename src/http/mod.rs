@@ -2,7 +2,10 @@
 
 pub mod api;
 pub mod hls;
+pub mod playback_api;
 pub mod push_api;
+pub mod watch;
+pub mod whep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,12 +28,19 @@ pub struct AppState {
     pub hls: Arc<HlsStore>,
     pub metrics: Arc<Metrics>,
     pub push: crate::egress::push::PushEngine,
+    /// WebRTC SFU for WHEP playback; `None` when disabled or its sockets could not be bound.
+    pub sfu: Option<Arc<crate::egress::sfu::SfuHandle>>,
+    /// Each stream's StreamingProvider (playback URLs; see `crate::provider`).
+    pub providers: Arc<crate::provider::ProviderRegistry>,
 }
 
 async fn metrics(State(state): State<AppState>) -> Response<Body> {
-    let text = state
-        .metrics
-        .render(&state.registry, &state.hls, &state.push);
+    let text = state.metrics.render(
+        &state.registry,
+        &state.hls,
+        &state.push,
+        state.sfu.as_deref(),
+    );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -74,6 +84,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/streams/{name}", get(api::get).delete(api::remove))
         .route("/api/v1/streams/{name}/publisher", delete(api::kick))
         .merge(push_api::routes())
+        .merge(whep::routes())
+        .merge(playback_api::routes())
+        .merge(watch::routes())
         .route(
             "/hls/{stream}/index.m3u8",
             get(hls::playlist).options(preflight),

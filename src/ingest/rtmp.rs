@@ -1227,6 +1227,7 @@ mod tests {
         c.streams = vec![crate::config::StreamConfig {
             name: "town-hall".into(),
             keys: vec!["s3cret-key".into()],
+            provider: None,
         }];
         let (addr, reg) = start(c).await;
         let e = Client::connect(addr, "other").await.err().unwrap();

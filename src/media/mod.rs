@@ -1,6 +1,7 @@
 //! The one media model in the middle: streams (named live programs) made of tracks (codec
 //! parameters) carrying frames (shared payloads). Every ingest produces it; every egress reads it.
 
+pub mod bridge;
 pub mod codec;
 pub mod frame;
 pub mod stream;

@@ -32,13 +32,15 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+    PublishRequestType, StreamMetadata,
 };
 use rml_rtmp::time::RtmpTimestamp;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use super::chunk::{Segments, CHUNK_SIZE};
 use super::flv::{FlvMuxer, FlvTag, Headers};
 use super::queue::{Item, QueueLimits, SendQueue};
 use super::tls::{server_name, TlsConfigs};
@@ -57,6 +59,12 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(10);
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const WAITING: &str = "waiting for the stream to be published";
+/// After a write, frames are gathered until the next tick of this grid before the next one
+/// (unless a full batch is queued): a few frames per write instead of one, and all destinations on
+/// the same tick, so the I/O thread costs a few tens of wake-ups per second however many
+/// destinations it serves. Platforms buffer seconds; 40 ms is invisible.
+pub const WRITE_COALESCE: Duration = Duration::from_millis(40);
 /// Most bytes serialized into one socket write.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -207,7 +215,7 @@ impl Destination {
             status: Mutex::new(StatusInner {
                 state: DestState::Waiting,
                 since: Instant::now(),
-                reason: Some("starting".into()),
+                reason: Some(WAITING.into()),
                 last_error: None,
                 connected: None,
                 rtt: None,
@@ -395,10 +403,7 @@ pub(super) async fn run(d: Arc<Destination>, registry: Arc<Registry>, tls: TlsCo
             continue;
         }
         if !live {
-            d.set_state(
-                DestState::Waiting,
-                Some("waiting for the stream to be published".into()),
-            );
+            d.set_state(DestState::Waiting, Some(WAITING.into()));
             d.wake.notified().await;
             continue;
         }
@@ -409,10 +414,10 @@ pub(super) async fn run(d: Arc<Destination>, registry: Arc<Registry>, tls: TlsCo
                 CONNECT_TIMEOUT.as_secs()
             ),
             Ok(Err(e)) => e,
-            Ok(Ok((io, session))) => {
+            Ok(Ok((io, session, stream_id))) => {
                 d.set_live();
                 let started = Instant::now();
-                let r = run_live(&d, io, session, &registry, &mut ts).await;
+                let r = run_live(&d, io, session, stream_id, &registry, &mut ts).await;
                 d.inbox.lock().queue.stop();
                 if started.elapsed() >= HEALTHY_AFTER {
                     attempts = 0;
@@ -536,8 +541,21 @@ fn error_code(ev: &ClientSessionEvent) -> Option<String> {
     }
 }
 
+/// The message stream id the server gave our publish (from `createStream`), which rml_rtmp keeps
+/// to itself: read from the full header of a metadata message it serializes for us (never sent;
+/// chunk stream 3 is not used for anything else).
+fn publish_stream_id(session: &mut ClientSession) -> u32 {
+    match session.publish_metadata(&StreamMetadata::new()) {
+        Ok(ClientSessionResult::OutboundResponse(p)) => stream_id_of(&p.bytes).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// A connection that is publishing: the socket, the session, the message stream id.
+type Connected = (BoxIo, ClientSession, u32);
+
 /// TCP (+ TLS) + RTMP handshake + connect + publish.
-async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<(BoxIo, ClientSession), String> {
+async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<Connected, String> {
     let (host, port) = d.url.connect_addr();
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
@@ -591,7 +609,7 @@ async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<(BoxIo, ClientSess
     };
 
     let mut cfg = ClientSessionConfig::new();
-    cfg.chunk_size = CHUNK_SIZE;
+    cfg.chunk_size = CHUNK_SIZE as u32;
     cfg.tc_url = Some(d.url.tc_url());
     cfg.flash_version = "FMLE/3.0 (compatible; deltacast)".into();
     let rtmp_err = |e: rml_rtmp::sessions::ClientSessionError| format!("RTMP: {e}");
@@ -647,7 +665,8 @@ async fn connect(d: &Destination, tls: &TlsConfigs) -> Result<(BoxIo, ClientSess
             write_flush(&mut io, &out).await?;
         }
         if published {
-            return Ok((io, session));
+            let sid = publish_stream_id(&mut session);
+            return Ok((io, session, sid));
         }
         let n = io
             .read(&mut buf)
@@ -673,31 +692,6 @@ fn collect(out: &mut Vec<u8>, results: Vec<ClientSessionResult>) {
 async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, buf: &[u8]) -> Result<(), String> {
     w.write_all(buf).await.map_err(|e| io_err("write", e))?;
     w.flush().await.map_err(|e| io_err("write", e))
-}
-
-/// Write everything, failing when no byte is accepted for [`STALL_TIMEOUT`].
-async fn write_with_progress<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    mut buf: &[u8],
-) -> Result<(), String> {
-    let stalled = || {
-        format!(
-            "the destination stopped reading (no progress for {} s)",
-            STALL_TIMEOUT.as_secs()
-        )
-    };
-    while !buf.is_empty() {
-        match tokio::time::timeout(STALL_TIMEOUT, w.write(buf)).await {
-            Err(_) => return Err(stalled()),
-            Ok(Ok(0)) => return Err("the destination closed the connection".into()),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(io_err("write", e)),
-        }
-    }
-    match tokio::time::timeout(STALL_TIMEOUT, w.flush()).await {
-        Err(_) => Err(stalled()),
-        Ok(r) => r.map_err(|e| io_err("write", e)),
-    }
 }
 
 /// The stream's current GOP, as tags, for a connection that just went live.
@@ -731,6 +725,7 @@ async fn run_live(
     d: &Arc<Destination>,
     io: BoxIo,
     session: ClientSession,
+    stream_id: u32,
     registry: &Registry,
     ts: &mut TsMap,
 ) -> Result<Exit, String> {
@@ -743,7 +738,7 @@ async fn run_live(
     let (mut rd, mut wr) = tokio::io::split(io);
     let r = {
         let reader = read_loop(d, &shared, &mut rd);
-        let writer = write_loop(d, &shared, &mut wr, ts);
+        let writer = write_loop(d, &shared, &mut wr, stream_id, ts);
         tokio::pin!(reader, writer);
         tokio::select! {
             e = &mut reader => Err(e),
@@ -834,9 +829,6 @@ async fn read_until_error<R: AsyncRead + Unpin>(
     }
 }
 
-/// The outbound chunk size `ClientSession` announces once connected (its config default).
-const CHUNK_SIZE: u32 = 4096;
-
 /// `@setDataFrame onMetaData` for the program, as one RTMP data message at timestamp 0.
 ///
 /// Not through `ClientSession::publish_metadata`: that stamps the message with the session's
@@ -887,7 +879,7 @@ fn metadata_packet(h: &Headers, stream_id: u32) -> Option<Vec<u8>> {
         .into_message_payload(RtmpTimestamp::new(0), stream_id)
         .ok()?;
     let mut ser = rml_rtmp::chunk_io::ChunkSerializer::new();
-    ser.set_max_chunk_size(CHUNK_SIZE, RtmpTimestamp::new(0))
+    ser.set_max_chunk_size(CHUNK_SIZE as u32, RtmpTimestamp::new(0))
         .ok()?;
     ser.serialize(&payload, true, false).ok().map(|p| p.bytes)
 }
@@ -908,18 +900,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     d: &Destination,
     shared: &LiveShared,
     wr: &mut W,
+    stream_id: u32,
     ts: &mut TsMap,
 ) -> Result<Exit, String> {
     let rtmp_err = |e: rml_rtmp::sessions::ClientSessionError| format!("RTMP: {e}");
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut segs = Segments::default();
     let mut items: Vec<Item> = Vec::with_capacity(64);
     let mut sent_headers: Option<Arc<Headers>> = None;
-    let mut stream_id: Option<u32> = None;
     let mut next_ping = Instant::now() + PING_INTERVAL;
     let mut idle_since: Option<Instant> = None;
+    let mut gather_until: Option<Instant> = None;
     loop {
         if d.is_removed() {
             return Ok(Exit::Removed);
+        }
+        if let Some(t) = gather_until.take() {
+            if Instant::now() < t && d.inbox.lock().queue.len_bytes() < BATCH_BYTES {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+                continue;
+            }
         }
         let now = Instant::now();
         {
@@ -945,60 +944,45 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        out.clear();
+        segs.clear();
         let mut frames = 0u64;
         {
+            // Control bytes the reader produced were serialized before anything below: they go
+            // first (both sides serialize under the session lock).
             let mut s = shared.session.lock();
-            out.append(&mut shared.ctl.lock());
+            segs.push_owned(std::mem::take(&mut *shared.ctl.lock()));
             for it in items.drain(..) {
                 match it {
                     Item::Headers(h) => {
                         if sent_headers.as_ref().is_some_and(|c| c.same_codecs(&h)) {
                             continue;
                         }
-                        let at = ts.now();
-                        let mut hdr = Vec::new();
+                        if let Some(m) = metadata_packet(&h, stream_id) {
+                            segs.push_owned(m);
+                        }
+                        let at = ts.now().value;
                         if let Some(v) = &h.video {
-                            let p = s
-                                .publish_video_data(v.clone(), at, false)
-                                .map_err(rtmp_err)?;
-                            collect(&mut hdr, vec![p]);
+                            segs.message(stream_id, at, v);
                         }
                         if let Some(a) = &h.audio {
-                            let p = s
-                                .publish_audio_data(a.clone(), at, false)
-                                .map_err(rtmp_err)?;
-                            collect(&mut hdr, vec![p]);
+                            segs.message(stream_id, at, a);
                         }
-                        if stream_id.is_none() {
-                            stream_id = stream_id_of(&hdr);
-                        }
-                        if let Some(m) = metadata_packet(&h, stream_id.unwrap_or(1)) {
-                            out.extend_from_slice(&m);
-                        }
-                        out.extend_from_slice(&hdr);
                         sent_headers = Some(h);
                     }
                     Item::Tag(t) => {
-                        let at = ts.map(&t);
-                        let p = match t.kind {
-                            TrackKind::Video => s.publish_video_data(t.body.clone(), at, false),
-                            TrackKind::Audio => s.publish_audio_data(t.body.clone(), at, false),
-                        }
-                        .map_err(rtmp_err)?;
-                        collect(&mut out, vec![p]);
+                        segs.message(stream_id, ts.map(&t).value, &t.body);
                         frames += 1;
                     }
                 }
             }
             if now >= next_ping {
                 let (p, stamp) = s.send_ping_request().map_err(rtmp_err)?;
-                out.extend_from_slice(&p.bytes);
+                segs.push_owned(p.bytes);
                 *shared.ping.lock() = Some((stamp.value, now));
                 next_ping = now + PING_INTERVAL;
             }
         }
-        if out.is_empty() {
+        if segs.is_empty() {
             let mut deadline = next_ping;
             if let Some(t) = idle_since {
                 deadline = deadline.min(t + IDLE_GRACE);
@@ -1009,16 +993,70 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             continue;
         }
-        write_with_progress(wr, &out).await?;
-        d.bytes_sent.fetch_add(out.len() as u64, Ordering::Relaxed);
+        write_segments(wr, &segs.parts).await?;
+        d.bytes_sent.fetch_add(segs.bytes as u64, Ordering::Relaxed);
         d.frames_sent.fetch_add(frames, Ordering::Relaxed);
+        gather_until = Some(next_tick(Instant::now()));
+    }
+}
+
+/// The next [`WRITE_COALESCE`] boundary on a process-wide grid: every destination that is
+/// gathering wakes at the same instant, so the I/O thread wakes once per tick for all of them
+/// rather than once per destination.
+fn next_tick(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let step = WRITE_COALESCE.as_nanos();
+    let k = now.saturating_duration_since(epoch).as_nanos() / step + 1;
+    epoch + Duration::from_nanos((k * step) as u64)
+}
+
+/// Write `parts` in order with vectored writes (shared bodies are never copied here), failing
+/// when no byte is accepted for [`STALL_TIMEOUT`].
+async fn write_segments<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    parts: &[bytes::Bytes],
+) -> Result<(), String> {
+    let stalled = || {
+        format!(
+            "the destination stopped reading (no progress for {} s)",
+            STALL_TIMEOUT.as_secs()
+        )
+    };
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&parts[idx][off..])
+            .chain(parts[idx + 1..].iter().map(|b| &b[..]))
+            .take(64)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = match tokio::time::timeout(STALL_TIMEOUT, w.write_vectored(&slices)).await {
+            Err(_) => return Err(stalled()),
+            Ok(Ok(0)) => return Err("the destination closed the connection".into()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(io_err("write", e)),
+        };
+        while n > 0 && idx < parts.len() {
+            let rest = parts[idx].len() - off;
+            if n >= rest {
+                n -= rest;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    match tokio::time::timeout(STALL_TIMEOUT, w.flush()).await {
+        Err(_) => Err(stalled()),
+        Ok(r) => r.map_err(|e| io_err("write", e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
@@ -1038,7 +1076,7 @@ mod tests {
             kind,
             dts: ms * 90,
             keyframe: false,
-            body: Bytes::new(),
+            body: crate::egress::push::chunk::ChunkedBody::new(kind, &[]),
         }
     }
 

@@ -2,11 +2,11 @@
 //! tag bodies, the payload of RTMP audio (8) and video (9) messages.
 //!
 //! Everything here is built **once per stream** and handed to every destination by reference
-//! (`Arc<FlvTag>`, whose body is a `Bytes`): N destinations cost N reference-count increments, not
-//! N copies. The one copy on this path is the 5-byte (video) / 2-byte (audio) FLV tag header glued
-//! in front of the frame's payload, once per frame per stream; the RTMP chunker of each destination
-//! then copies the body into its chunk stream (one copy per destination, unavoidable since RTMP
-//! chunk headers are interleaved with the payload every chunk-size bytes).
+//! (`Arc<FlvTag>`, whose body is a `Bytes` already laid out in RTMP chunks, see [`super::chunk`]):
+//! N destinations cost N reference-count increments, not N copies. The one copy on this path is
+//! made here, once per frame per stream: the 5-byte (video) / 2-byte (audio) FLV tag header and
+//! the frame's payload are written into one buffer with the chunk continuation bytes in place.
+//! Each destination then only writes a 12-byte message header of its own in front of it.
 //!
 //! - Video: `AVCPacketType 0` carries the `AVCDecoderConfigurationRecord` (the ingest's `avcC` as
 //!   received, or one built from SPS/PPS when the source had none, e.g. WHIP); `AVCPacketType 1`
@@ -23,6 +23,8 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use super::chunk::ChunkedBody;
 
 use crate::media::{AacParams, Codec, Frame, H264Params, TrackKind, TrackSet, CLOCK_HZ};
 
@@ -51,18 +53,18 @@ pub struct FlvTag {
     pub dts: i64,
     /// A video IDR (audio: false). Destinations (re)start on these.
     pub keyframe: bool,
-    /// The tag body: FLV audio/video tag header + payload.
-    pub body: Bytes,
+    /// The tag body (FLV audio/video tag header + payload), laid out in RTMP chunks.
+    pub body: ChunkedBody,
 }
 
 impl FlvTag {
     /// Bytes of payload (what queues are bounded by).
     pub fn len(&self) -> usize {
-        self.body.len()
+        self.body.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.body.is_empty()
+        self.body.len == 0
     }
 
     /// RTMP timestamp in milliseconds on the stream clock.
@@ -78,9 +80,9 @@ pub struct Headers {
     /// `TrackSet::session` these were built from.
     pub session: u64,
     /// AVC sequence header tag body, when the program has H.264 video.
-    pub video: Option<Bytes>,
+    pub video: Option<ChunkedBody>,
     /// AAC sequence header tag body, when the program has AAC-LC audio.
-    pub audio: Option<Bytes>,
+    pub audio: Option<ChunkedBody>,
     pub metadata: Metadata,
     /// Why this program cannot go to an RTMP destination (a codec RTMP/FLV platforms cannot
     /// play). `None`: everything in the program is pushable.
@@ -110,7 +112,7 @@ impl Headers {
         match &tracks.video {
             Some(Codec::H264(p)) => match avc_sequence_header(p) {
                 Ok(b) => {
-                    h.video = Some(b);
+                    h.video = Some(ChunkedBody::new(TrackKind::Video, &[&b]));
                     h.metadata.width = Some(p.width);
                     h.metadata.height = Some(p.height);
                 }
@@ -124,7 +126,10 @@ impl Headers {
         }
         match &tracks.audio {
             Some(Codec::Aac(p)) if p.object_type == AOT_AAC_LC && !p.asc.is_empty() => {
-                h.audio = Some(aac_sequence_header(p));
+                h.audio = Some(ChunkedBody::new(
+                    TrackKind::Audio,
+                    &[&aac_sequence_header(p)],
+                ));
                 h.metadata.audio_sample_rate = Some(p.sample_rate);
                 h.metadata.audio_channels = Some(p.channels);
             }
@@ -294,25 +299,26 @@ impl FlvMuxer {
         self.aac_flags = tracks.aac().map(|p| aac_flags(p.channels));
     }
 
-    /// One frame → one tag body (a copy of the payload behind the FLV tag header).
+    /// One frame → one tag body (a copy of the payload behind the FLV tag header, laid out in
+    /// RTMP chunks).
     pub fn tag(&self, f: &Frame) -> Arc<FlvTag> {
         let body = match f.kind {
             TrackKind::Video => {
                 let cts = ticks_to_ms(f.pts) - ticks_to_ms(f.dts);
                 let cts = cts.clamp(-(1 << 23), (1 << 23) - 1) as i32;
-                let mut b = BytesMut::with_capacity(5 + f.data.len());
-                b.put_u8(if f.keyframe { AVC_KEY } else { AVC_INTER });
-                b.put_u8(1);
-                b.put_slice(&cts.to_be_bytes()[1..]);
-                b.put_slice(&f.data);
-                b.freeze()
+                let c = cts.to_be_bytes();
+                let head = [
+                    if f.keyframe { AVC_KEY } else { AVC_INTER },
+                    1,
+                    c[1],
+                    c[2],
+                    c[3],
+                ];
+                ChunkedBody::new(TrackKind::Video, &[&head, &f.data])
             }
             TrackKind::Audio => {
-                let mut b = BytesMut::with_capacity(2 + f.data.len());
-                b.put_u8(self.aac_flags.unwrap_or(AAC_STEREO));
-                b.put_u8(1);
-                b.put_slice(&f.data);
-                b.freeze()
+                let head = [self.aac_flags.unwrap_or(AAC_STEREO), 1];
+                ChunkedBody::new(TrackKind::Audio, &[&head, &f.data])
             }
         };
         Arc::new(FlvTag {
@@ -379,10 +385,10 @@ mod tests {
         ));
         assert_eq!(h.refusal, None);
         assert_eq!(h.session, 7);
-        let v = h.video.unwrap();
+        let v = h.video.unwrap().payload();
         assert_eq!(&v[..5], &[0x17, 0, 0, 0, 0]);
         assert_eq!(&v[5..], AVCC);
-        assert_eq!(&h.audio.unwrap()[..], &[0xAF, 0x00, 0x12, 0x10]);
+        assert_eq!(&h.audio.unwrap().payload()[..], &[0xAF, 0x00, 0x12, 0x10]);
         assert_eq!(h.metadata.width, Some(320));
     }
 
@@ -394,7 +400,7 @@ mod tests {
         let parsed = crate::media::codec::h264::parse_avcc(built).unwrap();
         assert_eq!((parsed.width, parsed.height), (320, 240));
         let h = Headers::from_tracks(&tracks(Some(Codec::H264(h264(Bytes::new()))), None));
-        assert_eq!(&h.video.unwrap()[5..], AVCC);
+        assert_eq!(&h.video.unwrap().payload()[5..], AVCC);
         let mut none = h264(Bytes::new());
         none.sps.clear();
         assert_eq!(build_avcc(&none), Err(FlvError::NoParameterSets));
@@ -446,14 +452,15 @@ mod tests {
         let t = m.tag(&f);
         assert_eq!(t.ms(), 1000);
         assert!(t.keyframe);
-        assert_eq!(&t.body[..5], &[0x17, 0x01, 0x00, 0x00, 40]);
-        assert_eq!(&t.body[5..], &data[..]);
+        let b = t.body.payload();
+        assert_eq!(&b[..5], &[0x17, 0x01, 0x00, 0x00, 40]);
+        assert_eq!(&b[5..], &data[..]);
         let f = Frame {
             keyframe: false,
             pts: f.dts,
             ..f
         };
-        assert_eq!(&m.tag(&f).body[..5], &[0x27, 0x01, 0, 0, 0]);
+        assert_eq!(&m.tag(&f).body.payload()[..5], &[0x27, 0x01, 0, 0, 0]);
         let a = Frame {
             kind: TrackKind::Audio,
             dts: 0,
@@ -464,7 +471,7 @@ mod tests {
         };
         let t = m.tag(&a);
         assert!(!t.keyframe, "audio never counts as a video keyframe");
-        assert_eq!(&t.body[..], &[0xAE, 0x01, 0x21, 0x00]);
+        assert_eq!(&t.body.payload()[..], &[0xAE, 0x01, 0x21, 0x00]);
         assert_eq!(ticks_to_ms(-1), -1);
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 //!
 //! - [`flv`]: sans-IO FLV tag bodies and sequence headers; codec fit (H.264 + AAC-LC only).
+//! - [`chunk`]: sans-IO RTMP chunk layout shared by all destinations (per-destination headers).
 //! - [`queue`]: sans-IO per-destination queue (bounds, drop-to-keyframe, keyframe starts,
 //!   timestamps that never go back).
 //! - [`destination`]: the state machine and the connection task.
@@ -23,6 +24,7 @@
 //! channel); all connections run on a second OS thread with a current-thread tokio runtime. Both can
 //! be pinned to one core. The HTTP API talks to them through [`PushEngine`].
 
+pub mod chunk;
 pub mod destination;
 pub mod flv;
 pub mod queue;
@@ -608,16 +610,16 @@ pub fn detached_destination(stream: &str, id: &str, limits: QueueLimits) -> Arc<
 }
 
 #[doc(hidden)]
-/// Pop everything queued for a detached destination; returns the tag bytes popped.
-pub fn drain_detached(d: &Destination) -> usize {
+/// Pop everything queued for a detached destination (the tags, by reference).
+pub fn drain_detached(d: &Destination) -> Vec<Arc<flv::FlvTag>> {
     let mut i = d.inbox.lock();
-    let mut n = 0;
+    let mut tags = Vec::new();
     while let Some(it) = i.queue.pop() {
         if let queue::Item::Tag(t) = it {
-            n += t.len();
+            tags.push(t);
         }
     }
-    n
+    tags
 }
 
 #[cfg(test)]

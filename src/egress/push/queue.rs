@@ -284,13 +284,14 @@ impl SendQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::egress::push::chunk::ChunkedBody;
 
     fn headers(session: u64, video: bool) -> Arc<Headers> {
         Arc::new(Headers {
             session,
-            video: video.then(|| Bytes::from_static(b"\x17\x00\x00\x00\x00avcc")),
-            audio: Some(Bytes::from_static(b"\xaf\x00\x12\x10")),
+            video: video
+                .then(|| ChunkedBody::new(TrackKind::Video, &[b"\x17\x00\x00\x00\x00avcc"])),
+            audio: Some(ChunkedBody::new(TrackKind::Audio, &[b"\xaf\x00\x12\x10"])),
             metadata: Default::default(),
             refusal: None,
         })
@@ -301,7 +302,7 @@ mod tests {
             kind: TrackKind::Video,
             dts,
             keyframe: key,
-            body: Bytes::from(vec![0u8; len]),
+            body: ChunkedBody::new(TrackKind::Video, &[&vec![0u8; len]]),
         })
     }
 
@@ -310,7 +311,7 @@ mod tests {
             kind: TrackKind::Audio,
             dts,
             keyframe: false,
-            body: Bytes::from_static(b"\xaf\x01xx"),
+            body: ChunkedBody::new(TrackKind::Audio, &[b"\xaf\x01xx"]),
         })
     }
 

@@ -1,0 +1,570 @@
+//! WHEP viewer load generator: many str0m clients per thread, each with its own UDP socket on
+//! 127.0.0.1, full ICE + DTLS + SRTP against a running relay. Bounded: `--viewers N` (≤ 5,000)
+//! and `--secs S` (≤ 300) of measurement after the last join, then it prints a summary and exits.
+//! Only loopback targets are accepted.
+//!
+//! usage: deltacast-whep-load --http 127.0.0.1:PORT --stream NAME --viewers N --secs S
+//!            [--join-rate R/s] [--threads T] [--pid RELAY_PID] [--settle SECS]
+//!
+//! What it measures, over the window that starts `--settle` seconds after the last viewer joined
+//! (so the GOP-cache bursts of new viewers are not in it) and lasts `--secs`:
+//! - joined viewers (201 from the POST, ICE + DTLS connected, at least one RTP packet);
+//! - RTP packets received, and loss from sequence gaps: per viewer (one video SSRC each),
+//!   expected = last − first + 1 extended sequence numbers seen in the window, lost = expected −
+//!   received. The relay keeps a NACK history, so this is loss after any NACK/RTX repair, as a
+//!   player would see it;
+//! - relay-added fan-out latency: every viewer receives the same RTP payloads (the relay
+//!   packetizes once and shares them), but with its own SSRC, sequence numbers and timestamp
+//!   offset, so packets are matched across viewers by a hash of the payload. For each payload,
+//!   the latency sample of a viewer is its arrival time (taken by this process right after
+//!   `recv`, before decryption) minus the earliest arrival of that payload at any viewer. That
+//!   is the spread the relay adds by serving viewers one after another (plus this process's own
+//!   receive scheduling); it does not include ingest (RTMP → frame → packetizer), which is the
+//!   same for all viewers;
+//! - time to first packet / first complete frame (marker bit) per viewer, from the start of its
+//!   WHEP POST;
+//! - relay CPU over the window (`/proc/PID/task/*/schedstat`, ns, whole process and the SFU
+//!   worker threads `sfu-*`), relay RSS before the first join and at the end of the window, and
+//!   memory per viewer = (RSS at N − RSS at 0) / N.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+const MAX_VIEWERS: usize = 5000;
+const MAX_SECS: u64 = 300;
+/// Latency samples kept per thread (beyond this, samples are not recorded).
+const MAX_SAMPLES_PER_THREAD: usize = 8_000_000;
+
+struct Args {
+    http: SocketAddr,
+    stream: String,
+    viewers: usize,
+    secs: u64,
+    join_rate: f64,
+    threads: usize,
+    pid: Option<u32>,
+    settle: f64,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: deltacast-whep-load --http 127.0.0.1:PORT --stream NAME --viewers N --secs S \
+         [--join-rate R] [--threads T] [--pid RELAY_PID] [--settle SECS]"
+    );
+    std::process::exit(2);
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        http: "127.0.0.1:8080".parse().unwrap(),
+        stream: "live".into(),
+        viewers: 10,
+        secs: 10,
+        join_rate: 100.0,
+        threads: 2,
+        pid: None,
+        settle: 2.0,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let val = v.get(i + 1).cloned().unwrap_or_else(|| usage());
+        match v[i].as_str() {
+            "--http" => a.http = val.parse().unwrap_or_else(|_| usage()),
+            "--stream" => a.stream = val,
+            "--viewers" => a.viewers = val.parse().unwrap_or_else(|_| usage()),
+            "--secs" => a.secs = val.parse().unwrap_or_else(|_| usage()),
+            "--join-rate" => a.join_rate = val.parse().unwrap_or_else(|_| usage()),
+            "--threads" => a.threads = val.parse().unwrap_or_else(|_| usage()),
+            "--pid" => a.pid = Some(val.parse().unwrap_or_else(|_| usage())),
+            "--settle" => a.settle = val.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+        i += 2;
+    }
+    if !a.http.ip().is_loopback() {
+        eprintln!("whep-load: only loopback targets (127.0.0.0/8, ::1) are allowed");
+        std::process::exit(2);
+    }
+    if a.viewers == 0 || a.viewers > MAX_VIEWERS {
+        eprintln!("whep-load: --viewers must be within 1..={MAX_VIEWERS}");
+        std::process::exit(2);
+    }
+    if a.secs == 0 || a.secs > MAX_SECS {
+        eprintln!("whep-load: --secs must be within 1..={MAX_SECS}");
+        std::process::exit(2);
+    }
+    a.threads = a.threads.clamp(1, 16);
+    a.join_rate = a.join_rate.clamp(1.0, 2000.0);
+    a.settle = a.settle.clamp(0.0, 30.0);
+    a
+}
+
+// ───────────────────────────── relay process stats ─────────────────────────────
+
+/// (all threads ns, `sfu-*` worker threads ns) on CPU.
+fn relay_cpu_ns(pid: u32) -> (u64, u64) {
+    let mut all = 0;
+    let mut sfu = 0;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for e in dir.flatten() {
+        let p = e.path();
+        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+            .unwrap_or(0);
+        all += ns;
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with("sfu-") && comm.trim_end() != "sfu-router" {
+            sfu += ns;
+        }
+    }
+    (all, sfu)
+}
+
+fn relay_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+// ───────────────────────────── WHEP signaling ─────────────────────────────
+
+fn http_post_sdp(addr: SocketAddr, path: &str, sdp: &str) -> Result<(u16, String), String> {
+    let t = Duration::from_secs(10);
+    let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(t)).ok();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("bad response: {:?}", &text[..text.len().min(200)]))?;
+    Ok((status, body.to_string()))
+}
+
+// ───────────────────────────── one viewer ─────────────────────────────
+
+struct Viewer {
+    rtc: Rtc,
+    sock: UdpSocket,
+    local: SocketAddr,
+    started: Instant,
+    next_timeout: Instant,
+    connected: bool,
+    dead: bool,
+    first_packet: Option<Instant>,
+    first_frame: Option<Instant>,
+    /// Extended sequence numbers seen in the window: first, last, count.
+    win_first: Option<u64>,
+    win_last: u64,
+    win_received: u64,
+    total_received: u64,
+}
+
+fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
+    let started = Instant::now();
+    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let local = sock.local_addr().unwrap();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_rtp_mode(true)
+        .set_stats_interval(None)
+        .build(started);
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().ok_or("no offer")?;
+    let (status, body) = http_post_sdp(http, &format!("/whep/{stream}"), &offer.to_sdp_string())?;
+    if status != 201 {
+        return Err(format!("POST: {status} {}", body.trim()));
+    }
+    let answer = SdpAnswer::from_sdp_string(&body).map_err(|e| format!("answer: {e}"))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| format!("accept answer: {e}"))?;
+    sock.set_nonblocking(true).unwrap();
+    Ok(Viewer {
+        rtc,
+        sock,
+        local,
+        started,
+        next_timeout: started,
+        connected: false,
+        dead: false,
+        first_packet: None,
+        first_frame: None,
+        win_first: None,
+        win_last: 0,
+        win_received: 0,
+        total_received: 0,
+    })
+}
+
+/// The measurement window, shared by all threads.
+struct Window {
+    start: parking_lot::Mutex<Option<Instant>>,
+    end: parking_lot::Mutex<Option<Instant>>,
+}
+
+struct ThreadOut {
+    viewers: Vec<Viewer>,
+    /// (payload hash, arrival) for packets that arrived within the window.
+    samples: Vec<(u64, Instant)>,
+}
+
+fn payload_hash(p: &[u8]) -> u64 {
+    // FNV-1a over length and the whole payload: unique enough for encoder output.
+    let mut h: u64 = 0xcbf29ce484222325 ^ p.len() as u64;
+    for b in p {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Drain a viewer's output: send its datagrams, account its RTP packets.
+fn drain(
+    v: &mut Viewer,
+    win: (Option<Instant>, Option<Instant>),
+    samples: &mut Vec<(u64, Instant)>,
+) {
+    loop {
+        match v.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                v.next_timeout = t;
+                return;
+            }
+            Ok(Output::Transmit(t)) => {
+                let _ = v.sock.send_to(&t.contents, t.destination);
+            }
+            Ok(Output::Event(e)) => match e {
+                Event::Connected => v.connected = true,
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => v.dead = true,
+                Event::RtpPacket(p) => {
+                    let at = p.timestamp;
+                    v.total_received += 1;
+                    v.first_packet.get_or_insert(at);
+                    if p.header.marker && v.first_frame.is_none() {
+                        v.first_frame = Some(at);
+                    }
+                    let in_win = win.0.is_some_and(|s| at >= s) && win.1.is_none_or(|e| at < e);
+                    if in_win {
+                        let seq: u64 = *p.seq_no;
+                        if v.win_first.is_none() {
+                            v.win_first = Some(seq);
+                            v.win_last = seq;
+                        }
+                        v.win_last = v.win_last.max(seq);
+                        v.win_received += 1;
+                        if samples.len() < MAX_SAMPLES_PER_THREAD {
+                            samples.push((payload_hash(&p.payload), at));
+                        }
+                    }
+                }
+                _ => {}
+            },
+            Err(e) => {
+                eprintln!("whep-load: client rtc: {e}");
+                v.dead = true;
+                return;
+            }
+        }
+    }
+}
+
+/// One polling thread: epoll over its viewers' sockets, str0m timers scanned once per ms.
+fn run_thread(
+    rx: crossbeam_channel::Receiver<Viewer>,
+    window: Arc<Window>,
+    stop: Arc<AtomicBool>,
+) -> ThreadOut {
+    // SAFETY: plain syscall, result checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0, "epoll_create1");
+    let mut viewers: Vec<Viewer> = Vec::new();
+    let mut samples: Vec<(u64, Instant)> = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 2048];
+    let mut evs: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut next_scan = Instant::now();
+    let mut win_cache: (Option<Instant>, Option<Instant>) = (None, None);
+    let mut win_checked = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= win_checked {
+            win_cache = (*window.start.lock(), *window.end.lock());
+            win_checked = now + Duration::from_millis(10);
+        }
+        while let Ok(mut v) = rx.try_recv() {
+            let idx = viewers.len() as u64;
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: idx,
+            };
+            // SAFETY: valid epoll fd, valid socket fd, valid event.
+            let r =
+                unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, v.sock.as_raw_fd(), &mut ev) };
+            assert!(r == 0, "epoll_ctl");
+            let _ = v.rtc.handle_input(Input::Timeout(now));
+            drain(&mut v, win_cache, &mut samples);
+            viewers.push(v);
+        }
+        let wait_ms = next_scan
+            .saturating_duration_since(Instant::now())
+            .as_millis() as i32;
+        // SAFETY: valid epoll fd and output buffer.
+        let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as i32, wait_ms.max(0)) };
+        for ev in evs.iter().take(n.max(0) as usize) {
+            let v = &mut viewers[ev.u64 as usize];
+            loop {
+                match v.sock.recv_from(&mut buf) {
+                    Ok((len, src)) => {
+                        let at = Instant::now();
+                        if let Ok(r) = Receive::new(Protocol::Udp, src, v.local, &buf[..len]) {
+                            let _ = v.rtc.handle_input(Input::Receive(at, r));
+                            drain(v, win_cache, &mut samples);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_scan {
+            for v in viewers.iter_mut() {
+                if !v.dead && v.next_timeout <= now {
+                    let _ = v.rtc.handle_input(Input::Timeout(now));
+                    drain(v, win_cache, &mut samples);
+                }
+            }
+            next_scan = now + Duration::from_millis(1);
+        }
+    }
+    // SAFETY: our epoll fd.
+    unsafe { libc::close(ep) };
+    ThreadOut { viewers, samples }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let a = parse_args();
+    str0m::crypto::from_feature_flags().install_process_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let window = Arc::new(Window {
+        start: parking_lot::Mutex::new(None),
+        end: parking_lot::Mutex::new(None),
+    });
+    let rss0 = a.pid.map(relay_rss_kb).unwrap_or(0);
+    let mut txs = Vec::new();
+    let mut handles = Vec::new();
+    for t in 0..a.threads {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        txs.push(tx);
+        let (w, s) = (window.clone(), stop.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("whep-load-{t}"))
+                .spawn(move || run_thread(rx, w, s))
+                .unwrap(),
+        );
+    }
+
+    // Joins, paced at --join-rate, from this thread.
+    let joined = AtomicUsize::new(0);
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    let t_join = Instant::now();
+    for i in 0..a.viewers {
+        let due = t_join + Duration::from_secs_f64(i as f64 / a.join_rate);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        match new_viewer(a.http, &a.stream) {
+            Ok(v) => {
+                joined.fetch_add(1, Ordering::Relaxed);
+                let _ = txs[i % a.threads].send(v);
+            }
+            Err(e) => {
+                let key: String = e.chars().take(80).collect();
+                *errors.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let join_secs = t_join.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(a.settle));
+    let w0 = Instant::now();
+    *window.start.lock() = Some(w0);
+    let cpu0 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
+    std::thread::sleep(Duration::from_secs(a.secs));
+    let cpu1 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
+    let w1 = Instant::now();
+    *window.end.lock() = Some(w1);
+    let rss1 = a.pid.map(relay_rss_kb).unwrap_or(0);
+    // Let packets in flight at the window's end arrive (they are outside it anyway).
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let outs: Vec<ThreadOut> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let win = (w1 - w0).as_secs_f64();
+
+    // ── per-viewer numbers ──
+    let mut connected = 0usize;
+    let mut playing = 0usize;
+    let mut dead = 0usize;
+    let (mut received, mut expected) = (0u64, 0u64);
+    let mut ttfp: Vec<f64> = Vec::new();
+    let mut ttff: Vec<f64> = Vec::new();
+    let mut total_rx = 0u64;
+    for o in &outs {
+        for v in &o.viewers {
+            connected += v.connected as usize;
+            dead += v.dead as usize;
+            total_rx += v.total_received;
+            if let Some(t) = v.first_packet {
+                playing += 1;
+                ttfp.push(t.duration_since(v.started).as_secs_f64() * 1e3);
+            }
+            if let Some(t) = v.first_frame {
+                ttff.push(t.duration_since(v.started).as_secs_f64() * 1e3);
+            }
+            if let Some(f) = v.win_first {
+                received += v.win_received;
+                expected += v.win_last - f + 1;
+            }
+        }
+    }
+    let lost = expected.saturating_sub(received);
+    let loss_pct = if expected > 0 {
+        lost as f64 * 100.0 / expected as f64
+    } else {
+        f64::NAN
+    };
+    ttfp.sort_by(f64::total_cmp);
+    ttff.sort_by(f64::total_cmp);
+
+    // ── fan-out spread: arrival − first arrival of the same payload at any viewer ──
+    // Identical payloads recur (SPS/PPS STAP-A at every keyframe): arrivals of one payload hash
+    // are grouped into bursts that start at the first arrival and span at most CLUSTER.
+    const CLUSTER: Duration = Duration::from_millis(500);
+    let mut all: Vec<(u64, Instant)> = outs
+        .iter()
+        .flat_map(|o| o.samples.iter().copied())
+        .collect();
+    all.sort_unstable();
+    let mut lat: Vec<f64> = Vec::with_capacity(all.len());
+    let mut payloads = 0usize;
+    let mut cur: Option<(u64, Instant)> = None;
+    for (h, at) in &all {
+        match cur {
+            Some((ch, t0)) if ch == *h && at.duration_since(t0) < CLUSTER => {
+                lat.push(at.duration_since(t0).as_secs_f64() * 1e3)
+            }
+            _ => {
+                cur = Some((*h, *at));
+                payloads += 1;
+                lat.push(0.0);
+            }
+        }
+    }
+    drop(all);
+    lat.sort_by(f64::total_cmp);
+
+    let pkts_per_s = received as f64 / win;
+    println!("whep-load: {} viewers requested, joined {} (POST 201) in {:.1} s, ICE+DTLS connected {}, receiving RTP {}, disconnected {}",
+        a.viewers, joined.load(Ordering::Relaxed), join_secs, connected, playing, dead);
+    for (e, n) in &errors {
+        println!("  join error ×{n}: {e}");
+    }
+    println!(
+        "window {:.1} s: RTP packets received {} ({:.0}/s, {:.0}/s per viewer), expected {}, lost {} ({:.3} %)",
+        win,
+        received,
+        pkts_per_s,
+        pkts_per_s / playing.max(1) as f64,
+        expected,
+        lost,
+        loss_pct
+    );
+    println!(
+        "fan-out spread (arrival − first arrival of the same payload), {} samples, {} payloads: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        lat.len(),
+        payloads,
+        pct(&lat, 0.5),
+        pct(&lat, 0.9),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "first RTP packet after POST: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first complete frame: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&ttfp, 0.5),
+        pct(&ttfp, 0.99),
+        ttfp.last().copied().unwrap_or(f64::NAN),
+        pct(&ttff, 0.5),
+        pct(&ttff, 0.99),
+        ttff.last().copied().unwrap_or(f64::NAN)
+    );
+    let _ = total_rx;
+    if let Some(pid) = a.pid {
+        let all = (cpu1.0 - cpu0.0) as f64 / 1e9;
+        let sfu = (cpu1.1 - cpu0.1) as f64 / 1e9;
+        let per_core = if sfu > 0.0 {
+            received as f64 / sfu
+        } else {
+            f64::NAN
+        };
+        println!(
+            "relay pid {pid}: CPU {:.1} % of a core (SFU workers {:.1} %), SRTP packets out per SFU-worker CPU second {:.0}",
+            all / win * 100.0,
+            sfu / win * 100.0,
+            per_core
+        );
+        let per_viewer = (rss1 as f64 - rss0 as f64) / playing.max(1) as f64;
+        println!(
+            "relay RSS {} KB at 0 viewers, {} KB at {} viewers: {:.1} KB per viewer",
+            rss0, rss1, playing, per_viewer
+        );
+        // One machine-readable line for bench-sfu.sh.
+        println!(
+            "RESULT viewers={} joined={} playing={} pkts={} pps={:.0} loss_pct={:.4} lat_p50_ms={:.3} lat_p99_ms={:.3} lat_max_ms={:.3} ttff_p50_ms={:.1} ttff_p99_ms={:.1} cpu_pct={:.1} sfu_cpu_pct={:.1} pps_per_core={:.0} rss0_kb={} rss_kb={} kb_per_viewer={:.1}",
+            a.viewers, joined.load(Ordering::Relaxed), playing, received, pkts_per_s, loss_pct,
+            pct(&lat, 0.5), pct(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN),
+            pct(&ttff, 0.5), pct(&ttff, 0.99),
+            all / win * 100.0, sfu / win * 100.0, per_core, rss0, rss1, per_viewer
+        );
+    }
+}

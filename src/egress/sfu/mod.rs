@@ -1,0 +1,513 @@
+//! The WebRTC SFU: WHEP viewers on pinned worker threads, fed by one router.
+//!
+//! ```text
+//!  Registry ──sink "sfu"──► router thread ──Arc<SfuFrame>──► worker 0 (core c0, UDP :8189) ─► viewers' Rtc
+//!                           (packetize once:   bounded         worker 1 (core c1, UDP :8190) ─► …
+//!                            H.264 → RTP        crossbeam
+//!                            payloads, Arc)     + eventfd
+//!  HTTP (WHEP) ─ build Rtc, accept offer ─► control channel of the least-loaded worker
+//! ```
+//!
+//! - The router packetizes each frame once ([`packetizer`]) into `Arc<[u8]>` payloads and hands
+//!   the same `Arc<SfuFrame>` to every worker. Workers keep a GOP cache of those `Arc`s per stream
+//!   (shared, not copied), so a new viewer starts from the last keyframe at once.
+//! - Each worker owns its UDP socket (through a [`crate::io`] driver), its viewers' `Rtc`s and
+//!   its per-stream state outright: no locks on the per-packet path. Per viewer and packet the
+//!   work is an `RtpWrite` pointing at the shared payload, and str0m's header write + SRTP into
+//!   the datagram, which moves into the send batch; one batch per fan-out.
+//! - The HTTP side builds the viewer's `Rtc` (ICE-lite, RTP mode, a shared DTLS certificate) and
+//!   answers the offer off the worker cores, then moves it to the worker.
+
+pub mod packetizer;
+pub mod router;
+pub mod session;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::Mutex;
+use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds, Rtc};
+
+use crate::config::SfuConfig;
+use crate::io::{DriverKind, IoRequest, Waker};
+use crate::media::{Registry, StreamState, TrackKind};
+use packetizer::RtpPayload;
+use session::{choose_audio, choose_video, offer_mids, AudioOut, VideoOut};
+
+/// Capacity of the registry sink feeding the router (frames of all streams).
+pub const SINK_CAPACITY: usize = 4096;
+/// Capacity of each worker's control queue (viewer add/remove).
+const CONTROL_CAPACITY: usize = 1024;
+
+/// One frame of one stream, packetized once, shared by every worker and viewer.
+#[derive(Debug)]
+pub struct SfuFrame {
+    pub stream: Arc<str>,
+    /// The publisher session (`TrackSet::session`) the frame belongs to.
+    pub epoch: u64,
+    /// Counts the stream's frames of this kind as the router saw them (a gap = a lost frame).
+    pub index: u64,
+    pub kind: TrackKind,
+    /// Presentation time on the stream clock (90 kHz).
+    pub pts: i64,
+    pub keyframe: bool,
+    pub packets: Vec<RtpPayload>,
+    pub wallclock: SystemTime,
+    /// Payload bytes (for cache accounting).
+    pub bytes: usize,
+}
+
+/// Router → worker.
+pub enum MediaMsg {
+    Frame(Arc<SfuFrame>),
+    /// New codec parameters or publisher gone: the cache is stale.
+    Reset(Arc<str>),
+    /// The stream was removed: its viewers are dropped.
+    Ended(Arc<str>),
+}
+
+/// HTTP → worker.
+pub enum ControlMsg {
+    Add(Box<NewViewer>),
+    Remove(u64),
+    Shutdown,
+}
+
+/// A viewer whose offer has been answered, on its way to a worker.
+pub struct NewViewer {
+    pub id: u64,
+    pub stream: Arc<str>,
+    pub rtc: Rtc,
+    pub video: VideoOut,
+    /// Opus output when the offer has an audio m-line with Opus.
+    pub audio: Option<AudioOut>,
+    pub ufrag: String,
+}
+
+/// What the HTTP side keeps per session (for PATCH / DELETE).
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub viewer: u64,
+    pub worker: usize,
+    pub stream: String,
+    /// The secret half of the session URL.
+    pub token: String,
+    pub etag: String,
+    pub created: Instant,
+}
+
+/// The sessions the HTTP side knows, shared with the workers (who remove dropped viewers).
+/// Touched on signaling and on viewer drop only, never per packet.
+#[derive(Default)]
+pub struct SessionTable {
+    by_viewer: Mutex<HashMap<u64, SessionInfo>>,
+}
+
+impl SessionTable {
+    pub fn insert(&self, s: SessionInfo) {
+        self.by_viewer.lock().insert(s.viewer, s);
+    }
+    pub fn remove(&self, viewer: u64) -> Option<SessionInfo> {
+        self.by_viewer.lock().remove(&viewer)
+    }
+    pub fn get(&self, viewer: u64) -> Option<SessionInfo> {
+        self.by_viewer.lock().get(&viewer).cloned()
+    }
+    pub fn len(&self) -> usize {
+        self.by_viewer.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn set_etag(&self, viewer: u64, etag: String) {
+        if let Some(s) = self.by_viewer.lock().get_mut(&viewer) {
+            s.etag = etag;
+        }
+    }
+}
+
+/// Counters shared by a worker with the rest of the process (metrics, load balancing).
+#[derive(Default)]
+pub struct WorkerShared {
+    pub viewers: AtomicUsize,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    /// Datagrams that matched no viewer (garbage, stale peers, bad STUN integrity).
+    pub datagrams_unknown: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub keyframe_answers: AtomicU64,
+    pub viewers_dropped: AtomicU64,
+}
+
+/// One worker as seen from outside.
+pub struct WorkerHandle {
+    pub index: usize,
+    pub addr: SocketAddr,
+    pub driver: DriverKind,
+    pub candidates: Vec<SocketAddr>,
+    pub media_tx: Sender<MediaMsg>,
+    pub control_tx: Sender<ControlMsg>,
+    pub waker: Waker,
+    pub shared: Arc<WorkerShared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Why a WHEP request failed; the HTTP layer maps these to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum WhepError {
+    #[error("malformed SDP offer: {0}")]
+    BadSdp(String),
+    #[error("the offer has no H.264 (packetization-mode=1) video; this server sends H.264 only")]
+    NoH264,
+    #[error("stream '{0}' does not exist")]
+    UnknownStream(String),
+    #[error("stream '{0}' has no publisher right now")]
+    NotLive(String),
+    #[error("stream '{0}' does not carry H.264 video; WebRTC playback needs H.264")]
+    StreamNotH264(String),
+    #[error("viewer limit reached")]
+    Full,
+    #[error("session not found")]
+    NoSession,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// The SFU as the rest of the process sees it.
+pub struct SfuHandle {
+    pub cfg: SfuConfig,
+    registry: Arc<Registry>,
+    pub workers: Vec<WorkerHandle>,
+    pub sessions: Arc<SessionTable>,
+    cert: str0m::config::DtlsCert,
+    router: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub router_shared: Arc<router::RouterShared>,
+}
+
+/// Result of a successful WHEP POST.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub session_id: String,
+    pub answer: String,
+    pub etag: String,
+}
+
+impl SfuHandle {
+    /// Bind the worker sockets, start the workers and the router (registered as sink "sfu").
+    pub fn start(cfg: &SfuConfig, registry: Arc<Registry>) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        str0m::crypto::from_feature_flags().install_process_default();
+        let provider = str0m::crypto::from_feature_flags();
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .context("generating the DTLS certificate")?;
+        let requested: IoRequest = cfg.io.parse().map_err(anyhow::Error::msg)?;
+        let sessions = Arc::new(SessionTable::default());
+        let mut workers = Vec::with_capacity(cfg.workers);
+        for i in 0..cfg.workers {
+            let port = if cfg.port_base == 0 {
+                0
+            } else {
+                cfg.port_base + i as u16
+            };
+            let bind = SocketAddr::new(cfg.bind_ip, port);
+            let sock = crate::io::bind_udp(bind)
+                .with_context(|| format!("binding SFU worker {i} on UDP {bind}"))?;
+            let driver = crate::io::select(requested, sock)
+                .with_context(|| format!("setting up the {} driver for SFU worker {i}", cfg.io))?;
+            let addr = driver.local_addr();
+            let candidates = candidate_addrs(cfg, addr);
+            tracing::info!(worker = i, %addr, driver = driver.kind().as_str(),
+                candidates = ?candidates, "SFU worker bound");
+            let (media_tx, media_rx) = crossbeam_channel::bounded(cfg.worker_queue);
+            let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
+            let shared = Arc::new(WorkerShared::default());
+            let waker = driver.waker();
+            let kind = driver.kind();
+            let pin = (cfg.core_base >= 0).then(|| cfg.core_base as usize + i);
+            let w = worker::Worker::new(
+                i,
+                driver,
+                media_rx,
+                control_rx,
+                shared.clone(),
+                sessions.clone(),
+                candidates.clone(),
+                worker::Timing::from_cfg(cfg),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("sfu-{i}"))
+                .spawn(move || {
+                    if let Some(core) = pin {
+                        crate::affinity::pin_current_thread(core, "SFU worker");
+                    }
+                    w.run();
+                })
+                .context("spawning an SFU worker thread")?;
+            workers.push(WorkerHandle {
+                index: i,
+                addr,
+                driver: kind,
+                candidates,
+                media_tx,
+                control_tx,
+                waker,
+                shared,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
+        let rx = registry.add_sink("sfu", SINK_CAPACITY);
+        let targets: Vec<(Sender<MediaMsg>, Waker)> = workers
+            .iter()
+            .map(|w| (w.media_tx.clone(), w.waker.clone()))
+            .collect();
+        let router_shared = Arc::new(router::RouterShared::default());
+        let rs = router_shared.clone();
+        let max_payload = cfg.rtp_payload_max;
+        let router = std::thread::Builder::new()
+            .name("sfu-router".into())
+            .spawn(move || router::run(rx, targets, max_payload, rs))
+            .context("spawning the SFU router thread")?;
+        Ok(Arc::new(Self {
+            cfg: cfg.clone(),
+            registry,
+            workers,
+            sessions,
+            cert,
+            router: Mutex::new(Some(router)),
+            router_shared,
+        }))
+    }
+
+    /// The driver the workers run on.
+    pub fn driver(&self) -> DriverKind {
+        self.workers[0].driver
+    }
+
+    /// Viewers connected or connecting, all workers.
+    pub fn viewers(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.shared.viewers.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// WHEP POST: answer `offer` for `stream` on the least-loaded worker.
+    pub fn create_session(&self, stream: &str, offer: &str) -> Result<Created, WhepError> {
+        if offer.trim().is_empty() {
+            return Err(WhepError::BadSdp("empty body".into()));
+        }
+        let parsed =
+            SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
+        let mids = offer_mids(offer);
+        let has_h264 = offer
+            .lines()
+            .any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_uppercase().contains(" H264/90000"));
+        if !has_h264 {
+            return Err(WhepError::NoH264);
+        }
+        let Some(s) = self.registry.get(stream) else {
+            return Err(WhepError::UnknownStream(stream.into()));
+        };
+        if s.state() != StreamState::Publishing {
+            return Err(WhepError::NotLive(stream.into()));
+        }
+        let profile = match s.tracks() {
+            Some(t) => match t.h264() {
+                Some(p) => Some(p.profile_idc),
+                None if t.video.is_some() => return Err(WhepError::StreamNotH264(stream.into())),
+                None => None,
+            },
+            None => None,
+        };
+        if self.viewers() >= self.cfg.max_viewers {
+            return Err(WhepError::Full);
+        }
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.shared.viewers.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        let (mut rtc, creds) = build_viewer_rtc(&self.cert, Instant::now());
+        for c in &worker.candidates {
+            if let Ok(c) = Candidate::host(*c, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(parsed)
+            .map_err(|e| WhepError::BadSdp(e.to_string()))?;
+        let Some(video) = choose_video(&rtc, &mids, profile) else {
+            return Err(WhepError::NoH264);
+        };
+        let audio = choose_audio(&rtc, &mids);
+        let id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && self.sessions.get(id).is_none() {
+                break id;
+            }
+        };
+        let token = format!("{:016x}", rand::random::<u64>());
+        let session_id = format!("{id:016x}{token}");
+        let etag = format!("\"{:016x}\"", rand::random::<u64>());
+        self.sessions.insert(SessionInfo {
+            viewer: id,
+            worker: worker.index,
+            stream: stream.into(),
+            token,
+            etag: etag.clone(),
+            created: Instant::now(),
+        });
+        worker.shared.viewers.fetch_add(1, Ordering::Relaxed);
+        let nv = NewViewer {
+            id,
+            stream: Arc::from(stream),
+            rtc,
+            video,
+            audio,
+            ufrag: creds.ufrag,
+        };
+        if let Err(e) = worker.control_tx.try_send(ControlMsg::Add(Box::new(nv))) {
+            self.sessions.remove(id);
+            worker.shared.viewers.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => WhepError::Full,
+                TrySendError::Disconnected(_) => WhepError::Internal("worker stopped".into()),
+            });
+        }
+        worker.waker.wake();
+        Ok(Created {
+            session_id,
+            answer: answer.to_sdp_string(),
+            etag,
+        })
+    }
+
+    /// Look a session URL id up (constant-time token check).
+    pub fn session(&self, session_id: &str) -> Option<SessionInfo> {
+        if session_id.len() != 32 || !session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let viewer = u64::from_str_radix(&session_id[..16], 16).ok()?;
+        let s = self.sessions.get(viewer)?;
+        crate::config::constant_time_eq(s.token.as_bytes(), &session_id.as_bytes()[16..])
+            .then_some(s)
+    }
+
+    /// WHEP DELETE.
+    pub fn delete(&self, session_id: &str) -> Result<(), WhepError> {
+        let s = self.session(session_id).ok_or(WhepError::NoSession)?;
+        self.sessions.remove(s.viewer);
+        let w = &self.workers[s.worker];
+        let _ = w.control_tx.try_send(ControlMsg::Remove(s.viewer));
+        w.waker.wake();
+        Ok(())
+    }
+
+    /// Stop the workers and the router (tests; the process normally just exits).
+    pub fn shutdown(&self) {
+        for w in &self.workers {
+            let _ = w.control_tx.send(ControlMsg::Shutdown);
+            w.waker.wake();
+        }
+        for w in &self.workers {
+            if let Some(t) = w.thread.lock().take() {
+                let _ = t.join();
+            }
+        }
+        let _ = self.router.lock().take();
+    }
+}
+
+/// A viewer's `Rtc`: ICE-lite, RTP mode (we write pre-packetized RTP), the node's shared DTLS
+/// certificate (generating one per viewer costs a key generation), H.264 and Opus only.
+pub fn build_viewer_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc, IceCreds) {
+    let creds = IceCreds::new();
+    let rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .set_dtls_cert(cert.clone())
+        .set_local_ice_credentials(creds.clone())
+        .clear_codecs()
+        .enable_h264(true)
+        // Opus: the router sends Opus as published (WHIP) or bridged from AAC (RTMP).
+        .enable_opus(true, false)
+        // NACK history per viewer: entries point at shared payloads, so this is headers only.
+        .set_send_buffer_video(512)
+        .set_send_buffer_audio(64)
+        .set_stats_interval(None)
+        .build(now);
+    (rtc, creds)
+}
+
+/// ICE candidate addresses for a worker bound at `bound`.
+pub fn candidate_addrs(cfg: &SfuConfig, bound: SocketAddr) -> Vec<SocketAddr> {
+    let port = bound.port();
+    let mut ips: Vec<IpAddr> = if !cfg.advertise.is_empty() {
+        cfg.advertise.clone()
+    } else if !bound.ip().is_unspecified() {
+        vec![bound.ip()]
+    } else {
+        local_ips(bound.ip().is_ipv6())
+    };
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.dedup();
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// Interface addresses (non-loopback first, loopback last) via getifaddrs.
+fn local_ips(v6: bool) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free with freeifaddrs.
+    unsafe {
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut ifap) == 0 {
+            let mut p = ifap;
+            while !p.is_null() {
+                let ifa = &*p;
+                if !ifa.ifa_addr.is_null() && ifa.ifa_flags & libc::IFF_UP as u32 != 0 {
+                    let fam = (*ifa.ifa_addr).sa_family as i32;
+                    if fam == libc::AF_INET {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    } else if fam == libc::AF_INET6 && v6 {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        if (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                            out.push(IpAddr::V6(ip));
+                        }
+                    }
+                }
+                p = ifa.ifa_next;
+            }
+            libc::freeifaddrs(ifap);
+        }
+    }
+    out.retain(|ip| match ip {
+        IpAddr::V4(v) => !v.is_link_local(),
+        IpAddr::V6(_) => true,
+    });
+    out.sort_by_key(|ip| ip.is_loopback());
+    out.dedup();
+    if out.is_empty() {
+        out.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    }
+    out
+}

@@ -1,0 +1,410 @@
+//! Sans-IO tests of the SFU core: real str0m clients (ICE, DTLS, SRTP) talk to a `WorkerCore`
+//! through an in-memory network on a virtual clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+use super::packetizer::H264Packetizer;
+use super::session::{choose_video, offer_mids};
+use super::worker::{stun_local_ufrag, Timing, WorkerCore};
+use super::*;
+
+const SFU: &str = "10.0.0.1:8189";
+
+fn cert() -> str0m::config::DtlsCert {
+    str0m::crypto::from_feature_flags().install_process_default();
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .unwrap()
+}
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    frames: Vec<(bool, Arc<[u8]>, Instant)>,
+    connected_at: Option<Instant>,
+    mid: str0m::media::Mid,
+}
+
+impl Client {
+    fn poll(&mut self, now: Instant, to_sfu: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(_) => return,
+                Output::Transmit(t) => to_sfu.push((self.addr, t.contents.into())),
+                Output::Event(Event::Connected) => self.connected_at = Some(now),
+                Output::Event(Event::MediaData(m)) => {
+                    self.frames.push((m.is_keyframe(), m.data.clone(), now))
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+}
+
+/// Offer from a client, answered into a viewer on `core`.
+fn join(
+    core: &mut WorkerCore,
+    cert: &str0m::config::DtlsCert,
+    n: u16,
+    stream: &str,
+    now: Instant,
+) -> (Client, u64) {
+    let addr: SocketAddr = format!("10.0.0.2:{}", 5000 + n).parse().unwrap();
+    let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).build(now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let offer_s = offer.to_sdp_string();
+
+    let (mut srtc, creds) = build_viewer_rtc(cert, now);
+    srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
+    let answer = srtc.sdp_api().accept_offer(offer).unwrap();
+    let video = choose_video(&srtc, &offer_mids(&offer_s), Some(0x42)).expect("H.264 negotiated");
+    let answer = SdpAnswer::from_sdp_string(&answer.to_sdp_string()).unwrap();
+    rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let id = 1000 + n as u64;
+    core.add_viewer(
+        NewViewer {
+            id,
+            stream: Arc::from(stream),
+            rtc: srtc,
+            video,
+            audio: None,
+            ufrag: creds.ufrag,
+        },
+        now,
+    );
+    (
+        Client {
+            rtc,
+            addr,
+            frames: Vec::new(),
+            connected_at: None,
+            mid: str0m::media::Mid::from(offer_mids(&offer_s)[0].as_str()),
+        },
+        id,
+    )
+}
+
+/// Move datagrams both ways and advance virtual time by `step`.
+fn step(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mut Instant, step: Duration) {
+    *now += step;
+    let mut to_sfu = Vec::new();
+    for c in clients.iter_mut() {
+        c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        c.poll(*now, &mut to_sfu);
+    }
+    for (src, data) in to_sfu {
+        core.on_datagram(src, &data, *now);
+    }
+    core.on_timers(*now);
+    let out = std::mem::take(&mut core.out);
+    for o in out {
+        if let Some(c) = clients.iter_mut().find(|c| c.addr == o.dst) {
+            let r = Receive::new(Protocol::Udp, SFU.parse().unwrap(), o.dst, &o.data).unwrap();
+            c.rtc.handle_input(Input::Receive(*now, r)).unwrap();
+            let mut back = Vec::new();
+            c.poll(*now, &mut back);
+            for (src, data) in back {
+                core.on_datagram(src, &data, *now);
+            }
+        }
+    }
+}
+
+fn avcc(nalus: &[&[u8]]) -> Bytes {
+    let mut v = Vec::new();
+    for n in nalus {
+        v.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        v.extend_from_slice(n);
+    }
+    Bytes::from(v)
+}
+
+struct Source {
+    pk: H264Packetizer,
+    index: u64,
+}
+
+impl Source {
+    fn new() -> Self {
+        let sps = Bytes::from_static(&[0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8]);
+        let pps = Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80]);
+        Self {
+            pk: H264Packetizer::new(4, vec![sps], vec![pps], 1200).unwrap(),
+            index: 0,
+        }
+    }
+    fn frame(&mut self, key: bool, size: usize) -> Arc<SfuFrame> {
+        let mut body = vec![if key { 0x65u8 } else { 0x41 }];
+        body.extend((0..size).map(|i| (i % 200) as u8 + 1));
+        let au = avcc(&[&body]);
+        let mut packets = Vec::new();
+        self.pk.packetize(&au, key, &mut packets).unwrap();
+        self.index += 1;
+        Arc::new(SfuFrame {
+            stream: Arc::from("show"),
+            epoch: 1,
+            index: self.index,
+            kind: TrackKind::Video,
+            pts: self.index as i64 * 3000,
+            keyframe: key,
+            packets,
+            wallclock: SystemTime::now(),
+            bytes: au.len(),
+        })
+    }
+}
+
+fn core() -> WorkerCore {
+    WorkerCore::new(
+        0,
+        vec![SFU.parse().unwrap()],
+        Timing {
+            idle: Duration::from_secs(5),
+            connect: Duration::from_secs(5),
+            keyframe_answer: Duration::from_millis(500),
+        },
+        Arc::new(WorkerShared::default()),
+        Arc::new(SessionTable::default()),
+    )
+}
+
+#[test]
+fn stun_username_is_found_and_garbage_is_not() {
+    assert_eq!(stun_local_ufrag(b"garbage"), None);
+    assert_eq!(stun_local_ufrag(&[0u8; 20]), None);
+    let mut m = vec![0x00, 0x01, 0, 12, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&[0; 12]);
+    m.extend_from_slice(&[0x00, 0x06, 0, 7]);
+    m.extend_from_slice(b"ab:cdef\0");
+    assert_eq!(stun_local_ufrag(&m), Some("ab"));
+    // attribute length past the buffer
+    let mut bad = m.clone();
+    bad[22] = 0x40;
+    assert_eq!(stun_local_ufrag(&bad), None);
+}
+
+#[test]
+fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
+    let cert = cert();
+    let mut core = core();
+    let mut now = Instant::now();
+    let mut src = Source::new();
+    // The stream runs before anyone watches: keyframe + 20 P frames in the cache.
+    core.on_media(MediaMsg::Frame(src.frame(true, 5000)), now);
+    for _ in 0..20 {
+        core.on_media(MediaMsg::Frame(src.frame(false, 800)), now);
+    }
+    let (mut a, ida) = join(&mut core, &cert, 1, "show", now);
+    let (mut b, _) = join(&mut core, &cert, 2, "show", now);
+    let (mut c, _) = join(&mut core, &cert, 3, "show", now);
+    let t0 = now;
+    for _ in 0..400 {
+        step(
+            &mut core,
+            &mut [&mut a, &mut b, &mut c],
+            &mut now,
+            Duration::from_millis(2),
+        );
+        if [&a, &b, &c].iter().all(|c| !c.frames.is_empty()) {
+            break;
+        }
+    }
+    for cl in [&a, &b, &c] {
+        assert!(cl.connected_at.is_some(), "ICE + DTLS connected");
+        let (key, data, at) = &cl.frames[0];
+        assert!(*key, "first frame is the cached keyframe");
+        // SPS + PPS + IDR in Annex B
+        assert!(data.windows(5).any(|w| w == [0, 0, 0, 1, 0x67]));
+        let ttff = at.duration_since(cl.connected_at.unwrap());
+        assert!(
+            ttff < Duration::from_millis(50),
+            "first frame {ttff:?} after connect"
+        );
+    }
+    assert_eq!(core.viewer_count(), 3);
+    assert!(core.viewer(ida).unwrap().connected());
+
+    // Live frame: the same payload allocation goes to all three viewers (str0m keeps it for
+    // NACK); no per-viewer copy before SRTP.
+    for _ in 0..30 {
+        step(
+            &mut core,
+            &mut [&mut a, &mut b, &mut c],
+            &mut now,
+            Duration::from_millis(5),
+        );
+    }
+    let f = src.frame(false, 3000);
+    let before: Vec<usize> = f
+        .packets
+        .iter()
+        .map(|p| Arc::strong_count(&p.data))
+        .collect();
+    assert!(before.iter().all(|&n| n == 1));
+    core.on_media(MediaMsg::Frame(f.clone()), now);
+    let after: Vec<usize> = f
+        .packets
+        .iter()
+        .map(|p| Arc::strong_count(&p.data))
+        .collect();
+    // 1 (ours) + 3 viewers' str0m send/NACK history, all pointing at one buffer.
+    assert!(after.iter().all(|&n| n == 4), "strong counts {after:?}");
+    let n_before = a.frames.len();
+    for _ in 0..20 {
+        step(
+            &mut core,
+            &mut [&mut a, &mut b, &mut c],
+            &mut now,
+            Duration::from_millis(2),
+        );
+    }
+    assert!(a.frames.len() > n_before, "live frame delivered");
+    assert!(now.duration_since(t0) < Duration::from_secs(3));
+}
+
+#[test]
+fn pli_is_answered_from_cache_rate_limited_and_viewers_time_out() {
+    let cert = cert();
+    let mut core = core();
+    let mut now = Instant::now();
+    let mut src = Source::new();
+    let (mut a, ida) = join(&mut core, &cert, 1, "show", now);
+    for _ in 0..200 {
+        step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+        if a.connected_at.is_some() {
+            break;
+        }
+    }
+    assert!(a.connected_at.is_some());
+    // No cache: the viewer waits for a keyframe; P frames are skipped.
+    core.on_media(MediaMsg::Frame(src.frame(false, 500)), now);
+    step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+    assert!(a.frames.is_empty());
+    core.on_media(MediaMsg::Frame(src.frame(true, 3000)), now);
+    core.on_media(MediaMsg::Frame(src.frame(false, 500)), now);
+    for _ in 0..20 {
+        step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+    }
+    assert!(a.frames.first().is_some_and(|f| f.0));
+    let got = a.frames.len();
+    // Two PLIs in a row: one answer (the cached GOP again), the second waits for the interval.
+    let mid = a.mid;
+    for _ in 0..2 {
+        a.rtc
+            .writer(mid)
+            .unwrap()
+            .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+            .ok();
+        for _ in 0..10 {
+            step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+        }
+    }
+    let st = core.viewer(ida).unwrap().stats;
+    assert_eq!(st.keyframe_answers, 1, "rate-limited PLI answers ({st:?})");
+    assert!(a.frames.len() > got, "the cache was sent again");
+    let pli_wait = st.keyframe_requests > st.keyframe_answers;
+    for _ in 0..60 {
+        step(
+            &mut core,
+            &mut [&mut a],
+            &mut now,
+            Duration::from_millis(10),
+        );
+    }
+    if !pli_wait {
+        // str0m's client throttled the second PLI; ask again after the interval.
+        a.rtc
+            .writer(mid)
+            .unwrap()
+            .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+            .ok();
+        for _ in 0..10 {
+            step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+        }
+    }
+    let st2 = core.viewer(ida).unwrap().stats;
+    assert_eq!(
+        st2.keyframe_answers,
+        2,
+        "{st:?} {st2:?} pending {}",
+        core.viewer(ida).unwrap().keyframe_request_pending()
+    );
+
+    // The client goes silent: dropped after the idle timeout, its session removed.
+    let later = now + Duration::from_secs(6);
+    core.on_timers(later);
+    assert_eq!(core.viewer_count(), 0);
+}
+
+#[test]
+fn garbage_and_bad_stun_disturb_no_one() {
+    let cert = cert();
+    let mut core = core();
+    let mut now = Instant::now();
+    let mut src = Source::new();
+    core.on_media(MediaMsg::Frame(src.frame(true, 2000)), now);
+    let (mut a, ida) = join(&mut core, &cert, 1, "show", now);
+    for _ in 0..200 {
+        step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+        if !a.frames.is_empty() {
+            break;
+        }
+    }
+    assert!(!a.frames.is_empty());
+    let evil: SocketAddr = "10.0.0.66:6666".parse().unwrap();
+    let ufrag = core.viewer(ida).unwrap().local_ufrag.clone();
+    // STUN with the right ufrag but a wrong MESSAGE-INTEGRITY.
+    let mut stun = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    let user = format!("{ufrag}:evil");
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&[0x00, 0x06]);
+    attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(user.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    attrs.extend_from_slice(&[0x00, 0x08, 0, 20]);
+    attrs.extend_from_slice(&[0xab; 20]);
+    let l = attrs.len() as u16;
+    stun[2..4].copy_from_slice(&l.to_be_bytes());
+    stun.extend_from_slice(&attrs);
+    let unknown_before = core_unknown(&core);
+    core.on_datagram(evil, &stun, now);
+    for junk in [
+        &b""[..],
+        &[0x80; 12],
+        &[0x16, 0xfe, 0xfd, 0, 0],
+        &[0xff; 1500],
+        &[0x00, 0x01],
+    ] {
+        core.on_datagram(evil, junk, now);
+        core.on_datagram(a.addr, junk, now); // junk from the viewer's own address
+    }
+    assert!(core_unknown(&core) >= unknown_before + 6);
+    let n = a.frames.len();
+    core.on_media(MediaMsg::Frame(src.frame(false, 1000)), now);
+    for _ in 0..10 {
+        step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
+    }
+    assert!(a.frames.len() > n, "viewer still served");
+    assert!(core.viewer(ida).unwrap().dead.is_none());
+}
+
+fn core_unknown(core: &WorkerCore) -> u64 {
+    core.shared_stats()
+        .datagrams_unknown
+        .load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -1,0 +1,451 @@
+//! One SFU worker: a pinned thread that owns a UDP driver, its viewers and a per-stream GOP cache
+//! of shared frames. [`WorkerCore`] is the sans-IO part (viewers, routing of datagrams, timers);
+//! [`Worker::run`] connects it to the driver and the channels.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::session::{DropReason, Viewer};
+use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
+use crate::config::SfuConfig;
+use crate::io::{Outgoing, UdpDriver};
+use crate::media::TrackKind;
+
+/// Most frames / bytes a worker's GOP cache keeps per stream (a longer GOP is not cached; late
+/// joiners then wait for the next keyframe).
+const GOP_MAX_FRAMES: usize = 900;
+const GOP_MAX_BYTES: usize = 24 << 20;
+/// Messages handled per loop turn before the socket is served again.
+const MSGS_PER_TURN: usize = 256;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub idle: Duration,
+    pub connect: Duration,
+    pub keyframe_answer: Duration,
+}
+
+impl Timing {
+    pub fn from_cfg(c: &SfuConfig) -> Self {
+        Self {
+            idle: Duration::from_millis(c.idle_timeout_ms),
+            connect: Duration::from_millis(c.connect_timeout_ms),
+            keyframe_answer: Duration::from_millis(c.keyframe_answer_interval_ms),
+        }
+    }
+}
+
+#[derive(Default)]
+struct StreamCache {
+    gop: Vec<Arc<SfuFrame>>,
+    gop_bytes: usize,
+    /// The cache holds a whole GOP from its keyframe.
+    valid: bool,
+    viewers: Vec<u64>,
+}
+
+impl StreamCache {
+    fn push(&mut self, f: &Arc<SfuFrame>) {
+        if f.kind != TrackKind::Video {
+            return;
+        }
+        if f.keyframe {
+            self.gop.clear();
+            self.gop_bytes = 0;
+            self.valid = true;
+        } else if let Some(last) = self.gop.last() {
+            if last.epoch != f.epoch || f.index != last.index + 1 {
+                self.valid = false;
+            }
+        }
+        if !self.valid {
+            self.gop.clear();
+            self.gop_bytes = 0;
+            return;
+        }
+        if self.gop.len() >= GOP_MAX_FRAMES || self.gop_bytes + f.bytes > GOP_MAX_BYTES {
+            self.gop.clear();
+            self.gop_bytes = 0;
+            self.valid = false;
+            return;
+        }
+        self.gop_bytes += f.bytes;
+        self.gop.push(f.clone());
+    }
+}
+
+/// The worker's state without any I/O.
+pub struct WorkerCore {
+    pub index: usize,
+    viewers: HashMap<u64, Viewer>,
+    by_ufrag: HashMap<String, u64>,
+    by_addr: HashMap<SocketAddr, u64>,
+    streams: HashMap<Arc<str>, StreamCache>,
+    /// Our candidate addresses (what str0m sees as a datagram's destination).
+    local: Vec<SocketAddr>,
+    timing: Timing,
+    shared: Arc<WorkerShared>,
+    sessions: Arc<SessionTable>,
+    /// Datagrams to send, flushed by the driver once per batch.
+    pub out: Vec<Outgoing>,
+    /// Earliest time any viewer needs attention (timers, idle checks).
+    next_deadline: Instant,
+}
+
+impl WorkerCore {
+    pub fn new(
+        index: usize,
+        local: Vec<SocketAddr>,
+        timing: Timing,
+        shared: Arc<WorkerShared>,
+        sessions: Arc<SessionTable>,
+    ) -> Self {
+        Self {
+            index,
+            viewers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            streams: HashMap::new(),
+            local,
+            timing,
+            shared,
+            sessions,
+            out: Vec::with_capacity(1024),
+            next_deadline: Instant::now(),
+        }
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.len()
+    }
+
+    pub fn viewer(&self, id: u64) -> Option<&Viewer> {
+        self.viewers.get(&id)
+    }
+
+    pub fn shared_stats(&self) -> &WorkerShared {
+        &self.shared
+    }
+
+    pub fn next_deadline(&self) -> Instant {
+        self.next_deadline
+    }
+
+    pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
+        let NewViewer {
+            id,
+            stream,
+            rtc,
+            video,
+            audio,
+            ufrag,
+        } = *Box::new(nv);
+        let mut v = Viewer::new(id, stream.clone(), rtc, video, ufrag.clone(), now);
+        v.set_audio(audio);
+        v.drain(now, &mut self.out);
+        self.next_deadline = self.next_deadline.min(v.next_timeout);
+        self.by_ufrag.insert(ufrag, id);
+        self.streams.entry(stream).or_default().viewers.push(id);
+        self.viewers.insert(id, v);
+    }
+
+    pub fn remove_viewer(&mut self, id: u64, why: DropReason) {
+        let Some(mut v) = self.viewers.remove(&id) else {
+            return;
+        };
+        v.rtc().disconnect();
+        v.drain(Instant::now(), &mut self.out);
+        self.by_ufrag.remove(&v.local_ufrag);
+        self.by_addr.retain(|_, x| *x != id);
+        if let Some(s) = self.streams.get_mut(&v.stream) {
+            s.viewers.retain(|x| *x != id);
+        }
+        self.sessions.remove(id);
+        self.shared.viewers.fetch_sub(1, Ordering::Relaxed);
+        self.shared.viewers_dropped.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .packets_out
+            .fetch_add(v.stats.packets, Ordering::Relaxed);
+        tracing::info!(worker = self.index, viewer = id, stream = %v.stream,
+            reason = why.as_str(), packets = v.stats.packets, frames = v.stats.frames,
+            "WHEP viewer left");
+    }
+
+    /// Router input: cache and fan out.
+    pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
+        match msg {
+            MediaMsg::Frame(f) => {
+                self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
+                let cache = self.streams.entry(f.stream.clone()).or_default();
+                cache.push(&f);
+                for id in cache.viewers.iter() {
+                    if let Some(v) = self.viewers.get_mut(id) {
+                        v.send_frame(&f, now, &mut self.out);
+                        self.next_deadline = self.next_deadline.min(v.next_timeout);
+                    }
+                }
+            }
+            MediaMsg::Reset(name) => {
+                if let Some(c) = self.streams.get_mut(&name) {
+                    c.gop.clear();
+                    c.gop_bytes = 0;
+                    c.valid = false;
+                }
+            }
+            MediaMsg::Ended(name) => {
+                if let Some(c) = self.streams.remove(&name) {
+                    for id in c.viewers {
+                        if let Some(v) = self.viewers.get_mut(&id) {
+                            v.dead = Some(DropReason::StreamEnded);
+                        }
+                    }
+                    self.next_deadline = now;
+                }
+            }
+        }
+    }
+
+    /// The candidate address a datagram from `src` arrived on, as str0m knows it.
+    fn local_for(&self, src: SocketAddr) -> SocketAddr {
+        self.local
+            .iter()
+            .find(|a| {
+                a.is_ipv4() == src.is_ipv4() && a.ip().is_loopback() == src.ip().is_loopback()
+            })
+            .or_else(|| self.local.iter().find(|a| a.is_ipv4() == src.is_ipv4()))
+            .or(self.local.first())
+            .copied()
+            .unwrap_or(src)
+    }
+
+    /// Network input: find the viewer (STUN USERNAME, else the source address) and feed it.
+    pub fn on_datagram(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
+        self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        let dst = self.local_for(src);
+        let id = if let Some(ufrag) = stun_local_ufrag(data) {
+            match self.by_ufrag.get(ufrag) {
+                Some(id) => {
+                    let id = *id;
+                    let ok = self
+                        .viewers
+                        .get(&id)
+                        .is_some_and(|v| v.accepts(now, src, dst, data));
+                    if !ok {
+                        None
+                    } else {
+                        if self.by_addr.get(&src) != Some(&id) {
+                            self.by_addr.insert(src, id);
+                        }
+                        Some(id)
+                    }
+                }
+                None => None,
+            }
+        } else {
+            self.by_addr.get(&src).copied()
+        };
+        let Some(id) = id else {
+            self.shared
+                .datagrams_unknown
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(v) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        v.handle_datagram(now, src, dst, data, &mut self.out);
+        self.after_input(id, now);
+    }
+
+    /// Act on what an input left pending on a viewer: start, keyframe answer, death.
+    fn after_input(&mut self, id: u64, now: Instant) {
+        let Some(v) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        if v.dead.is_none()
+            && (v.needs_start || v.take_keyframe_request(now, self.timing.keyframe_answer))
+        {
+            let answering = !v.needs_start;
+            let empty = Vec::new();
+            let gop = self
+                .streams
+                .get(&v.stream)
+                .filter(|c| c.valid)
+                .map(|c| &c.gop)
+                .unwrap_or(&empty);
+            v.start_from_gop(gop, now, &mut self.out);
+            if answering {
+                self.shared.keyframe_answers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(why) = v.dead {
+            self.remove_viewer(id, why);
+            return;
+        }
+        self.next_deadline = self.next_deadline.min(v.next_timeout);
+        if let Some(t) = v.keyframe_retry_at(self.timing.keyframe_answer) {
+            self.next_deadline = self.next_deadline.min(t);
+        }
+    }
+
+    /// Timers: str0m timeouts, idle and connect deadlines. Cheap when nothing is due.
+    pub fn on_timers(&mut self, now: Instant) {
+        if now < self.next_deadline {
+            return;
+        }
+        let mut next = now + Duration::from_secs(1);
+        let mut due: Vec<u64> = Vec::new();
+        let mut waiting: Vec<u64> = Vec::new();
+        for (id, v) in self.viewers.iter_mut() {
+            if v.keyframe_retry_at(self.timing.keyframe_answer)
+                .is_some_and(|t| t <= now)
+            {
+                waiting.push(*id);
+            }
+            if v.dead.is_none() {
+                if now.duration_since(v.last_rx) > self.timing.idle {
+                    v.dead = Some(DropReason::Idle);
+                } else if !v.connected() && now.duration_since(v.created) > self.timing.connect {
+                    v.dead = Some(DropReason::ConnectTimeout);
+                }
+            }
+            if v.dead.is_some() || v.next_timeout <= now {
+                due.push(*id);
+            } else {
+                next = next.min(v.next_timeout);
+            }
+            next = next.min(v.last_rx + self.timing.idle);
+            if !v.connected() {
+                next = next.min(v.created + self.timing.connect);
+            }
+            if let Some(t) = v.keyframe_retry_at(self.timing.keyframe_answer) {
+                next = next.min(t.max(now + Duration::from_millis(1)));
+            }
+        }
+        self.next_deadline = next;
+        for id in due {
+            if let Some(v) = self.viewers.get_mut(&id) {
+                if v.dead.is_none() {
+                    v.handle_timeout(now, &mut self.out);
+                }
+            }
+            self.after_input(id, now);
+        }
+        // Keyframe requests that were rate-limited get their turn here.
+        for id in waiting {
+            self.after_input(id, now);
+        }
+    }
+
+    pub fn drop_all(&mut self, why: DropReason) {
+        let ids: Vec<u64> = self.viewers.keys().copied().collect();
+        for id in ids {
+            self.remove_viewer(id, why);
+        }
+    }
+}
+
+/// The local ufrag of a STUN request's USERNAME ("local:remote"), if `data` is STUN.
+pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    if data.len() < 20 || data[0] > 1 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+    let body = data.get(20..20 + len)?;
+    let mut r = body;
+    while r.len() >= 4 {
+        let typ = u16::from_be_bytes([r[0], r[1]]);
+        let alen = u16::from_be_bytes([r[2], r[3]]) as usize;
+        let v = r.get(4..4 + alen)?;
+        if typ == 0x0006 {
+            let s = std::str::from_utf8(v).ok()?;
+            return s.split(':').next();
+        }
+        let padded = (alen + 3) & !3;
+        r = r.get(4 + padded..).unwrap_or(&[]);
+    }
+    None
+}
+
+/// The thread: driver + channels around a [`WorkerCore`].
+pub struct Worker {
+    core: WorkerCore,
+    driver: Box<dyn UdpDriver>,
+    media_rx: Receiver<MediaMsg>,
+    control_rx: Receiver<ControlMsg>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        driver: Box<dyn UdpDriver>,
+        media_rx: Receiver<MediaMsg>,
+        control_rx: Receiver<ControlMsg>,
+        shared: Arc<WorkerShared>,
+        sessions: Arc<SessionTable>,
+        local: Vec<SocketAddr>,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            core: WorkerCore::new(index, local, timing, shared, sessions),
+            driver,
+            media_rx,
+            control_rx,
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            // Control first (joins, leaves), then media, bounded per turn.
+            for _ in 0..MSGS_PER_TURN {
+                match self.control_rx.try_recv() {
+                    Ok(ControlMsg::Add(nv)) => self.core.add_viewer(*nv, now),
+                    Ok(ControlMsg::Remove(id)) => self.core.remove_viewer(id, DropReason::Deleted),
+                    Ok(ControlMsg::Shutdown) => {
+                        self.core.drop_all(DropReason::Shutdown);
+                        self.driver.send_batch(&mut self.core.out);
+                        return;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut busy = false;
+            for i in 0..MSGS_PER_TURN {
+                match self.media_rx.try_recv() {
+                    Ok(m) => self.core.on_media(m, now),
+                    Err(_) => break,
+                }
+                busy = i + 1 == MSGS_PER_TURN;
+            }
+            self.core.on_timers(now);
+            if !self.core.out.is_empty() {
+                self.driver.send_batch(&mut self.core.out);
+            }
+            let timeout = if busy || !self.media_rx.is_empty() || !self.control_rx.is_empty() {
+                Duration::ZERO
+            } else {
+                self.core
+                    .next_deadline()
+                    .saturating_duration_since(Instant::now())
+            };
+            let core = &mut self.core;
+            let r = self.driver.poll(Some(timeout), &mut |src, data| {
+                core.on_datagram(src, data, Instant::now());
+            });
+            if let Err(e) = r {
+                tracing::error!(worker = self.core.index, "SFU driver: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !self.core.out.is_empty() {
+                self.driver.send_batch(&mut self.core.out);
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! WHEP playback signaling (the WHEP draft, same shape as RFC 9725 WHIP):
+//!
+//! - `POST /whep/{stream}` with `application/sdp` → 201, `Location: /whep/{stream}/{session}`,
+//!   `ETag`, the SDP answer (ICE-lite host candidates of the least-loaded SFU worker), `Link`
+//!   headers for configured ICE servers. 415 wrong content type, 400 malformed SDP, 406 no H.264
+//!   in the offer (or a stream whose video is not H.264), 404 unknown stream, 409 + Retry-After
+//!   for a known stream without a publisher, 503 + Retry-After when full or the SFU is off.
+//! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
+//!   (428 without, 412 stale) → 204. The server is ICE-lite, so client candidates need no action;
+//!   an ICE restart (new ufrag/pwd) is refused with 422 (create a new session instead).
+//! - `DELETE` → 200. `OPTIONS` → 204 with CORS (exposes Location, ETag, Link, Accept-Patch) and
+//!   `Accept-Post: application/sdp`. Other methods → 405 (axum's method router).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+use super::AppState;
+use crate::egress::sfu::{SfuHandle, WhepError};
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/whep/{stream}", post(create).options(options_resource))
+        .route(
+            "/whep/{stream}/{session}",
+            axum::routing::patch(patch)
+                .delete(remove)
+                .options(options_session),
+        )
+}
+
+fn cors(h: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE),
+    );
+}
+
+fn reply(state: &AppState, status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Body::from(msg.into() + "\n"));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
+    r
+}
+
+fn retry_after(mut r: Response<Body>, secs: u32) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+fn sfu(state: &AppState) -> Option<&Arc<SfuHandle>> {
+    state.sfu.as_ref()
+}
+
+fn ice_links(state: &AppState, h: &mut HeaderMap) {
+    for s in &state.cfg.sfu.ice_servers {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{s}>; rel=\"ice-server\"")) {
+            h.append(header::LINK, v);
+        }
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    if !content_type_is(&headers, SDP) {
+        return reply(
+            &state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "WHEP offers must be Content-Type: application/sdp",
+        );
+    }
+    let Ok(offer) = std::str::from_utf8(&body) else {
+        return reply(&state, StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    };
+    if !crate::media::stream::valid_stream_name(&stream) {
+        return reply(
+            &state,
+            StatusCode::NOT_FOUND,
+            format!("no stream named '{stream}'"),
+        );
+    }
+    let Some(sfu) = sfu(&state).cloned() else {
+        return retry_after(
+            reply(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "WebRTC playback is disabled on this server ([sfu] enabled = false); use LL-HLS",
+            ),
+            60,
+        );
+    };
+    let offer = offer.to_string();
+    let name = stream.clone();
+    // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers.
+    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer)).await;
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal: {e}"),
+            )
+        }
+    };
+    match res {
+        Ok(c) => {
+            tracing::info!(stream = %stream, session = &c.session_id[..16], "WHEP viewer created");
+            let mut r = Response::new(Body::from(c.answer));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+            if let Ok(v) = HeaderValue::from_str(&format!("/whep/{stream}/{}", c.session_id)) {
+                h.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&c.etag) {
+                h.insert(header::ETAG, v);
+            }
+            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+            ice_links(&state, h);
+            cors(h, &state.cfg.hls.cors_origin);
+            r
+        }
+        Err(WhepError::UnknownStream(n)) if state.cfg.streams.iter().any(|s| s.name == n) => {
+            // Configured but never published since start: known, just not live.
+            error_response(&state, WhepError::NotLive(n))
+        }
+        Err(e) => error_response(&state, e),
+    }
+}
+
+fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
+    let msg = e.to_string();
+    match e {
+        WhepError::BadSdp(_) => reply(state, StatusCode::BAD_REQUEST, msg),
+        WhepError::NoH264 | WhepError::StreamNotH264(_) => {
+            reply(state, StatusCode::NOT_ACCEPTABLE, msg)
+        }
+        WhepError::UnknownStream(_) | WhepError::NoSession => {
+            reply(state, StatusCode::NOT_FOUND, msg)
+        }
+        WhepError::NotLive(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
+        WhepError::Full => retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10),
+        WhepError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
+    }
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let Some(sfu) = sfu(&state) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    let Some(s) = sfu.session(&session).filter(|s| s.stream == stream) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    if !content_type_is(&headers, SDPFRAG) {
+        return reply(
+            &state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH bodies must be Content-Type: application/trickle-ice-sdpfrag",
+        );
+    }
+    let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return reply(
+            &state,
+            StatusCode::PRECONDITION_REQUIRED,
+            "If-Match is required",
+        );
+    };
+    let frag = String::from_utf8_lossy(&body);
+    let restart = frag.lines().any(|l| l.starts_with("a=ice-ufrag:"))
+        && frag.lines().any(|l| l.starts_with("a=ice-pwd:"));
+    if if_match.trim() == "*" {
+        if restart {
+            return reply(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ICE restart is not supported; DELETE this session and POST a new offer",
+            );
+        }
+    } else if if_match.trim() != s.etag {
+        return reply(&state, StatusCode::PRECONDITION_FAILED, "stale ETag");
+    }
+    // ICE-lite: the browser's checks find us; its candidates need no action here.
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    if let Ok(v) = HeaderValue::from_str(&s.etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
+    r
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+) -> Response<Body> {
+    let Some(sfu) = sfu(&state) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    match sfu.session(&session).filter(|s| s.stream == stream) {
+        Some(_) => match sfu.delete(&session) {
+            Ok(()) => reply(&state, StatusCode::OK, "session ended"),
+            Err(e) => error_response(&state, e),
+        },
+        None => reply(&state, StatusCode::NOT_FOUND, "no such session"),
+    }
+}
+
+fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    cors(h, &state.cfg.hls.cors_origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, If-Match, Authorization"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.insert(header::ALLOW, HeaderValue::from_static(methods));
+    r
+}
+
+async fn options_resource(State(state): State<AppState>) -> Response<Body> {
+    let mut r = preflight(&state, "POST, OPTIONS");
+    r.headers_mut()
+        .insert("accept-post", HeaderValue::from_static(SDP));
+    ice_links(&state, r.headers_mut());
+    r
+}
+
+async fn options_session(State(state): State<AppState>) -> Response<Body> {
+    let mut r = preflight(&state, "PATCH, DELETE, OPTIONS");
+    r.headers_mut()
+        .insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    r
+}

@@ -1,0 +1,1079 @@
+//! The watch page in headless Chromium (playwright-core), against the real binary and an ffmpeg
+//! publisher: WebRTC first, LL-HLS when WebRTC cannot deliver, recovery after a publisher drop,
+//! provider switch to a CDN (the nginx config of docs/CDN.md in front of the origin).
+//!
+//! Needs: `node`, Debian's `chromium` (or `DELTACAST_CHROMIUM`), `npm ci --prefix web`
+//! (playwright-core and hls.js), ffmpeg, and nginx for the CDN tests. A missing tool fails the
+//! test with the command that installs it; nothing is skipped.
+//!
+//! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
+//! assertion live here. Screenshots go to `test-artifacts/watch/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{free_port, require_tool, Ffmpeg, Playlist, Server};
+use serde_json::{json, Value};
+
+/// Browser tests share two cores with the server and ffmpeg: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn web_dir() -> PathBuf {
+    manifest_dir().join("web")
+}
+
+fn artifacts() -> PathBuf {
+    let d = manifest_dir().join("test-artifacts").join("watch");
+    std::fs::create_dir_all(&d).expect("create test-artifacts/watch");
+    d
+}
+
+fn chromium_path() -> PathBuf {
+    std::env::var_os("DELTACAST_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Everything the browser tests need, or a panic that says how to get it.
+fn require_browser_tools() {
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        node_ok,
+        "`node` is required by the watch-page tests but could not be run: \
+         install Node.js (Debian: apt-get install nodejs npm)"
+    );
+    let chromium = chromium_path();
+    assert!(
+        chromium.exists(),
+        "Chromium not found at {} (the watch-page tests drive it headless): \
+         apt-get install -y chromium, or set DELTACAST_CHROMIUM",
+        chromium.display()
+    );
+    for (file, what) in [
+        ("node_modules/playwright-core/index.mjs", "playwright-core"),
+        ("node_modules/hls.js/dist/hls.min.js", "hls.js"),
+    ] {
+        let p = web_dir().join(file);
+        assert!(
+            p.exists(),
+            "{what} is not installed ({} missing): run `npm ci --prefix web` in {}",
+            p.display(),
+            manifest_dir().display()
+        );
+    }
+}
+
+// ───────────────────────────── the browser ─────────────────────────────
+
+/// One headless Chromium with a fresh profile, driven by tests/web/driver.mjs.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    next_id: u64,
+    stderr_log: PathBuf,
+    _profile: tempfile::TempDir,
+    label: String,
+}
+
+impl Browser {
+    fn launch(label: &str) -> Browser {
+        require_browser_tools();
+        let profile = tempfile::Builder::new()
+            .prefix(&format!("chromium-{label}-"))
+            .tempdir()
+            .expect("tempdir");
+        let user_data = profile.path().join("user-data");
+        std::fs::create_dir_all(&user_data).unwrap();
+        let stderr_log = profile.path().join("driver.log");
+        let mut child = Command::new("node")
+            .arg(manifest_dir().join("tests/web/driver.mjs"))
+            .env("USER_DATA_DIR", &user_data)
+            .env("CHROMIUM", chromium_path())
+            .env(
+                "PLAYWRIGHT_CORE",
+                web_dir().join("node_modules/playwright-core/index.mjs"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node tests/web/driver.mjs: {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut b = Browser {
+            child,
+            stdin,
+            lines,
+            next_id: 1,
+            stderr_log,
+            _profile: profile,
+            label: label.to_string(),
+        };
+        let ready = b.read_answer(0, Duration::from_secs(30));
+        match ready {
+            Ok(v) => eprintln!("[{label}] chromium {} ready", v["chromium"]),
+            Err(e) => panic!("[{label}] headless Chromium did not start: {e}"),
+        }
+        b
+    }
+
+    fn driver_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    fn read_answer(&mut self, id: u64, timeout: Duration) -> Result<Value, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|_| {
+                format!(
+                    "no answer from the browser driver within {timeout:?}; driver log:\n{}",
+                    self.driver_log()
+                )
+            })?;
+            let v: Value = match serde_json::from_str(&line) {
+                Ok(v) => v,
+                Err(_) => {
+                    eprintln!("[{}] driver: {line}", self.label);
+                    continue;
+                }
+            };
+            if v["id"] != json!(id) {
+                continue;
+            }
+            return if v["ok"] == json!(true) {
+                Ok(v["value"].clone())
+            } else {
+                Err(v["error"].as_str().unwrap_or("?").to_string())
+            };
+        }
+    }
+
+    fn cmd(&mut self, mut cmd: Value, timeout: Duration) -> Result<Value, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["id"] = json!(id);
+        writeln!(self.stdin, "{cmd}").map_err(|e| format!("driver stdin: {e}"))?;
+        self.stdin.flush().ok();
+        self.read_answer(id, timeout)
+    }
+
+    fn open(&mut self, url: &str) {
+        let v = self
+            .cmd(json!({"cmd": "open", "url": url}), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("[{}] open {url}: {e}", self.label));
+        assert_eq!(v["status"], 200, "[{}] {url}: {v}", self.label);
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        self.cmd(
+            json!({"cmd": "eval", "expr": expr}),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| panic!("[{}] eval {expr}: {e}", self.label))
+    }
+
+    /// Wait until `expr` is truthy in the page; Err with the page's state when it is not.
+    fn wait(&mut self, expr: &str, timeout: Duration) -> Result<Value, String> {
+        self.cmd(
+            json!({"cmd": "wait", "expr": expr, "timeout_ms": timeout.as_millis() as u64}),
+            timeout + Duration::from_secs(10),
+        )
+        .map(|v| v["value"].clone())
+    }
+
+    /// Like [`Browser::wait`], panicking with the page's own account of what happened.
+    fn expect(&mut self, expr: &str, timeout: Duration, what: &str) -> Value {
+        match self.wait(expr, timeout) {
+            Ok(v) => v,
+            Err(e) => {
+                let state = self.state();
+                let console = self.console();
+                panic!(
+                    "[{}] {what}: not within {timeout:?} ({e})\npage state: {state:#}\nconsole:\n{}",
+                    self.label,
+                    console.join("\n")
+                );
+            }
+        }
+    }
+
+    fn state(&mut self) -> Value {
+        self.cmd(
+            json!({"cmd": "eval", "expr": "JSON.parse(JSON.stringify(window.__deltacast || null))"}),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| json!({ "error": e }))
+    }
+
+    fn screenshot(&mut self, name: &str) -> PathBuf {
+        let path = artifacts().join(name);
+        self.cmd(
+            json!({"cmd": "screenshot", "path": path}),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("[{}] screenshot: {e}", self.label));
+        eprintln!("[{}] screenshot {}", self.label, path.display());
+        path
+    }
+
+    fn requests(&mut self, contains: &str) -> Vec<String> {
+        let v = self
+            .cmd(
+                json!({"cmd": "requests", "contains": contains}),
+                Duration::from_secs(15),
+            )
+            .unwrap_or_else(|e| panic!("[{}] requests: {e}", self.label));
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    fn console(&mut self) -> Vec<String> {
+        self.cmd(json!({"cmd": "console"}), Duration::from_secs(15))
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// `video.currentTime` moves forward by at least `min` seconds over `over`.
+    fn assert_playing(&mut self, over: Duration, min: f64, context: &str) -> (f64, f64) {
+        let t0 = self
+            .eval("document.getElementById('video').currentTime")
+            .as_f64()
+            .unwrap();
+        std::thread::sleep(over);
+        let t1 = self
+            .eval("document.getElementById('video').currentTime")
+            .as_f64()
+            .unwrap();
+        if t1 - t0 < min {
+            let state = self.state();
+            let console = self.console().join("\n");
+            panic!(
+                "[{}] {context}: currentTime went {t0:.2} → {t1:.2} in {over:?} (want +{min}s)\npage state: {state:#}\nconsole:\n{console}",
+                self.label,
+            );
+        }
+        (t0, t1)
+    }
+
+    /// Milliseconds since navigation start at which the page first logged `ev` (with `detail`).
+    fn event_time(&mut self, ev: &str, detail: &str) -> Option<f64> {
+        let expr = format!(
+            "(() => {{ const e = window.__deltacast.events.find(e => e.ev === {ev:?} && \
+             ({detail:?} === '' || JSON.stringify(e.detail).includes({detail:?}))); \
+             return e ? e.t : null; }})()"
+        );
+        self.eval(&expr).as_f64()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "──── [{}] browser driver log ────\n{}\n────",
+                self.label,
+                self.driver_log()
+            );
+        }
+        let _ = writeln!(self.stdin, "{}", json!({"id": 999_999, "cmd": "close"}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ───────────────────────────── server helpers ─────────────────────────────
+
+const ADMIN: &str = "test-admin-token";
+
+fn web_toml() -> String {
+    format!("[web]\ndir = {:?}\n", web_dir().display().to_string())
+}
+
+/// HLS only: the SFU is off, so the playback document offers no WHEP.
+fn hls_only_toml() -> String {
+    format!("{}\n[sfu]\nenabled = false\n", web_toml())
+}
+
+/// WebRTC on loopback (OS-chosen UDP port).
+fn webrtc_toml() -> String {
+    format!(
+        "{}\n[sfu]\nport_base = 0\nbind_ip = \"127.0.0.1\"\n",
+        web_toml()
+    )
+}
+
+fn start_server(label: &str, rest: &str) -> Server {
+    Server::start_with(label, &format!("admin_token = \"{ADMIN}\""), "", rest, &[])
+}
+
+/// Publish the standard test program as `key` and wait until HLS has a segment.
+fn publish(server: &Server, label: &str, key: &str) -> Ffmpeg {
+    require_tool("ffmpeg");
+    let ff = Ffmpeg::publish(label, &server.rtmp_url(key));
+    server.wait_state(key, "publishing", Duration::from_secs(15));
+    server.wait_segments(key, 1, Duration::from_secs(20));
+    ff
+}
+
+/// An HTTP/1.1 request with a body; returns (status, headers, body).
+fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // Chunked bodies: good enough for JSON checks (strip the size lines).
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body.split("\r\n")
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, l)| l)
+            .collect::<String>()
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn put_provider(server: &Server, stream: &str, body: &Value) -> Value {
+    let (status, _, text) = http_send(
+        server.http,
+        "PUT",
+        &format!("/api/v1/streams/{stream}/provider"),
+        &[
+            ("Authorization", &format!("Bearer {ADMIN}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "PUT provider {body}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("PUT provider answer: {e}: {text}"))
+}
+
+/// Fails with a clear message when this build has no working WHEP endpoint.
+fn require_whep(server: &Server, stream: &str) {
+    let (status, _, body) = http_send(
+        server.http,
+        "POST",
+        &format!("/whep/{stream}"),
+        &[("Content-Type", "application/sdp")],
+        b"v=0\r\n",
+    );
+    assert!(
+        !matches!(status, 0 | 404 | 405 | 501),
+        "WHEP is not available on this build (POST /whep/{stream} with a malformed offer → \
+         {status} {body}); this test checks the watch page's WebRTC path and needs the SFU \
+         (src/egress/sfu, src/http/whep.rs) wired into the router"
+    );
+}
+
+// ───────────────────────────── nginx (docs/CDN.md) ─────────────────────────────
+
+/// nginx running the generic-CDN block of docs/CDN.md in front of an origin.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// The nginx block of docs/CDN.md (the code block after the `nginx-cdn-config` marker).
+fn cdn_doc_nginx_block() -> String {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/CDN.md")).expect("docs/CDN.md");
+    let after = doc
+        .split_once("<!-- nginx-cdn-config")
+        .expect("docs/CDN.md has the <!-- nginx-cdn-config --> marker")
+        .1;
+    let block = after
+        .split_once("```nginx\n")
+        .expect("an ```nginx block after the marker")
+        .1;
+    block
+        .split_once("```")
+        .expect("end of the nginx block")
+        .0
+        .to_string()
+}
+
+impl Nginx {
+    fn start(origin: SocketAddr) -> Nginx {
+        let nginx = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let ok = Command::new(nginx)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "nginx is required by the CDN tests: apt-get install -y nginx (.ci/run installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("nginx-cdn-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut block = cdn_doc_nginx_block();
+        for (from, to) in [
+            ("server 127.0.0.1:8080;", format!("server {origin};")),
+            ("listen 80;", format!("listen {addr};")),
+            (
+                "/var/cache/nginx/deltacast",
+                dir.path().join("cache").display().to_string(),
+            ),
+        ] {
+            assert!(
+                block.contains(from),
+                "docs/CDN.md's nginx block no longer contains `{from}`; update this test"
+            );
+            block = block.replace(from, &to);
+        }
+        let d = dir.path().display();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\n{user}pid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+             log_format cdn '$request_uri $status $upstream_cache_status \"$upstream_addr\"';\n\
+             access_log {d}/access.log cdn;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             {block}\n}}\n",
+            user = if root { "user root;\n" } else { "" },
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, &conf).unwrap();
+        let child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start nginx");
+        let mut n = Nginx { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(st)) = n.child.try_wait() {
+                panic!(
+                    "nginx exited ({st}) with the config of docs/CDN.md:\n{conf}\n{}\n{}",
+                    n.file("stderr.log"),
+                    n.file("error.log")
+                );
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn get(&self, path: &str) -> common::Resp {
+        common::http_get(self.addr, path, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("GET nginx {path}: {e}"))
+    }
+
+    /// Access-log lines (`uri status cache-status "upstream"`).
+    fn log_lines(&self) -> Vec<String> {
+        self.file("access.log")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "──── nginx error log ────\n{}\n──── access log ────\n{}",
+                self.file("error.log"),
+                self.file("access.log")
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ───────────────────────────── tests: HTTP surface ─────────────────────────────
+
+#[test]
+fn page_assets_and_playback_api() {
+    let rest = format!(
+        "{}\n[[streams]]\nname = \"hall\"\nkeys = [\"hall-key\"]\n",
+        hls_only_toml()
+    );
+    let s = start_server("assets", &rest);
+
+    let page = s.get("/watch/hall");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("script-src 'self'"));
+    let html = page.text();
+    assert!(html.contains("watch.js") && html.contains("id=\"unmute\""));
+    assert!(
+        !html.contains("hall") && !html.contains("/hls/"),
+        "the page names no stream or URL itself"
+    );
+    assert_eq!(s.get("/watch/bad..%20name").status, 404);
+    let js = s.get("/web/watch.js");
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").unwrap().contains("javascript"));
+    assert!(!js.text().contains("cloudfront"), "the page names no CDN");
+    assert_eq!(s.get("/web/watch.css").status, 200);
+    let hls = s.get("/web/hls.min.js");
+    assert_eq!(hls.status, 200, "{}", hls.text());
+    assert!(hls.body.len() > 100_000, "hls.js from node_modules");
+    assert_eq!(s.get("/web/../Cargo.toml").status, 404);
+    assert_eq!(s.get("/web/hls.js.map").status, 404);
+
+    // The playback document.
+    let r = s.get("/api/v1/streams/hall/playback");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["state"], "offline");
+    assert_eq!(v["webrtc"], Value::Null, "SFU disabled: no WHEP offered");
+    assert_eq!(
+        v["hls"],
+        format!("http://{}/hls/hall/index.m3u8", s.http),
+        "{v}"
+    );
+    assert_eq!(v["webrtc_timeout_ms"], 2500);
+    assert_eq!(s.get("/api/v1/streams/nope/playback").status, 404);
+
+    // Ingest: admin only, the node's own endpoints whatever the provider.
+    let auth = format!("Bearer {ADMIN}");
+    let (st, _, _) = http_send(s.http, "GET", "/api/v1/streams/hall/ingest", &[], b"");
+    assert_eq!(st, 401);
+    let (st, _, body) = http_send(
+        s.http,
+        "GET",
+        "/api/v1/streams/hall/ingest",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let ingest: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ingest["rtmp"]["key"], "hall-key");
+    assert_eq!(
+        ingest["rtmp"]["url"],
+        format!("rtmp://127.0.0.1:{}/live/hall-key", s.rtmp.port())
+    );
+    assert_eq!(
+        ingest["whip"]["url"],
+        format!("http://{}/whip/hall", s.http)
+    );
+
+    // Provider: PUT needs the token, validates, and changes the playback URLs only.
+    let (st, _, _) = http_send(
+        s.http,
+        "PUT",
+        "/api/v1/streams/hall/provider",
+        &[],
+        br#""origin""#,
+    );
+    assert_eq!(st, 401);
+    for bad in [
+        r#"{"kind":"cdn"}"#,
+        r#"{"kind":"cdn","hls_base":"not a url"}"#,
+        r#"{"kind":"cdn","hls_base":"https://x","extra":1}"#,
+        r#""akamai""#,
+        r#"{"kind":"external","ingest_url":"http://x/a/k","playback_url":"https://x/p.m3u8"}"#,
+    ] {
+        let (st, _, body) = http_send(
+            s.http,
+            "PUT",
+            "/api/v1/streams/hall/provider",
+            &[("Authorization", &auth)],
+            bad.as_bytes(),
+        );
+        assert_eq!(st, 400, "{bad}: {body}");
+        assert!(body.contains("error"), "{body}");
+    }
+    let v = put_provider(
+        &s,
+        "hall",
+        &json!({"kind": "cdn", "hls_base": "https://d111.cloudfront.net/"}),
+    );
+    assert_eq!(v["provider"]["kind"], "cdn");
+    let v: Value = serde_json::from_slice(&s.get("/api/v1/streams/hall/playback").body).unwrap();
+    assert_eq!(v["hls"], "https://d111.cloudfront.net/hls/hall/index.m3u8");
+    let (_, _, body) = http_send(
+        s.http,
+        "GET",
+        "/api/v1/streams/hall/ingest",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    let ingest2: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ingest, ingest2, "ingest does not depend on the provider");
+
+    // External: the program is pushed through the RTMP push engine; viewers get its URL.
+    let v = put_provider(
+        &s,
+        "hall",
+        &json!({"kind": "external", "ingest_url": "rtmp://127.0.0.1:9/app/secret-ivs-key",
+                "playback_url": "https://ivs.example/hall.m3u8"}),
+    );
+    assert!(!v.to_string().contains("secret-ivs-key"), "key masked: {v}");
+    let v: Value = serde_json::from_slice(&s.get("/api/v1/streams/hall/playback").body).unwrap();
+    assert_eq!(v["hls"], "https://ivs.example/hall.m3u8");
+    assert_eq!(v["webrtc"], Value::Null);
+    let dests: Value =
+        serde_json::from_slice(&s.get("/api/v1/streams/hall/destinations").body).unwrap();
+    assert!(
+        dests.to_string().contains("external-provider"),
+        "push destination created: {dests}"
+    );
+    put_provider(&s, "hall", &json!("origin"));
+    let dests: Value =
+        serde_json::from_slice(&s.get("/api/v1/streams/hall/destinations").body).unwrap();
+    assert!(
+        !dests.to_string().contains("external-provider"),
+        "push destination removed: {dests}"
+    );
+    drop(s);
+
+    // Without `npm ci --prefix web`: a 503 that says what to run.
+    let empty = tempfile::tempdir().unwrap();
+    let s = start_server(
+        "no-npm",
+        &format!(
+            "[web]\ndir = {:?}\n[sfu]\nenabled = false\n",
+            empty.path().display().to_string()
+        ),
+    );
+    let r = s.get("/web/hls.min.js");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("npm ci --prefix web"), "{}", r.text());
+}
+
+// ───────────────────────────── tests: LL-HLS ─────────────────────────────
+
+#[test]
+fn plays_over_ll_hls_when_webrtc_is_off() {
+    let _g = serial();
+    let s = start_server("hls-off", &hls_only_toml());
+    let _ff = publish(&s, "hls-off", "show");
+    let mut b = Browser::launch("hls-off");
+    let t = Instant::now();
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "window.__deltacast && __deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(6),
+        "playing over LL-HLS",
+    );
+    let took = t.elapsed();
+    let live_at = b.event_time("state", "live").unwrap_or(f64::NAN);
+    eprintln!("LL-HLS playing {took:?} after open (page: {live_at:.0} ms after navigation)");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    b.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS");
+    let st = b.state();
+    assert_eq!(st["muted"], true, "starts muted: {st}");
+    assert_eq!(
+        b.eval("!document.getElementById('unmute').hidden"),
+        true,
+        "unmute control shown"
+    );
+    assert!(
+        b.requests("/whep/").is_empty(),
+        "no WHEP offered, none tried"
+    );
+    assert!(
+        !b.requests("/web/hls.min.js").is_empty(),
+        "hls.js from this server"
+    );
+    b.wait(
+        "document.getElementById('debug').textContent.includes('path      hls')",
+        Duration::from_secs(3),
+    )
+    .expect("debug overlay shows the path");
+    let dbg = b.eval("document.getElementById('debug').textContent");
+    eprintln!("debug overlay:\n{}", dbg.as_str().unwrap_or(""));
+    assert!(dbg.as_str().unwrap().contains("latency"), "{dbg}");
+    b.screenshot("hls-webrtc-off.png");
+    // The unmute control works.
+    b.eval("document.getElementById('unmute').click(), true");
+    b.expect(
+        "!document.getElementById('video').muted && document.getElementById('unmute').hidden",
+        Duration::from_secs(3),
+        "unmuted",
+    );
+}
+
+#[test]
+fn publisher_drop_and_return_recovers_by_itself() {
+    let _g = serial();
+    let s = start_server("drop", &hls_only_toml());
+    let mut ff = publish(&s, "drop", "show");
+    let mut b = Browser::launch("drop");
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.state === 'live'",
+        Duration::from_secs(8),
+        "live",
+    );
+    b.assert_playing(Duration::from_millis(1000), 0.5, "before the drop");
+
+    ff.kill();
+    let t = Instant::now();
+    b.expect(
+        "__deltacast.state === 'offline' && !document.getElementById('notice').hidden",
+        Duration::from_secs(6),
+        "offline shown after the publisher dropped",
+    );
+    eprintln!("offline shown {:?} after the drop", t.elapsed());
+    b.screenshot("offline.png");
+    let text = b.eval("document.getElementById('notice').textContent");
+    assert!(text.as_str().unwrap().contains("offline"), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let _ff2 = Ffmpeg::publish("drop-2", &s.rtmp_url("show"));
+    let t = Instant::now();
+    b.expect(
+        "__deltacast.state === 'live' && document.getElementById('notice').hidden",
+        Duration::from_secs(20),
+        "playing again after the publisher returned",
+    );
+    eprintln!(
+        "playing again {:?} after the publisher restarted",
+        t.elapsed()
+    );
+    b.assert_playing(Duration::from_millis(1500), 0.8, "after the return");
+    b.screenshot("back-after-drop.png");
+}
+
+// ───────────────────────────── tests: CDN ─────────────────────────────
+
+#[test]
+fn nginx_cdn_config_from_docs_caches_and_collapses() {
+    let _g = serial();
+    let s = start_server("nginx", &hls_only_toml());
+    let _ff = publish(&s, "show", "show");
+    let n = Nginx::start(s.http);
+
+    let r = n.get("/hls/show/index.m3u8");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-cache-status").is_some(), "X-Cache-Status added");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let pl = Playlist::parse(&r.text()).unwrap();
+    let part = pl.all_parts().last().expect("a part").uri.clone();
+    let part_path = common::resolve("/hls/show/index.m3u8", &part);
+    let a = n.get(&part_path);
+    let b2 = n.get(&part_path);
+    let c = n.get(&format!("{part_path}?utm_source=x"));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, b2.body);
+    assert_eq!(
+        b2.header("x-cache-status"),
+        Some("HIT"),
+        "second GET of a part"
+    );
+    assert_eq!(
+        c.header("x-cache-status"),
+        Some("HIT"),
+        "other query parameters are not in the key"
+    );
+    // Errors are not cached.
+    assert_eq!(n.get("/hls/nope/index.m3u8").status, 404);
+    let e = n.get("/hls/nope/index.m3u8");
+    assert_eq!(e.status, 404);
+    assert_ne!(e.header("x-cache-status"), Some("HIT"), "404 is no-store");
+
+    // Ten viewers block on the same future part at once: one origin request.
+    let (msn, p) = Playlist::parse(&n.get("/hls/show/index.m3u8").text())
+        .unwrap()
+        .next_part();
+    let q = format!("/hls/show/index.m3u8?_HLS_msn={msn}&_HLS_part={p}");
+    let addr = n.addr;
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                common::http_get(addr, &q, Duration::from_secs(20)).expect("blocking GET")
+            })
+        })
+        .collect();
+    let answers: Vec<common::Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.text());
+        let pl = Playlist::parse(&a.text()).unwrap();
+        assert!(pl.has_part(msn, p), "answer holds the part it waited for");
+        assert_eq!(
+            a.body, answers[0].body,
+            "every viewer got the same playlist"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: Vec<String> = n
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.starts_with(&q))
+        .collect();
+    let to_origin = lines.iter().filter(|l| !l.ends_with("\"-\"")).count();
+    eprintln!(
+        "10 concurrent blocking requests → {to_origin} origin request(s):\n{}",
+        lines.join("\n")
+    );
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    assert_eq!(
+        to_origin, 1,
+        "request collapsing (proxy_cache_lock): {lines:?}"
+    );
+}
+
+#[test]
+fn provider_switch_to_cdn_moves_the_page_to_the_cdn() {
+    let _g = serial();
+    let s = start_server("cdn-switch", &hls_only_toml());
+    let _ff = publish(&s, "cdn-switch", "show");
+    let n = Nginx::start(s.http);
+    let mut b = Browser::launch("cdn-switch");
+    let origin_hls = format!("http://{}/hls/", s.http);
+    let cdn_hls = format!("{}/hls/", n.base());
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(6),
+        "playing from the origin",
+    );
+    assert!(b.requests(&cdn_hls).is_empty());
+    assert!(!b.requests(&origin_hls).is_empty());
+
+    put_provider(&s, "show", &json!({"kind": "cdn", "hls_base": n.base()}));
+    let t = Instant::now();
+    b.expect(
+        &format!(
+            "__deltacast.hlsUrl.startsWith({:?}) && __deltacast.state === 'live'",
+            n.base()
+        ),
+        Duration::from_secs(8),
+        "page moved to the CDN URL",
+    );
+    eprintln!("page on the CDN {:?} after the PUT", t.elapsed());
+    b.assert_playing(Duration::from_millis(2000), 1.0, "through the CDN");
+    let via_cdn = b.requests(&cdn_hls);
+    assert!(
+        via_cdn.iter().any(|u| u.contains("index.m3u8"))
+            && via_cdn.iter().any(|u| u.contains(".m4s")),
+        "playlist and parts through nginx: {via_cdn:?}"
+    );
+    let before = b.requests(&origin_hls).len();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = b.requests(&origin_hls).len();
+    assert_eq!(before, after, "no more HLS requests to the origin");
+    assert!(
+        n.log_lines().iter().any(|l| l.contains(".m4s")),
+        "nginx served parts"
+    );
+    b.screenshot("hls-via-cdn.png");
+}
+
+// ───────────────────────────── tests: WebRTC ─────────────────────────────
+
+#[test]
+fn plays_over_webrtc_first_frame_within_1s() {
+    let _g = serial();
+    let s = start_server("webrtc", &webrtc_toml());
+    let _ff = publish(&s, "webrtc", "show");
+    require_whep(&s, "show");
+    let mut b = Browser::launch("webrtc");
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
+        Duration::from_secs(8),
+        "frames decoded over WebRTC",
+    );
+    let st = b.state();
+    let first = st["firstFrameMs"].as_f64().unwrap();
+    let since_nav = b.event_time("webrtc-first-frame", "").unwrap_or(f64::NAN);
+    eprintln!(
+        "WebRTC first frame {first} ms after the WHEP attempt started ({since_nav:.0} ms after navigation)"
+    );
+    assert!(first <= 1000.0, "first frame after {first} ms: {st:#}");
+    let f0 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let f1 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+    assert!(f1 - f0 >= 15.0, "framesDecoded rising: {f0} → {f1}");
+    assert_eq!(b.eval("__deltacast.path"), "webrtc");
+    assert!(b.requests("/hls/").is_empty(), "no HLS while WebRTC plays");
+    b.screenshot("webrtc.png");
+}
+
+#[test]
+fn webrtc_session_deleted_mid_stream_switches_to_hls() {
+    let _g = serial();
+    let s = start_server("webrtc-kill", &webrtc_toml());
+    let _ff = publish(&s, "webrtc-kill", "show");
+    require_whep(&s, "show");
+    let mut b = Browser::launch("webrtc-kill");
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 15",
+        Duration::from_secs(8),
+        "playing over WebRTC",
+    );
+    b.eval("window.__sameDocument = 42");
+    let loc = b.eval("__deltacast.whepLocation");
+    let loc = loc
+        .as_str()
+        .expect("the WHEP answer had a Location")
+        .to_string();
+    let path = loc
+        .strip_prefix(&format!("http://{}", s.http))
+        .unwrap_or_else(|| panic!("Location {loc} on this server"));
+    let (st, _, body) = http_send(s.http, "DELETE", path, &[], b"");
+    assert!(st == 200 || st == 204, "DELETE {path}: {st} {body}");
+    let t = Instant::now();
+    b.expect(
+        "__deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(8),
+        "switched to LL-HLS after the WebRTC session was deleted",
+    );
+    eprintln!(
+        "on HLS {:?} after the session was deleted (reason: {})",
+        t.elapsed(),
+        b.eval("__deltacast.fallbackReason")
+    );
+    b.assert_playing(Duration::from_millis(1500), 0.8, "HLS after WebRTC died");
+    assert_eq!(b.eval("window.__sameDocument"), 42, "no reload");
+    assert!(
+        b.eval("sessionStorage.getItem('deltacast.webrtc-failed')")
+            .is_string(),
+        "remembered for the session"
+    );
+    b.screenshot("webrtc-killed-now-hls.png");
+}
+
+#[test]
+fn falls_back_to_hls_when_webrtc_media_cannot_flow() {
+    let _g = serial();
+    // The SFU answers WHEP but advertises 127.0.0.2, where nothing listens: ICE can never
+    // succeed, as when UDP is dropped between viewer and server.
+    let rest = format!(
+        "{}\n[sfu]\nport_base = 0\nbind_ip = \"127.0.0.1\"\nadvertise = [\"127.0.0.2\"]\n",
+        web_toml()
+    );
+    let s = start_server("udp-dead", &rest);
+    let _ff = publish(&s, "udp-dead", "show");
+    require_whep(&s, "show");
+    let mut b = Browser::launch("udp-dead");
+    let t = Instant::now();
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(6),
+        "playing over LL-HLS within 6 s although WebRTC cannot connect",
+    );
+    eprintln!(
+        "LL-HLS playing {:?} after open; fallback reason: {}",
+        t.elapsed(),
+        b.eval("__deltacast.fallbackReason")
+    );
+    assert!(
+        b.requests("/whep/").iter().any(|r| r.starts_with("POST")),
+        "WHEP was tried first"
+    );
+    b.assert_playing(Duration::from_millis(1500), 0.8, "HLS after the fallback");
+    b.screenshot("hls-after-webrtc-fallback.png");
+    // The same tab remembers: after a reload it goes to HLS at once.
+    b.eval("location.reload(), true");
+    std::thread::sleep(Duration::from_millis(300));
+    b.expect(
+        "window.__deltacast && __deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(6),
+        "HLS after reload",
+    );
+    let tried = b.eval("__deltacast.events.filter(e => e.ev === 'webrtc-start').length");
+    assert_eq!(tried, 0, "WebRTC not tried again in this session");
+}

@@ -1,0 +1,243 @@
+//! A WHEP test client on str0m: full ICE + DTLS + SRTP over real UDP on 127.0.0.1, H.264
+//! depacketized by str0m into frames. Plus a small HTTP/1.1 client that sends bodies.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+/// A response of [`request`].
+#[derive(Debug)]
+pub struct HttpResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// HTTP/1.1 request with a body on a fresh connection, bounded by 10 s.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResp {
+    let t = Duration::from_secs(10);
+    let mut s = TcpStream::connect_timeout(&addr, t).expect("connect");
+    s.set_read_timeout(Some(t)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpResp {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// A frame the client decoded out of RTP.
+#[derive(Debug, Clone)]
+pub struct GotFrame {
+    pub keyframe: bool,
+    pub bytes: usize,
+    pub at: Instant,
+    pub annexb_has_sps: bool,
+}
+
+pub struct WhepClient {
+    pub rtc: Rtc,
+    pub sock: UdpSocket,
+    pub local: SocketAddr,
+    pub location: String,
+    pub etag: String,
+    pub answer: String,
+    pub started: Instant,
+    pub connected_at: Option<Instant>,
+    pub frames: Vec<GotFrame>,
+    /// Opus frames received (AAC from RTMP, bridged by the relay).
+    pub audio_frames: usize,
+    pub disconnected: bool,
+    buf: Vec<u8>,
+}
+
+/// Build a client offer (video + audio recvonly, H.264 and Opus; `vp8_only` for a bad offer).
+pub fn offer(
+    vp8_only: bool,
+) -> (
+    Rtc,
+    UdpSocket,
+    SocketAddr,
+    String,
+    str0m::change::SdpPendingOffer,
+) {
+    str0m::crypto::from_feature_flags().install_process_default();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap();
+    let b = Rtc::builder().clear_codecs();
+    let b = if vp8_only {
+        b.enable_vp8(true)
+    } else {
+        b.enable_h264(true).enable_opus(true, false)
+    };
+    let mut rtc = b.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    if !vp8_only {
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    }
+    let (o, pending) = api.apply().unwrap();
+    (rtc, sock, local, o.to_sdp_string(), pending)
+}
+
+impl WhepClient {
+    /// POST an offer; `Err` carries the non-201 response.
+    pub fn connect(http: SocketAddr, stream: &str) -> Result<WhepClient, HttpResp> {
+        let started = Instant::now();
+        let (mut rtc, sock, local, sdp, pending) = offer(false);
+        let r = request(
+            http,
+            "POST",
+            &format!("/whep/{stream}"),
+            &[("Content-Type", "application/sdp")],
+            sdp.as_bytes(),
+        );
+        if r.status != 201 {
+            return Err(r);
+        }
+        let answer = SdpAnswer::from_sdp_string(&r.body).expect("answer parses");
+        rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        sock.set_nonblocking(false).unwrap();
+        Ok(WhepClient {
+            rtc,
+            sock,
+            local,
+            location: r.header("location").expect("Location").to_string(),
+            etag: r.header("etag").expect("ETag").to_string(),
+            answer: r.body.clone(),
+            started,
+            connected_at: None,
+            frames: Vec::new(),
+            audio_frames: 0,
+            disconnected: false,
+            buf: vec![0u8; 2048],
+        })
+    }
+
+    /// The worker's UDP port from the answer's candidates.
+    pub fn server_port(&self) -> u16 {
+        self.answer
+            .lines()
+            .find(|l| l.starts_with("a=candidate:"))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|p| p.parse().ok())
+            .expect("candidate with a port in the answer")
+    }
+
+    pub fn first_keyframe(&self) -> Option<&GotFrame> {
+        self.frames.iter().find(|f| f.keyframe)
+    }
+
+    /// Drive the client until `until` returns true or `timeout` passes.
+    pub fn run(&mut self, timeout: Duration, until: impl Fn(&WhepClient) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let next = loop {
+                match self.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => break t,
+                    Ok(Output::Transmit(t)) => {
+                        let _ = self.sock.send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(e)) => match e {
+                        Event::Connected => self.connected_at = Some(Instant::now()),
+                        Event::MediaData(m)
+                            if self.rtc.media(m.mid).map(|x| x.kind())
+                                == Some(str0m::media::MediaKind::Audio) =>
+                        {
+                            self.audio_frames += 1
+                        }
+                        Event::MediaData(m) => self.frames.push(GotFrame {
+                            keyframe: m.is_keyframe(),
+                            bytes: m.data.len(),
+                            at: Instant::now(),
+                            annexb_has_sps: m
+                                .data
+                                .windows(4)
+                                .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7),
+                        }),
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            self.disconnected = true
+                        }
+                        _ => {}
+                    },
+                    Err(e) => panic!("client rtc: {e}"),
+                }
+            };
+            if until(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = next
+                .saturating_duration_since(now)
+                .min(deadline - now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(20));
+            self.sock.set_read_timeout(Some(wait)).unwrap();
+            let input = match self.sock.recv_from(&mut self.buf) {
+                Ok((n, src)) => {
+                    match Receive::new(Protocol::Udp, src, self.local, &self.buf[..n]) {
+                        Ok(r) => Input::Receive(Instant::now(), r),
+                        Err(_) => continue,
+                    }
+                }
+                Err(_) => Input::Timeout(Instant::now()),
+            };
+            let _ = self.rtc.handle_input(input);
+        }
+    }
+}

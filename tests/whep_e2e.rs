@@ -1,0 +1,256 @@
+//! WHEP end to end: ffmpeg publishes RTMP to the real binary; str0m clients play over WebRTC
+//! (ICE + DTLS + SRTP on 127.0.0.1) and must see H.264 keyframes; time to first frame is printed.
+//! Bad input (garbage UDP on the worker port, malformed / empty SDP, offers without H.264, unknown
+//! streams, wrong content types, PATCH preconditions) gets the spec's status codes while another
+//! viewer keeps receiving. The suite runs once per UDP driver (epoll, io_uring).
+
+mod common;
+mod whep_common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::{Ffmpeg, Server};
+use whep_common::{offer, request, WhepClient};
+
+fn config(io: &str) -> String {
+    format!(
+        "[sfu]\nio = \"{io}\"\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 5000\n\
+         ice_servers = [\"stun:stun.example.net:3478\"]\n\n\
+         [[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n\n\
+         [[streams]]\nname = \"later\"\nkeys = [\"laterkey\"]\n"
+    )
+}
+
+fn suite(io: &str) {
+    let server = Server::start(&format!("whep-{io}"), &config(io));
+    let log = server.log_text();
+    let want = if io == "uring" { "io_uring" } else { "epoll" };
+    assert!(
+        log.contains("WebRTC SFU running") && log.contains(&format!("\"{want}\"")),
+        "SFU is not running on {want}:\n{}",
+        server.log_tail(40)
+    );
+    let http = server.http;
+    let _ff = Ffmpeg::publish(&format!("whep-{io}"), &server.rtmp_url("showkey"));
+    server.wait_state("show", "publishing", Duration::from_secs(15));
+    // Let a GOP build up so the cache path is what serves the first frame.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // ── viewer A: connects, first frame is a keyframe with SPS, and it keeps coming ──
+    let mut a = WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST: {r:?}"));
+    assert!(a.location.starts_with("/whep/show/"), "{}", a.location);
+    assert!(a.answer.contains("a=ice-lite"), "ICE-lite answer");
+    assert!(a.answer.contains("H264"), "H.264 in the answer");
+    assert!(a.rtc.is_alive(), "client alive after answer");
+    let ok = a.run(Duration::from_secs(10), |c| c.first_keyframe().is_some());
+    assert!(
+        ok,
+        "viewer A got no keyframe; connected: {:?}",
+        a.connected_at
+    );
+    let key = a.first_keyframe().unwrap().clone();
+    assert!(key.annexb_has_sps, "keyframe carries SPS/PPS");
+    assert!(
+        a.frames[0].keyframe,
+        "the first frame is a keyframe (GOP cache)"
+    );
+    let ttff = key.at.duration_since(a.started);
+    let after_connect = key.at.duration_since(a.connected_at.unwrap());
+    println!(
+        "[{io}] WHEP time to first frame: {:.1} ms from POST ({:.1} ms after ICE+DTLS connected)",
+        ttff.as_secs_f64() * 1e3,
+        after_connect.as_secs_f64() * 1e3
+    );
+    assert!(
+        ttff < Duration::from_millis(1500),
+        "first frame took {ttff:?} on loopback"
+    );
+    let n = a.frames.len();
+    let audio = a.audio_frames;
+    a.run(Duration::from_secs(2), |_| false);
+    assert!(
+        a.frames.len() >= n + 30,
+        "live frames keep coming: {} → {}",
+        n,
+        a.frames.len()
+    );
+    // AAC from the RTMP publisher arrives as Opus (bridged once per stream): 50 packets a second.
+    println!(
+        "[{io}] Opus frames received in 2 s: {}",
+        a.audio_frames - audio
+    );
+    assert!(
+        a.audio_frames >= audio + 60,
+        "bridged Opus audio keeps coming: {} → {}",
+        audio,
+        a.audio_frames
+    );
+
+    // ── bad input, while A keeps playing ──
+    let port = a.server_port();
+    let evil = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = common::Rng::new(7);
+    for i in 0..2000 {
+        let mut b = rng.bytes(1 + (i % 1400));
+        if i % 5 == 0 {
+            // STUN-looking, with a bogus username / integrity
+            b.splice(
+                0..0,
+                [
+                    0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0,
+                    6, 0, 4, b'a', b'b', b':', b'c',
+                ],
+            );
+        }
+        let _ = evil.send_to(&b, ("127.0.0.1", port));
+    }
+    let ct = [("Content-Type", "application/sdp")];
+    let r = request(http, "POST", "/whep/show", &ct, b"");
+    assert_eq!(r.status, 400, "empty SDP: {}", r.body);
+    let r = request(
+        http,
+        "POST",
+        "/whep/show",
+        &ct,
+        b"v=0\r\nthis is not sdp\r\n",
+    );
+    assert_eq!(r.status, 400, "malformed SDP: {}", r.body);
+    let r = request(http, "POST", "/whep/show", &ct, &[0xff, 0xfe, 0x00]);
+    assert_eq!(r.status, 400, "binary body");
+    let (_r, _s, _l, vp8, _p) = offer(true);
+    let r = request(http, "POST", "/whep/show", &ct, vp8.as_bytes());
+    assert_eq!(r.status, 406, "offer without H.264: {}", r.body);
+    assert!(r.body.contains("H.264"), "406 says why: {}", r.body);
+    let (_r, _s, _l, good, _p) = offer(false);
+    let r = request(http, "POST", "/whep/nosuch", &ct, good.as_bytes());
+    assert_eq!(r.status, 404, "unknown stream: {}", r.body);
+    let r = request(http, "POST", "/whep/later", &ct, good.as_bytes());
+    assert_eq!(
+        r.status, 409,
+        "configured stream without publisher: {}",
+        r.body
+    );
+    assert!(r.header("retry-after").is_some(), "409 has Retry-After");
+    let r = request(
+        http,
+        "POST",
+        "/whep/show",
+        &[("Content-Type", "text/plain")],
+        good.as_bytes(),
+    );
+    assert_eq!(r.status, 415, "wrong content type");
+    let r = request(http, "POST", "/whep/show", &[], good.as_bytes());
+    assert_eq!(r.status, 415, "no content type");
+    let r = request(http, "GET", "/whep/show", &[], b"");
+    assert_eq!(r.status, 405, "GET on the WHEP endpoint");
+    let r = request(http, "PUT", &a.location, &[], b"");
+    assert_eq!(r.status, 405, "PUT on a session");
+    let r = request(
+        http,
+        "OPTIONS",
+        "/whep/show",
+        &[("Origin", "https://example.org")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    let expose = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_string();
+    for h in ["Location", "ETag", "Link", "Accept-Patch"] {
+        assert!(expose.contains(h), "CORS exposes {h}: {expose}");
+    }
+    assert!(r.header("access-control-allow-origin").is_some());
+    assert!(
+        r.headers_all("link")
+            .iter()
+            .any(|l| l.contains("stun:stun.example.net:3478") && l.contains("ice-server")),
+        "Link header for the ICE server: {:?}",
+        r.headers
+    );
+
+    // PATCH preconditions on A's session.
+    let frag = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let sf = ("Content-Type", "application/trickle-ice-sdpfrag");
+    let r = request(http, "PATCH", &a.location, &[sf], frag.as_bytes());
+    assert_eq!(r.status, 428, "PATCH without If-Match");
+    let r = request(
+        http,
+        "PATCH",
+        &a.location,
+        &[sf, ("If-Match", "\"stale\"")],
+        frag.as_bytes(),
+    );
+    assert_eq!(r.status, 412, "PATCH with a stale ETag");
+    let etag = a.etag.clone();
+    let cand = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let r = request(
+        http,
+        "PATCH",
+        &a.location,
+        &[sf, ("If-Match", &etag)],
+        cand.as_bytes(),
+    );
+    assert_eq!(r.status, 204, "trickle PATCH: {}", r.body);
+    let r = request(
+        http,
+        "PATCH",
+        &a.location,
+        &[("Content-Type", "application/sdp"), ("If-Match", &etag)],
+        cand.as_bytes(),
+    );
+    assert_eq!(r.status, 415, "PATCH content type");
+    let r = request(
+        http,
+        "PATCH",
+        "/whep/show/00000000000000000000000000000000",
+        &[sf, ("If-Match", &etag)],
+        cand.as_bytes(),
+    );
+    assert_eq!(r.status, 404, "PATCH unknown session");
+
+    // A never noticed.
+    let n = a.frames.len();
+    a.run(Duration::from_secs(2), |_| false);
+    assert!(
+        a.frames.len() >= n + 30,
+        "A kept receiving through the bad input: {} → {}",
+        n,
+        a.frames.len()
+    );
+    assert!(!a.disconnected);
+
+    // ── a second viewer joins mid-GOP and also starts with a keyframe at once ──
+    let mut b = WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST B: {r:?}"));
+    assert!(b.run(Duration::from_secs(10), |c| c.first_keyframe().is_some()));
+    assert!(b.frames[0].keyframe);
+    println!(
+        "[{io}] second viewer first frame: {:.1} ms from POST",
+        b.frames[0].at.duration_since(b.started).as_secs_f64() * 1e3
+    );
+
+    // ── DELETE ends B's session; a second DELETE is 404; A goes on ──
+    let r = request(http, "DELETE", &b.location, &[], b"");
+    assert_eq!(r.status, 200, "DELETE: {}", r.body);
+    let r = request(http, "DELETE", &b.location, &[], b"");
+    assert_eq!(r.status, 404, "DELETE twice");
+    let n = a.frames.len();
+    a.run(Duration::from_secs(1), |_| false);
+    assert!(a.frames.len() > n + 10);
+    let metrics = server.get("/metrics").text();
+    let _ = metrics;
+    let t0 = Instant::now();
+    drop(b);
+    let _ = t0;
+}
+
+#[test]
+fn whep_plays_and_survives_bad_input_epoll() {
+    suite("epoll");
+}
+
+#[test]
+fn whep_plays_and_survives_bad_input_io_uring() {
+    suite("uring");
+}
