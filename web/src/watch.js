@@ -47,6 +47,7 @@ const dc = {
   hlsUrl: null,
   firstFrameMs: null, // WebRTC: from starting the attempt to the first decoded frame
   framesDecoded: 0,
+  audioPacketsReceived: 0,
   latency: null, // seconds (estimate, see debugLine)
   bitrate: null, // bits per second received
   hlsJs: null, // hls.js version when in use
@@ -331,12 +332,14 @@ async function startWebRtc(url, g, pb) {
       const stats = await pc.getStats();
       if (g !== gen) return;
       let frames = 0;
+      let audioPackets = 0;
       let bytes = 0;
       let jitter = null;
       let rtt = null;
       stats.forEach((r) => {
         if (r.type === 'inbound-rtp') {
           bytes += r.bytesReceived || 0;
+          if (r.kind === 'audio') audioPackets = r.packetsReceived || 0;
           if (r.kind === 'video') {
             frames = r.framesDecoded || 0;
             if (r.jitterBufferEmittedCount) jitter = r.jitterBufferDelay / r.jitterBufferEmittedCount;
@@ -354,6 +357,7 @@ async function startWebRtc(url, g, pb) {
       if (jitter !== null) dc.latency = jitter + (rtt !== null ? rtt / 2 : 0);
       dc.rtt = rtt;
       dc.framesDecoded = frames;
+      dc.audioPacketsReceived = audioPackets;
       if (frames > lastFrames) {
         if (lastFrames === 0) {
           dc.firstFrameMs = Math.round(now - t0);
