@@ -32,6 +32,12 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
             "window_bytes": w.bytes_held(),
         })
     });
+    let dests = state.push.list(&st.name);
+    let dests_live = dests
+        .iter()
+        .filter(|d| d.state == crate::egress::push::DestState::Live)
+        .count();
+    let webrtc_viewers = state.sfu.as_ref().map_or(0, |sfu| sfu.viewers_of(&st.name));
     if let Value::Object(m) = &mut v {
         m.insert(
             "playback".into(),
@@ -40,9 +46,16 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
         m.insert("hls".into(), hls.unwrap_or(Value::Null));
         m.insert(
             "viewers".into(),
-            json!({ "hls": hls_viewers, "webrtc": 0, "rtmp_destinations": 0 }),
+            json!({
+                "hls": hls_viewers,
+                "webrtc": webrtc_viewers,
+                "rtmp_destinations": dests_live,
+            }),
         );
-        m.insert("destinations".into(), json!([]));
+        m.insert(
+            "destinations".into(),
+            serde_json::to_value(&dests).unwrap_or_default(),
+        );
     }
     v
 }

@@ -703,12 +703,28 @@ fn start_queue(d: &Destination, registry: &Registry) {
         Some(s) if s.state() == StreamState::Publishing => s.gop_snapshot(),
         _ => (None, Vec::new()),
     };
+    // As the fan-out sees it: Opus audio bridged to AAC-LC (a fresh bridge for the cached GOP).
+    let (tracks, mut bridge) = match tracks {
+        Some(t) => {
+            let (t, b) = super::rtmp_tracks(&t);
+            (Some(t), b)
+        }
+        None => (None, None),
+    };
     let headers = tracks.as_ref().map(|t| Arc::new(Headers::from_tracks(t)));
     let mut mux = FlvMuxer::new();
     if let Some(t) = &tracks {
         mux.set_tracks(t);
     }
-    let tags = frames.iter().map(|f| mux.tag(f)).collect();
+    let mut tags = Vec::with_capacity(frames.len());
+    for f in &frames {
+        match bridge.as_mut() {
+            Some(b) if f.kind == TrackKind::Audio => {
+                tags.extend(b.push(f).iter().map(|a| mux.tag(a)));
+            }
+            _ => tags.push(mux.tag(f)),
+        }
+    }
     inbox.queue.start(headers, tags);
 }
 

@@ -45,7 +45,7 @@ use prometheus_client::registry::Registry as PromRegistry;
 use serde::Deserialize;
 
 use crate::config::DestinationConfig;
-use crate::media::{Envelope, MediaEvent, Registry, StreamState};
+use crate::media::{Envelope, MediaEvent, Registry, StreamState, TrackKind, TrackSet};
 pub use destination::{DestState, Destination, DestinationSpec, DestinationStatus, Source};
 use flv::{FlvMuxer, Headers};
 pub use queue::QueueLimits;
@@ -476,7 +476,7 @@ fn fanout_thread(
                             let tracks = s.tracks();
                             (
                                 s.state() == StreamState::Publishing && tracks.is_some(),
-                                tracks.map(|t| Arc::new(Headers::from_tracks(&t))),
+                                tracks.map(|t| Arc::new(Headers::from_tracks(&rtmp_tracks(&t).0))),
                             )
                         }
                         None => (false, None),
@@ -501,6 +501,27 @@ struct StreamFan {
     muxer: FlvMuxer,
     live: bool,
     dests: Vec<Arc<Destination>>,
+    /// Opus audio (from WHIP) bridged to AAC-LC once per stream for every destination.
+    bridge: Option<Box<crate::media::bridge::Bridge>>,
+}
+
+/// The tracks as RTMP destinations see them: Opus audio replaced by the AAC-LC the bridge makes.
+/// Returns the bridge to use, if one is needed.
+pub(crate) fn rtmp_tracks(t: &TrackSet) -> (TrackSet, Option<Box<crate::media::bridge::Bridge>>) {
+    use crate::media::bridge::{Bridge, BridgeConfig};
+    let mut out = t.clone();
+    let mut bridge = None;
+    if let Some(a) = &t.audio {
+        match Bridge::for_aac_egress(a, &BridgeConfig::default()) {
+            Ok(Some(b)) => {
+                out.audio = b.params();
+                bridge = Some(Box::new(b));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(side = "egress", path = "rtmp", "audio bridge: {e}"),
+        }
+    }
+    (out, bridge)
 }
 
 /// The fan-out: media events in, shared FLV tags into every destination queue of the stream.
@@ -544,6 +565,8 @@ impl Fanout {
         let f = self.streams.entry(env.stream.clone()).or_default();
         match env.event {
             MediaEvent::Tracks(t) => {
+                let (t, bridge) = rtmp_tracks(&t);
+                f.bridge = bridge;
                 f.muxer.set_tracks(&t);
                 let h = Arc::new(Headers::from_tracks(&t));
                 f.headers = Some(h.clone());
@@ -558,6 +581,37 @@ impl Fanout {
                 }
             }
             MediaEvent::Frame(frame) => {
+                if frame.kind == TrackKind::Audio {
+                    if let Some(b) = f.bridge.as_mut() {
+                        let aac = b.push(&frame);
+                        for a in aac {
+                            Self::fan_frame(&self.stats, f, &Arc::new(a));
+                        }
+                        return;
+                    }
+                }
+                Self::fan_frame(&self.stats, f, &frame);
+            }
+            MediaEvent::Idle | MediaEvent::Ended => {
+                if let Some(b) = f.bridge.as_mut() {
+                    b.reset();
+                }
+                f.live = false;
+                for d in &f.dests {
+                    d.inbox.lock().live = false;
+                    d.wake.notify_one();
+                }
+                if f.dests.is_empty() {
+                    self.streams.remove(&env.stream);
+                }
+            }
+        }
+    }
+
+    /// Hand one frame (as one shared FLV tag) to every destination queue of the stream.
+    fn fan_frame(stats: &FanoutStats, f: &mut StreamFan, frame: &Arc<crate::media::Frame>) {
+        {
+            {
                 let mut tag = None;
                 for d in &f.dests {
                     let queued = {
@@ -566,24 +620,14 @@ impl Fanout {
                             continue;
                         }
                         let t = tag.get_or_insert_with(|| {
-                            self.stats.tags.fetch_add(1, Ordering::Relaxed);
-                            f.muxer.tag(&frame)
+                            stats.tags.fetch_add(1, Ordering::Relaxed);
+                            f.muxer.tag(frame)
                         });
                         i.queue.push(t.clone()) == queue::Pushed::Queued
                     };
                     if queued {
                         d.wake.notify_one();
                     }
-                }
-            }
-            MediaEvent::Idle | MediaEvent::Ended => {
-                f.live = false;
-                for d in &f.dests {
-                    d.inbox.lock().live = false;
-                    d.wake.notify_one();
-                }
-                if f.dests.is_empty() {
-                    self.streams.remove(&env.stream);
                 }
             }
         }

@@ -21,6 +21,7 @@
 pub mod packetizer;
 pub mod router;
 pub mod session;
+pub mod tcp;
 pub mod worker;
 
 #[cfg(test)]
@@ -78,8 +79,19 @@ pub enum MediaMsg {
 /// HTTP → worker.
 pub enum ControlMsg {
     Add(Box<NewViewer>),
+    /// A WHIP publisher session (see [`crate::ingest::whip`]).
+    AddPublisher(Box<crate::ingest::whip::WhipSession>),
     Remove(u64),
     Shutdown,
+}
+
+/// How a viewer's worker reaches the WHIP publisher of its stream (keyframe requests).
+#[derive(Clone)]
+pub struct PublisherHook {
+    pub session: u64,
+    pub worker: usize,
+    pub flag: Arc<crate::ingest::whip::KeyframeFlag>,
+    pub waker: Waker,
 }
 
 /// A viewer whose offer has been answered, on its way to a worker.
@@ -110,9 +122,20 @@ pub struct SessionInfo {
 #[derive(Default)]
 pub struct SessionTable {
     by_viewer: Mutex<HashMap<u64, SessionInfo>>,
+    /// WHIP publishers by stream name (keyframe requests from viewers go there).
+    publishers: Mutex<HashMap<Arc<str>, PublisherHook>>,
 }
 
 impl SessionTable {
+    /// WebRTC sessions (viewers) of one stream.
+    pub fn count_stream(&self, stream: &str) -> usize {
+        self.by_viewer
+            .lock()
+            .values()
+            .filter(|s| s.stream == stream)
+            .count()
+    }
+
     pub fn insert(&self, s: SessionInfo) {
         self.by_viewer.lock().insert(s.viewer, s);
     }
@@ -128,6 +151,30 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Register the WHIP publisher of `stream`.
+    pub fn set_publisher(&self, stream: Arc<str>, hook: PublisherHook) {
+        self.publishers.lock().insert(stream, hook);
+    }
+    /// Forget the WHIP publisher of `stream` if it is still `session`.
+    pub fn clear_publisher(&self, stream: &str, session: u64) {
+        let mut g = self.publishers.lock();
+        if g.get(stream).is_some_and(|h| h.session == session) {
+            g.remove(stream);
+        }
+    }
+    /// A viewer of `stream` wants a keyframe: forward to its WHIP publisher, if it has one (the
+    /// publisher's worker rate-limits). Called on keyframe requests only, never per packet.
+    pub fn request_keyframe(&self, stream: &str) -> bool {
+        let hook = self.publishers.lock().get(stream).cloned();
+        match hook {
+            Some(h) => {
+                h.flag.raise();
+                h.waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
     pub fn set_etag(&self, viewer: u64, etag: String) {
         if let Some(s) = self.by_viewer.lock().get_mut(&viewer) {
             s.etag = etag;
@@ -139,6 +186,8 @@ impl SessionTable {
 #[derive(Default)]
 pub struct WorkerShared {
     pub viewers: AtomicUsize,
+    /// WHIP publishers on this worker.
+    pub publishers: AtomicUsize,
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub datagrams_in: AtomicU64,
@@ -155,6 +204,8 @@ pub struct WorkerHandle {
     pub addr: SocketAddr,
     pub driver: DriverKind,
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates (empty when ICE-TCP is off or its port could not be bound).
+    pub tcp_candidates: Vec<SocketAddr>,
     pub media_tx: Sender<MediaMsg>,
     pub control_tx: Sender<ControlMsg>,
     pub waker: Waker,
@@ -237,7 +288,7 @@ impl SfuHandle {
             let waker = driver.waker();
             let kind = driver.kind();
             let pin = (cfg.core_base >= 0).then(|| cfg.core_base as usize + i);
-            let w = worker::Worker::new(
+            let mut w = worker::Worker::new(
                 i,
                 driver,
                 media_rx,
@@ -247,6 +298,11 @@ impl SfuHandle {
                 candidates.clone(),
                 worker::Timing::from_cfg(cfg),
             );
+            let tcp_candidates = if cfg.ice_tcp_port_base == 0 {
+                Vec::new()
+            } else {
+                start_ice_tcp(cfg, i, &waker, &mut w)
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-{i}"))
                 .spawn(move || {
@@ -261,6 +317,7 @@ impl SfuHandle {
                 addr,
                 driver: kind,
                 candidates,
+                tcp_candidates,
                 media_tx,
                 control_tx,
                 waker,
@@ -291,6 +348,11 @@ impl SfuHandle {
         }))
     }
 
+    /// The node's DTLS certificate (shared by every session; WHIP publishers use it too).
+    pub fn dtls_cert(&self) -> &str0m::config::DtlsCert {
+        &self.cert
+    }
+
     /// The driver the workers run on.
     pub fn driver(&self) -> DriverKind {
         self.workers[0].driver
@@ -302,6 +364,11 @@ impl SfuHandle {
             .iter()
             .map(|w| w.shared.viewers.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// WebRTC viewers of one stream (for the API's viewers-by-path).
+    pub fn viewers_of(&self, stream: &str) -> usize {
+        self.sessions.count_stream(stream)
     }
 
     /// WHEP POST: answer `offer` for `stream` on the least-loaded worker.
@@ -346,6 +413,8 @@ impl SfuHandle {
                 rtc.add_local_candidate(c);
             }
         }
+        // Passive ICE-TCP candidates (RFC 6544) for viewers whose UDP is blocked.
+        crate::ingest::whip::add_candidates(&mut rtc, &[], &worker.tcp_candidates);
         let answer = rtc
             .sdp_api()
             .accept_offer(parsed)
@@ -451,6 +520,49 @@ pub fn build_viewer_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc, I
         .set_stats_interval(None)
         .build(now);
     (rtc, creds)
+}
+
+/// Bind worker `i`'s ICE-TCP port and start its listener thread; the candidate addresses, or
+/// none (logged) when the port cannot be bound.
+fn start_ice_tcp(
+    cfg: &SfuConfig,
+    i: usize,
+    waker: &Waker,
+    w: &mut worker::Worker,
+) -> Vec<SocketAddr> {
+    let bind = SocketAddr::new(cfg.bind_ip, cfg.ice_tcp_port_base + i as u16);
+    let listener = match std::net::TcpListener::bind(bind) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(worker = i, %bind, "ICE-TCP disabled for this worker: cannot bind: {e}");
+            return Vec::new();
+        }
+    };
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(worker = i, "ICE-TCP disabled for this worker: {e}");
+            return Vec::new();
+        }
+    };
+    let candidates = candidate_addrs(cfg, local);
+    match tcp::spawn(
+        i,
+        listener,
+        candidates.clone(),
+        waker.clone(),
+        cfg.ice_tcp_max_connections,
+    ) {
+        Ok(link) => {
+            tracing::info!(worker = i, %local, candidates = ?candidates, "ICE-TCP listening");
+            w.set_tcp(link);
+            candidates
+        }
+        Err(e) => {
+            tracing::warn!(worker = i, "ICE-TCP disabled for this worker: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// ICE candidate addresses for a worker bound at `bound`.
