@@ -99,8 +99,8 @@ impl Program {
             self.a += 1920; // 1024 samples at 48 kHz in 90 kHz ticks
             f
         } else {
-            let key = self.n % 60 == 0;
-            self.n += 1;
+            let key = self.n == 0;
+            self.n = (self.n + 1) % 60;
             let f = Frame {
                 kind: TrackKind::Video,
                 dts: self.v,

@@ -16,11 +16,13 @@
 //! - relay-added fan-out latency: every viewer receives the same RTP payloads (the relay
 //!   packetizes once and shares them), but with its own SSRC, sequence numbers and timestamp
 //!   offset, so packets are matched across viewers by a hash of the payload. For each payload,
-//!   the latency sample of a viewer is its arrival time (taken by this process right after
-//!   `recv`, before decryption) minus the earliest arrival of that payload at any viewer. That
-//!   is the spread the relay adds by serving viewers one after another (plus this process's own
-//!   receive scheduling); it does not include ingest (RTMP → frame → packetizer), which is the
-//!   same for all viewers;
+//!   the latency sample of a viewer is its arrival time minus the earliest arrival of that
+//!   payload at any viewer. Arrival is the kernel's receive timestamp (SO_TIMESTAMPNS: when the
+//!   datagram was queued to the viewer's socket, which on loopback is inside the relay's
+//!   `sendmmsg` / io_uring send), so this process's own scheduling does not count. That is the
+//!   spread the relay adds by serving viewers one after another; it does not include ingest
+//!   (RTMP → frame → packetizer → worker), which is the same for all viewers. Packets that
+//!   arrive behind a higher sequence number (NACK/RTX repairs) are counted but not sampled;
 //! - time to first packet / first complete frame (marker bit) per viewer, from the start of its
 //!   WHEP POST;
 //! - relay CPU over the window (`/proc/PID/task/*/schedstat`, ns, whole process and the SFU
@@ -112,23 +114,35 @@ fn parse_args() -> Args {
 
 // ───────────────────────────── relay process stats ─────────────────────────────
 
-/// (all threads ns, `sfu-*` worker threads ns) on CPU.
+/// (whole process, `sfu-N` worker threads) CPU time in ns. The process total comes from
+/// /proc/PID/stat (utime + stime, clock ticks; it keeps the time of threads that have exited, such
+/// as idle tokio blocking threads), the workers' from their /proc/PID/task/TID/schedstat (ns).
 fn relay_cpu_ns(pid: u32) -> (u64, u64) {
-    let mut all = 0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let all = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+            let u: u64 = f.get(11)?.parse().ok()?;
+            let k: u64 = f.get(12)?.parse().ok()?;
+            Some((u + k) * 1_000_000_000 / hz)
+        })
+        .unwrap_or(0);
     let mut sfu = 0;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0, 0);
-    };
-    for e in dir.flatten() {
-        let p = e.path();
-        let ns: u64 = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-            .unwrap_or(0);
-        all += ns;
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with("sfu-") && comm.trim_end() != "sfu-router" {
-            sfu += ns;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in dir.flatten() {
+            let p = e.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let comm = comm.trim_end();
+            if comm.starts_with("sfu-") && comm[4..].bytes().all(|b| b.is_ascii_digit()) {
+                sfu += std::fs::read_to_string(p.join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+                    .unwrap_or(0u64);
+            }
         }
     }
     (all, sfu)
@@ -186,12 +200,34 @@ struct Viewer {
     win_first: Option<u64>,
     win_last: u64,
     win_received: u64,
+    win_late: u64,
     total_received: u64,
+    /// Kernel timestamp (SO_TIMESTAMPNS, ns) of the datagram being handled.
+    rx_kernel_ns: u64,
 }
 
 fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
     let started = Instant::now();
-    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let sock = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(|e| format!("socket: {e}"))?;
+        // Room for a keyframe burst while this thread is busy with other viewers.
+        let _ = s.set_recv_buffer_size(1 << 20);
+        let one: libc::c_int = 1;
+        // SAFETY: valid socket fd and option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&any.into()).map_err(|e| format!("bind: {e}"))?;
+        UdpSocket::from(s)
+    };
     let local = sock.local_addr().unwrap();
     let mut rtc = Rtc::builder()
         .clear_codecs()
@@ -227,7 +263,9 @@ fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
         win_first: None,
         win_last: 0,
         win_received: 0,
+        win_late: 0,
         total_received: 0,
+        rx_kernel_ns: 0,
     })
 }
 
@@ -240,7 +278,27 @@ struct Window {
 struct ThreadOut {
     viewers: Vec<Viewer>,
     /// (payload hash, arrival) for packets that arrived within the window.
-    samples: Vec<(u64, Instant)>,
+    /// (payload hash, kernel receive timestamp in ns) of packets that arrived within the window.
+    samples: Vec<(u64, u64)>,
+}
+
+/// UDP (RcvbufErrors, SndbufErrors) of the whole host, from /proc/net/snmp: datagrams the kernel
+/// dropped because a socket's buffer was full (a client not reading fast enough, or the relay's
+/// send buffer).
+fn udp_buf_errors() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(h), Some(v)) = (lines.next(), lines.next()) else {
+        return (0, 0);
+    };
+    let get = |name: &str| -> u64 {
+        h.split_whitespace()
+            .position(|x| x == name)
+            .and_then(|i| v.split_whitespace().nth(i))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("RcvbufErrors"), get("SndbufErrors"))
 }
 
 fn payload_hash(p: &[u8]) -> u64 {
@@ -253,12 +311,50 @@ fn payload_hash(p: &[u8]) -> u64 {
     h
 }
 
+/// `recvmsg` with the kernel's receive timestamp (SO_TIMESTAMPNS: when the datagram was queued
+/// to this socket, i.e. when the relay's send reached it on loopback, independent of when this
+/// process gets around to reading it). None when nothing is waiting.
+fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, u64)> {
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: as above.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return None;
+    }
+    let mut ns = 0u64;
+    // SAFETY: walking the control messages the kernel wrote into cbuf.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let src = SocketAddr::from((
+        std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ));
+    Some((n as usize, src, ns))
+}
+
 /// Drain a viewer's output: send its datagrams, account its RTP packets.
-fn drain(
-    v: &mut Viewer,
-    win: (Option<Instant>, Option<Instant>),
-    samples: &mut Vec<(u64, Instant)>,
-) {
+fn drain(v: &mut Viewer, win: (Option<Instant>, Option<Instant>), samples: &mut Vec<(u64, u64)>) {
     loop {
         match v.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
@@ -285,10 +381,14 @@ fn drain(
                             v.win_first = Some(seq);
                             v.win_last = seq;
                         }
+                        // Behind the highest sequence number seen: a NACK/RTX repair (or
+                        // reordering, which loopback does not do).
+                        let late = seq < v.win_last;
+                        v.win_late += late as u64;
                         v.win_last = v.win_last.max(seq);
                         v.win_received += 1;
-                        if samples.len() < MAX_SAMPLES_PER_THREAD {
-                            samples.push((payload_hash(&p.payload), at));
+                        if !late && samples.len() < MAX_SAMPLES_PER_THREAD {
+                            samples.push((payload_hash(&p.payload), v.rx_kernel_ns));
                         }
                     }
                 }
@@ -313,7 +413,7 @@ fn run_thread(
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(ep >= 0, "epoll_create1");
     let mut viewers: Vec<Viewer> = Vec::new();
-    let mut samples: Vec<(u64, Instant)> = Vec::with_capacity(1 << 16);
+    let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 16);
     let mut buf = vec![0u8; 2048];
     let mut evs: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut next_scan = Instant::now();
@@ -347,15 +447,16 @@ fn run_thread(
         for ev in evs.iter().take(n.max(0) as usize) {
             let v = &mut viewers[ev.u64 as usize];
             loop {
-                match v.sock.recv_from(&mut buf) {
-                    Ok((len, src)) => {
+                match recv_stamped(&v.sock, &mut buf) {
+                    Some((len, src, kernel_ns)) => {
                         let at = Instant::now();
+                        v.rx_kernel_ns = kernel_ns;
                         if let Ok(r) = Receive::new(Protocol::Udp, src, v.local, &buf[..len]) {
                             let _ = v.rtc.handle_input(Input::Receive(at, r));
                             drain(v, win_cache, &mut samples);
                         }
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
@@ -431,8 +532,10 @@ fn main() {
     let w0 = Instant::now();
     *window.start.lock() = Some(w0);
     let cpu0 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
+    let udp0 = udp_buf_errors();
     std::thread::sleep(Duration::from_secs(a.secs));
     let cpu1 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
+    let udp1 = udp_buf_errors();
     let w1 = Instant::now();
     *window.end.lock() = Some(w1);
     let rss1 = a.pid.map(relay_rss_kb).unwrap_or(0);
@@ -446,7 +549,7 @@ fn main() {
     let mut connected = 0usize;
     let mut playing = 0usize;
     let mut dead = 0usize;
-    let (mut received, mut expected) = (0u64, 0u64);
+    let (mut received, mut expected, mut late) = (0u64, 0u64, 0u64);
     let mut ttfp: Vec<f64> = Vec::new();
     let mut ttff: Vec<f64> = Vec::new();
     let mut total_rx = 0u64;
@@ -464,6 +567,7 @@ fn main() {
             }
             if let Some(f) = v.win_first {
                 received += v.win_received;
+                late += v.win_late;
                 expected += v.win_last - f + 1;
             }
         }
@@ -481,18 +585,18 @@ fn main() {
     // Identical payloads recur (SPS/PPS STAP-A at every keyframe): arrivals of one payload hash
     // are grouped into bursts that start at the first arrival and span at most CLUSTER.
     const CLUSTER: Duration = Duration::from_millis(500);
-    let mut all: Vec<(u64, Instant)> = outs
+    let mut all: Vec<(u64, u64)> = outs
         .iter()
         .flat_map(|o| o.samples.iter().copied())
         .collect();
     all.sort_unstable();
     let mut lat: Vec<f64> = Vec::with_capacity(all.len());
     let mut payloads = 0usize;
-    let mut cur: Option<(u64, Instant)> = None;
+    let mut cur: Option<(u64, u64)> = None;
     for (h, at) in &all {
         match cur {
-            Some((ch, t0)) if ch == *h && at.duration_since(t0) < CLUSTER => {
-                lat.push(at.duration_since(t0).as_secs_f64() * 1e3)
+            Some((ch, t0)) if ch == *h && at - t0 < CLUSTER.as_nanos() as u64 => {
+                lat.push((at - t0) as f64 / 1e6)
             }
             _ => {
                 cur = Some((*h, *at));
@@ -519,6 +623,12 @@ fn main() {
         expected,
         lost,
         loss_pct
+    );
+    println!(
+        "  of which {} arrived behind a higher sequence number (NACK/RTX repairs; not in the latency samples); host UDP drops in the window: {} receive-buffer, {} send-buffer",
+        late,
+        udp1.0 - udp0.0,
+        udp1.1 - udp0.1
     );
     println!(
         "fan-out spread (arrival − first arrival of the same payload), {} samples, {} payloads: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
@@ -560,8 +670,9 @@ fn main() {
         );
         // One machine-readable line for bench-sfu.sh.
         println!(
-            "RESULT viewers={} joined={} playing={} pkts={} pps={:.0} loss_pct={:.4} lat_p50_ms={:.3} lat_p99_ms={:.3} lat_max_ms={:.3} ttff_p50_ms={:.1} ttff_p99_ms={:.1} cpu_pct={:.1} sfu_cpu_pct={:.1} pps_per_core={:.0} rss0_kb={} rss_kb={} kb_per_viewer={:.1}",
+            "RESULT viewers={} joined={} playing={} pkts={} pps={:.0} loss_pct={:.4} repaired={} rcvbuf_drops={} lat_p50_ms={:.3} lat_p99_ms={:.3} lat_max_ms={:.3} ttff_p50_ms={:.1} ttff_p99_ms={:.1} cpu_pct={:.1} sfu_cpu_pct={:.1} pps_per_core={:.0} rss0_kb={} rss_kb={} kb_per_viewer={:.1}",
             a.viewers, joined.load(Ordering::Relaxed), playing, received, pkts_per_s, loss_pct,
+            late, udp1.0 - udp0.0,
             pct(&lat, 0.5), pct(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN),
             pct(&ttff, 0.5), pct(&ttff, 0.99),
             all / win * 100.0, sfu / win * 100.0, per_core, rss0, rss1, per_viewer

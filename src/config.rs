@@ -208,6 +208,13 @@ pub struct SfuConfig {
     pub worker_queue: usize,
     /// Largest RTP payload the packetizer emits.
     pub rtp_payload_max: usize,
+    /// First TCP port for passive ICE-TCP candidates (RFC 6544, RFC 4571 framing), one per
+    /// worker (`ice_tcp_port_base + i`), for viewers and publishers whose UDP is blocked.
+    /// 0 turns ICE-TCP off. A port that cannot be bound is logged and that worker goes on
+    /// UDP-only.
+    pub ice_tcp_port_base: u16,
+    /// Most ICE-TCP connections per worker (further ones are closed at once).
+    pub ice_tcp_max_connections: usize,
 }
 
 impl Default for SfuConfig {
@@ -227,6 +234,8 @@ impl Default for SfuConfig {
             ice_servers: Vec::new(),
             worker_queue: 1_024,
             rtp_payload_max: 1_200,
+            ice_tcp_port_base: 8289,
+            ice_tcp_max_connections: 1_024,
         }
     }
 }
@@ -258,6 +267,12 @@ impl SfuConfig {
         }
         if !(256..=1_400).contains(&self.rtp_payload_max) {
             return Err("config: sfu.rtp_payload_max must be within 256..=1400".into());
+        }
+        if self.ice_tcp_port_base != 0 && self.ice_tcp_port_base as usize + self.workers > 65_536 {
+            return Err("config: sfu.ice_tcp_port_base + sfu.workers must stay below 65536".into());
+        }
+        if self.ice_tcp_max_connections == 0 {
+            return Err("config: sfu.ice_tcp_max_connections must be at least 1".into());
         }
         if self.worker_queue < 64 {
             return Err("config: sfu.worker_queue must be at least 64".into());

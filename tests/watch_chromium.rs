@@ -986,7 +986,10 @@ fn plays_over_webrtc_first_frame_within_1s() {
     let f1 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
     assert!(f1 - f0 >= 15.0, "framesDecoded rising: {f0} → {f1}");
     // The RTMP program's AAC reaches the browser as Opus (bridged once per stream).
-    let audio = b.eval("__deltacast.audioPacketsReceived").as_f64().unwrap_or(0.0);
+    let audio = b
+        .eval("__deltacast.audioPacketsReceived")
+        .as_f64()
+        .unwrap_or(0.0);
     eprintln!("WebRTC audio packets received: {audio}");
     assert!(audio >= 25.0, "audio packets received over WebRTC: {audio}");
     assert_eq!(b.eval("__deltacast.path"), "webrtc");

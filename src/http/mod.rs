@@ -6,6 +6,7 @@ pub mod playback_api;
 pub mod push_api;
 pub mod watch;
 pub mod whep;
+pub mod whip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/streams/{name}/publisher", delete(api::kick))
         .merge(push_api::routes())
         .merge(whep::routes())
+        .merge(whip::routes())
         .merge(playback_api::routes())
         .merge(watch::routes())
         .route(

@@ -13,3 +13,4 @@
 pub mod demo;
 pub mod flv;
 pub mod rtmp;
+pub mod whip;

@@ -17,6 +17,12 @@
 //!   the datagram, which moves into the send batch; one batch per fan-out.
 //! - The HTTP side builds the viewer's `Rtc` (ICE-lite, RTP mode, a shared DTLS certificate) and
 //!   answers the offer off the worker cores, then moves it to the worker.
+//! - WHIP publishers ([`crate::ingest::whip::WhipSession`], `Rtc` in frame mode) live on the
+//!   least-loaded worker next to the viewers; viewers' keyframe requests reach them through the
+//!   [`SessionTable`] publisher hook (a flag + the publisher worker's waker).
+//! - ICE-TCP ([`tcp`]): a passive TCP candidate per worker (`ice_tcp_port_base + i`); a listener
+//!   thread deframes RFC 4571 packets into the worker, which feeds them to the same `Rtc`s as
+//!   `Protocol::Tcp` and sends those peers' datagrams back through that thread.
 
 pub mod packetizer;
 pub mod router;
@@ -379,6 +385,15 @@ impl SfuHandle {
         let parsed =
             SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
         let mids = offer_mids(offer);
+        // str0m accepts duplicate MIDs; a viewer has no use for more than a few m-lines.
+        let m_lines = offer.lines().filter(|l| l.starts_with("m=")).count();
+        if m_lines > 16 {
+            return Err(WhepError::BadSdp(format!("{m_lines} m-lines (16 at most)")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = mids.iter().find(|m| !seen.insert(m.as_str())) {
+            return Err(WhepError::BadSdp(format!("duplicate a=mid:{dup}")));
+        }
         let has_h264 = offer
             .lines()
             .any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_uppercase().contains(" H264/90000"));

@@ -216,7 +216,19 @@ impl Viewer {
 
     /// Does this datagram belong to this viewer (STUN integrity, or a known peer address)?
     pub fn accepts(&self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) -> bool {
-        match Receive::new(Protocol::Udp, src, dst, data) {
+        self.accepts_proto(now, Protocol::Udp, src, dst, data)
+    }
+
+    /// [`Viewer::accepts`] for a packet that came over `proto` (UDP, or ICE-TCP).
+    pub fn accepts_proto(
+        &self,
+        now: Instant,
+        proto: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        match Receive::new(proto, src, dst, data) {
             Ok(r) => self.rtc.accepts(&Input::Receive(now, r)),
             Err(_) => false,
         }
@@ -231,7 +243,20 @@ impl Viewer {
         data: &[u8],
         out: &mut Vec<Outgoing>,
     ) {
-        let Ok(r) = Receive::new(Protocol::Udp, src, dst, data) else {
+        self.handle_packet(now, Protocol::Udp, src, dst, data, out)
+    }
+
+    /// [`Viewer::handle_datagram`] for a packet that came over `proto` (UDP, or ICE-TCP).
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Ok(r) = Receive::new(proto, src, dst, data) else {
             return;
         };
         self.last_rx = now;

@@ -13,8 +13,10 @@ use crossbeam_channel::Receiver;
 use super::session::{DropReason, Viewer};
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
 use crate::config::SfuConfig;
+use crate::ingest::whip::WhipSession;
 use crate::io::{Outgoing, UdpDriver};
 use crate::media::TrackKind;
+use str0m::net::Protocol;
 
 /// Most frames / bytes a worker's GOP cache keeps per stream (a longer GOP is not cached; late
 /// joiners then wait for the next keyframe).
@@ -95,6 +97,13 @@ pub struct WorkerCore {
     pub out: Vec<Outgoing>,
     /// Earliest time any viewer needs attention (timers, idle checks).
     next_deadline: Instant,
+    /// WHIP publishers on this worker (keyed like viewers; ids are unique across both).
+    publishers: HashMap<u64, WhipSession>,
+    /// Our passive ICE-TCP candidate addresses (empty: ICE-TCP off).
+    local_tcp: Vec<SocketAddr>,
+    /// Remote addresses that reached us over ICE-TCP: datagrams for them leave through
+    /// [`WorkerCore::take_tcp`] instead of the UDP driver.
+    tcp_peers: HashMap<SocketAddr, u64>,
 }
 
 impl WorkerCore {
@@ -117,7 +126,66 @@ impl WorkerCore {
             sessions,
             out: Vec::with_capacity(1024),
             next_deadline: Instant::now(),
+            publishers: HashMap::new(),
+            local_tcp: Vec::new(),
+            tcp_peers: HashMap::new(),
         }
+    }
+
+    /// Set the passive ICE-TCP candidate addresses of this worker.
+    pub fn set_local_tcp(&mut self, local_tcp: Vec<SocketAddr>) {
+        self.local_tcp = local_tcp;
+    }
+
+    pub fn publisher_count(&self) -> usize {
+        self.publishers.len()
+    }
+
+    /// Host a WHIP publisher session.
+    pub fn add_publisher(&mut self, mut p: WhipSession, now: Instant) {
+        p.drain(now, &mut self.out);
+        self.next_deadline = self.next_deadline.min(p.next_timeout);
+        self.by_ufrag.insert(p.local_ufrag.clone(), p.id);
+        tracing::info!(worker = self.index, publisher = p.id, stream = %p.stream,
+            side = "ingest", "WHIP publisher session added");
+        self.publishers.insert(p.id, p);
+    }
+
+    /// Drop a WHIP publisher: its `Publisher` goes with it, so the stream goes idle.
+    pub fn remove_publisher(&mut self, id: u64, why: DropReason) {
+        let Some(mut p) = self.publishers.remove(&id) else {
+            return;
+        };
+        p.end(why);
+        p.drain(Instant::now(), &mut self.out);
+        self.by_ufrag.remove(&p.local_ufrag);
+        self.by_addr.retain(|_, x| *x != id);
+        self.tcp_peers.retain(|_, x| *x != id);
+        self.sessions.remove(id);
+        self.sessions.clear_publisher(&p.stream, id);
+        self.shared.publishers.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(worker = self.index, publisher = id, stream = %p.stream,
+            side = "ingest", reason = why.as_str(), video_frames = p.stats.video_frames,
+            audio_frames = p.stats.audio_frames, keyframe_requests = p.stats.keyframe_requests,
+            "WHIP publisher left");
+    }
+
+    /// Forward viewers' keyframe requests to this worker's publishers (rate-limited there).
+    pub fn on_publisher_requests(&mut self, now: Instant) {
+        for p in self.publishers.values_mut() {
+            p.maybe_request_keyframe(now, &mut self.out);
+            self.next_deadline = self.next_deadline.min(p.next_timeout);
+        }
+    }
+
+    /// Move the datagrams addressed to ICE-TCP peers out of [`WorkerCore::out`].
+    pub fn take_tcp(&mut self, tcp: &mut Vec<Outgoing>) {
+        if self.tcp_peers.is_empty() {
+            return;
+        }
+        // Order-preserving on both sides (RTP must not be reordered here).
+        let peers = &self.tcp_peers;
+        tcp.extend(self.out.extract_if(.., |o| peers.contains_key(&o.dst)));
     }
 
     pub fn viewer_count(&self) -> usize {
@@ -156,12 +224,14 @@ impl WorkerCore {
 
     pub fn remove_viewer(&mut self, id: u64, why: DropReason) {
         let Some(mut v) = self.viewers.remove(&id) else {
+            self.remove_publisher(id, why);
             return;
         };
         v.rtc().disconnect();
         v.drain(Instant::now(), &mut self.out);
         self.by_ufrag.remove(&v.local_ufrag);
         self.by_addr.retain(|_, x| *x != id);
+        self.tcp_peers.retain(|_, x| *x != id);
         if let Some(s) = self.streams.get_mut(&v.stream) {
             s.viewers.retain(|x| *x != id);
         }
@@ -225,21 +295,50 @@ impl WorkerCore {
 
     /// Network input: find the viewer (STUN USERNAME, else the source address) and feed it.
     pub fn on_datagram(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
+        self.on_packet(Protocol::Udp, src, data, now)
+    }
+
+    /// The passive ICE-TCP candidate a packet from `src` arrived on.
+    fn local_tcp_for(&self, src: SocketAddr) -> SocketAddr {
+        self.local_tcp
+            .iter()
+            .find(|a| {
+                a.is_ipv4() == src.is_ipv4() && a.ip().is_loopback() == src.ip().is_loopback()
+            })
+            .or_else(|| self.local_tcp.iter().find(|a| a.is_ipv4() == src.is_ipv4()))
+            .or(self.local_tcp.first())
+            .copied()
+            .unwrap_or(src)
+    }
+
+    /// [`WorkerCore::on_datagram`] for UDP or for one RFC 4571 frame from an ICE-TCP peer.
+    pub fn on_packet(&mut self, proto: Protocol, src: SocketAddr, data: &[u8], now: Instant) {
         self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        let dst = self.local_for(src);
+        let tcp = proto == Protocol::Tcp;
+        let dst = if tcp {
+            self.local_tcp_for(src)
+        } else {
+            self.local_for(src)
+        };
         let id = if let Some(ufrag) = stun_local_ufrag(data) {
             match self.by_ufrag.get(ufrag) {
                 Some(id) => {
                     let id = *id;
-                    let ok = self
-                        .viewers
-                        .get(&id)
-                        .is_some_and(|v| v.accepts(now, src, dst, data));
+                    let ok = match self.viewers.get(&id) {
+                        Some(v) => v.accepts_proto(now, proto, src, dst, data),
+                        None => self
+                            .publishers
+                            .get(&id)
+                            .is_some_and(|p| p.accepts(now, proto, src, dst, data)),
+                    };
                     if !ok {
                         None
                     } else {
                         if self.by_addr.get(&src) != Some(&id) {
                             self.by_addr.insert(src, id);
+                        }
+                        if tcp && self.tcp_peers.get(&src) != Some(&id) {
+                            self.tcp_peers.insert(src, id);
                         }
                         Some(id)
                     }
@@ -255,11 +354,76 @@ impl WorkerCore {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(v) = self.viewers.get_mut(&id) else {
+        if let Some(v) = self.viewers.get_mut(&id) {
+            v.handle_packet(now, proto, src, dst, data, &mut self.out);
+            self.after_input(id, now);
+        } else if let Some(p) = self.publishers.get_mut(&id) {
+            p.handle_datagram(now, proto, src, dst, data, &mut self.out);
+            self.after_publisher_input(id, now);
+        }
+    }
+
+    /// Act on what an input left pending on a publisher: keyframe requests, death.
+    fn after_publisher_input(&mut self, id: u64, now: Instant) {
+        let Some(p) = self.publishers.get_mut(&id) else {
             return;
         };
-        v.handle_datagram(now, src, dst, data, &mut self.out);
-        self.after_input(id, now);
+        if p.dead.is_none() {
+            p.maybe_request_keyframe(now, &mut self.out);
+        }
+        if let Some(why) = p.dead {
+            self.remove_publisher(id, why);
+            return;
+        }
+        self.next_deadline = self.next_deadline.min(p.next_timeout);
+        if let Some(t) = p.keyframe_retry_at() {
+            self.next_deadline = self
+                .next_deadline
+                .min(t.max(now + Duration::from_millis(1)));
+        }
+    }
+
+    /// Timers of the publishers: str0m timeouts, idle and connect deadlines.
+    fn publisher_timers(&mut self, now: Instant, next: &mut Instant) {
+        if self.publishers.is_empty() {
+            return;
+        }
+        let mut due = Vec::new();
+        for (id, p) in self.publishers.iter_mut() {
+            if p.dead.is_none() {
+                if now.duration_since(p.last_rx) > self.timing.idle {
+                    p.dead = Some(DropReason::Idle);
+                } else if !p.connected() && now.duration_since(p.created) > self.timing.connect {
+                    p.dead = Some(DropReason::ConnectTimeout);
+                }
+            }
+            if p.dead.is_some()
+                || p.next_timeout <= now
+                || p.keyframe_retry_at().is_some_and(|t| t <= now)
+            {
+                due.push(*id);
+            } else {
+                *next = (*next).min(p.next_timeout);
+            }
+            *next = (*next).min(p.last_rx + self.timing.idle);
+            if !p.connected() {
+                *next = (*next).min(p.created + self.timing.connect);
+            }
+            if let Some(t) = p.keyframe_retry_at() {
+                *next = (*next).min(t.max(now + Duration::from_millis(1)));
+            }
+        }
+        for id in due {
+            if let Some(p) = self.publishers.get_mut(&id) {
+                if p.dead.is_none() && p.next_timeout <= now {
+                    p.handle_timeout(now, &mut self.out);
+                }
+            }
+            self.after_publisher_input(id, now);
+            if let Some(p) = self.publishers.get(&id) {
+                *next = (*next).min(p.next_timeout);
+            }
+        }
     }
 
     /// Act on what an input left pending on a viewer: start, keyframe answer, death.
@@ -278,9 +442,14 @@ impl WorkerCore {
                 .filter(|c| c.valid)
                 .map(|c| &c.gop)
                 .unwrap_or(&empty);
+            let no_cache = gop.is_empty();
             v.start_from_gop(gop, now, &mut self.out);
             if answering {
                 self.shared.keyframe_answers.fetch_add(1, Ordering::Relaxed);
+            }
+            // A WHIP publisher can be asked for a fresh keyframe (rate-limited on its worker).
+            if answering || no_cache {
+                self.sessions.request_keyframe(&v.stream);
             }
         }
         if let Some(why) = v.dead {
@@ -327,6 +496,7 @@ impl WorkerCore {
                 next = next.min(t.max(now + Duration::from_millis(1)));
             }
         }
+        self.publisher_timers(now, &mut next);
         self.next_deadline = next;
         for id in due {
             if let Some(v) = self.viewers.get_mut(&id) {
@@ -346,6 +516,10 @@ impl WorkerCore {
         let ids: Vec<u64> = self.viewers.keys().copied().collect();
         for id in ids {
             self.remove_viewer(id, why);
+        }
+        let ids: Vec<u64> = self.publishers.keys().copied().collect();
+        for id in ids {
+            self.remove_publisher(id, why);
         }
     }
 }
@@ -378,9 +552,48 @@ pub struct Worker {
     driver: Box<dyn UdpDriver>,
     media_rx: Receiver<MediaMsg>,
     control_rx: Receiver<ControlMsg>,
+    /// ICE-TCP listener link (None: ICE-TCP off for this worker).
+    tcp: Option<super::tcp::TcpLink>,
+    tcp_out: Vec<Outgoing>,
 }
 
 impl Worker {
+    /// Attach this worker's ICE-TCP listener.
+    pub fn set_tcp(&mut self, link: super::tcp::TcpLink) {
+        self.core.set_local_tcp(link.local.clone());
+        self.tcp = Some(link);
+    }
+
+    /// Send what the core queued: ICE-TCP peers' datagrams to the TCP side, the rest as one
+    /// UDP batch.
+    fn flush(&mut self) {
+        if let Some(link) = &self.tcp {
+            self.core.take_tcp(&mut self.tcp_out);
+            for o in self.tcp_out.drain(..) {
+                let _ = link.tx.try_send(o);
+            }
+        }
+        if !self.core.out.is_empty() {
+            self.driver.send_batch(&mut self.core.out);
+        }
+    }
+
+    /// Feed packets that arrived over ICE-TCP (bounded per turn); true when more are queued.
+    fn on_tcp(&mut self) -> bool {
+        let Some(link) = &self.tcp else {
+            return false;
+        };
+        for _ in 0..MSGS_PER_TURN {
+            match link.rx.try_recv() {
+                Ok((src, data)) => self
+                    .core
+                    .on_packet(Protocol::Tcp, src, &data, Instant::now()),
+                Err(_) => return false,
+            }
+        }
+        !link.rx.is_empty()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
@@ -397,6 +610,8 @@ impl Worker {
             driver,
             media_rx,
             control_rx,
+            tcp: None,
+            tcp_out: Vec::new(),
         }
     }
 
@@ -407,10 +622,11 @@ impl Worker {
             for _ in 0..MSGS_PER_TURN {
                 match self.control_rx.try_recv() {
                     Ok(ControlMsg::Add(nv)) => self.core.add_viewer(*nv, now),
+                    Ok(ControlMsg::AddPublisher(p)) => self.core.add_publisher(*p, now),
                     Ok(ControlMsg::Remove(id)) => self.core.remove_viewer(id, DropReason::Deleted),
                     Ok(ControlMsg::Shutdown) => {
                         self.core.drop_all(DropReason::Shutdown);
-                        self.driver.send_batch(&mut self.core.out);
+                        self.flush();
                         return;
                     }
                     Err(_) => break,
@@ -424,10 +640,14 @@ impl Worker {
                 }
                 busy = i + 1 == MSGS_PER_TURN;
             }
-            self.core.on_timers(now);
-            if !self.core.out.is_empty() {
-                self.driver.send_batch(&mut self.core.out);
+            if self.on_tcp() {
+                busy = true;
             }
+            if self.core.publisher_count() > 0 {
+                self.core.on_publisher_requests(now);
+            }
+            self.core.on_timers(now);
+            self.flush();
             let timeout = if busy || !self.media_rx.is_empty() || !self.control_rx.is_empty() {
                 Duration::ZERO
             } else {
@@ -443,9 +663,7 @@ impl Worker {
                 tracing::error!(worker = self.core.index, "SFU driver: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            if !self.core.out.is_empty() {
-                self.driver.send_batch(&mut self.core.out);
-            }
+            self.flush();
         }
     }
 }

@@ -1,0 +1,361 @@
+//! WHIP ingest signaling (RFC 9725):
+//!
+//! - `POST /whip/{stream}` with `Authorization: Bearer KEY` and `application/sdp` → 201,
+//!   `Location: /whip/{stream}/{session}`, `ETag`, the SDP answer (ICE-lite host candidates of
+//!   the least-loaded SFU worker, recvonly on our side), `Link` headers for configured ICE
+//!   servers. The key resolves like an RTMP key ([`crate::config::Config::lookup_key`]); in open
+//!   mode the key is the stream name. 401 (+ `WWW-Authenticate`) without a bearer token, 403 for
+//!   a key that does not publish this stream, 415 wrong content type, 400 malformed SDP, 406 an
+//!   offer without H.264 video, 409 a stream that already has a publisher, 503 SFU off / full.
+//! - `PATCH /whip/{stream}/{session}` (`application/trickle-ice-sdpfrag`): If-Match required
+//!   (428 without, 412 stale) → 204; an ICE restart is refused with 422.
+//! - `DELETE` → 200: the publisher leaves and the stream goes idle. `OPTIONS` → 204 with CORS.
+//!   Other methods → 405.
+//!
+//! An API kick (`DELETE /api/v1/streams/{name}/publisher`) ends the WHIP session too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::Extensions;
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use axum::routing::post;
+use axum::Router;
+
+use super::AppState;
+use crate::config::KeyLookup;
+use crate::egress::sfu::SfuHandle;
+use crate::ingest::whip::WhipError;
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/whip/{stream}", post(create).options(options_resource))
+        .route(
+            "/whip/{stream}/{session}",
+            axum::routing::patch(patch)
+                .delete(remove)
+                .options(options_session),
+        )
+}
+
+fn cors(h: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE),
+    );
+}
+
+fn reply(state: &AppState, status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(Body::from(msg.into() + "\n"));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
+    r
+}
+
+fn retry_after(mut r: Response<Body>, secs: u32) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
+}
+
+fn ice_links(state: &AppState, h: &mut HeaderMap) {
+    for s in &state.cfg.sfu.ice_servers {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{s}>; rel=\"ice-server\"")) {
+            h.append(header::LINK, v);
+        }
+    }
+}
+
+/// The bearer token of a request, if any (`Authorization: Bearer KEY`).
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Does the request's key allow publishing `stream`? `Some`: the refusal to send.
+fn refuse(state: &AppState, headers: &HeaderMap, stream: &str) -> Option<Response<Body>> {
+    let Some(key) = bearer(headers) else {
+        let mut r = reply(
+            state,
+            StatusCode::UNAUTHORIZED,
+            "WHIP publishing needs Authorization: Bearer <stream key>",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"whip\""),
+        );
+        return Some(r);
+    };
+    let ok = match state.cfg.lookup_key(key) {
+        KeyLookup::Stream(name) => name == stream,
+        KeyLookup::Open => crate::config::constant_time_eq(key.as_bytes(), stream.as_bytes()),
+        KeyLookup::Unknown => false,
+    };
+    if ok {
+        None
+    } else {
+        // Never echo the key; say which stream was refused.
+        tracing::warn!(stream = %stream, side = "ingest", path = "whip",
+            "WHIP publish refused: the key does not publish this stream");
+        Some(reply(
+            state,
+            StatusCode::FORBIDDEN,
+            format!("this key may not publish stream '{stream}'"),
+        ))
+    }
+}
+
+fn sfu(state: &AppState) -> Option<&Arc<SfuHandle>> {
+    state.sfu.as_ref()
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    ext: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let peer = ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.to_string());
+    if let Some(r) = refuse(&state, &headers, &stream) {
+        return r;
+    }
+    if !content_type_is(&headers, SDP) {
+        return reply(
+            &state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "WHIP offers must be Content-Type: application/sdp",
+        );
+    }
+    let Ok(offer) = std::str::from_utf8(&body) else {
+        return reply(&state, StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    };
+    if !crate::media::stream::valid_stream_name(&stream) {
+        return reply(
+            &state,
+            StatusCode::BAD_REQUEST,
+            format!("'{stream}' is not a valid stream name"),
+        );
+    }
+    let Some(sfu) = sfu(&state).cloned() else {
+        return retry_after(
+            reply(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "WebRTC is disabled on this server ([sfu] enabled = false); publish over RTMP",
+            ),
+            60,
+        );
+    };
+    let offer = offer.to_string();
+    let name = stream.clone();
+    let registry = state.registry.clone();
+    let sfu2 = sfu.clone();
+    let who = format!("whip:{peer}");
+    let res = tokio::task::spawn_blocking(move || {
+        crate::ingest::whip::create_session(&sfu2, &registry, &name, &offer, who)
+    })
+    .await;
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal: {e}"),
+            )
+        }
+    };
+    match res {
+        Ok(c) => {
+            tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
+                session = &c.session_id[..16], "WHIP publisher created");
+            watch_kick(sfu, c.stream.clone(), c.session_id.clone());
+            let mut r = Response::new(Body::from(c.answer));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+            if let Ok(v) = HeaderValue::from_str(&format!("/whip/{stream}/{}", c.session_id)) {
+                h.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&c.etag) {
+                h.insert(header::ETAG, v);
+            }
+            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+            ice_links(&state, h);
+            cors(h, &state.cfg.hls.cors_origin);
+            r
+        }
+        Err(e) => {
+            tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
+                "WHIP publish refused: {e}");
+            error_response(&state, e)
+        }
+    }
+}
+
+/// End the session when the API kicks the stream's publisher; stop watching once it is gone.
+fn watch_kick(sfu: Arc<SfuHandle>, stream: Arc<crate::media::Stream>, session: String) {
+    tokio::spawn(async move {
+        // One future for the whole session: once polled it is registered, so a kick between
+        // two checks is not missed.
+        let kicked = stream.kicked();
+        tokio::pin!(kicked);
+        loop {
+            tokio::select! {
+                _ = &mut kicked => {
+                    let _ = sfu.delete(&session);
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    if sfu.session(&session).is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn error_response(state: &AppState, e: WhipError) -> Response<Body> {
+    let msg = e.to_string();
+    match e {
+        WhipError::BadSdp(_) | WhipError::BadName(_) => reply(state, StatusCode::BAD_REQUEST, msg),
+        WhipError::Unsupported(_) => reply(state, StatusCode::NOT_ACCEPTABLE, msg),
+        WhipError::AlreadyPublishing(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
+        WhipError::NoSession => reply(state, StatusCode::NOT_FOUND, msg),
+        WhipError::Disabled | WhipError::Full => {
+            retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10)
+        }
+        WhipError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
+    }
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let Some(sfu) = sfu(&state) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    let Some(s) = sfu.session(&session).filter(|s| s.stream == stream) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    if !content_type_is(&headers, SDPFRAG) {
+        return reply(
+            &state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PATCH bodies must be Content-Type: application/trickle-ice-sdpfrag",
+        );
+    }
+    let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return reply(
+            &state,
+            StatusCode::PRECONDITION_REQUIRED,
+            "If-Match is required",
+        );
+    };
+    let frag = String::from_utf8_lossy(&body);
+    let restart = frag.lines().any(|l| l.starts_with("a=ice-ufrag:"))
+        && frag.lines().any(|l| l.starts_with("a=ice-pwd:"));
+    if if_match.trim() == "*" {
+        if restart {
+            return reply(
+                &state,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ICE restart is not supported; DELETE this session and POST a new offer",
+            );
+        }
+    } else if if_match.trim() != s.etag {
+        return reply(&state, StatusCode::PRECONDITION_FAILED, "stale ETag");
+    }
+    // ICE-lite: the publisher's checks find us; its candidates need no action here.
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    if let Ok(v) = HeaderValue::from_str(&s.etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
+    r
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+) -> Response<Body> {
+    let Some(sfu) = sfu(&state) else {
+        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    };
+    match sfu.session(&session).filter(|s| s.stream == stream) {
+        Some(_) => match sfu.delete(&session) {
+            Ok(()) => reply(&state, StatusCode::OK, "session ended"),
+            Err(_) => reply(&state, StatusCode::NOT_FOUND, "no such session"),
+        },
+        None => reply(&state, StatusCode::NOT_FOUND, "no such session"),
+    }
+}
+
+fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    cors(h, &state.cfg.hls.cors_origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, If-Match, Authorization"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.insert(header::ALLOW, HeaderValue::from_static(methods));
+    r
+}
+
+async fn options_resource(State(state): State<AppState>) -> Response<Body> {
+    let mut r = preflight(&state, "POST, OPTIONS");
+    r.headers_mut()
+        .insert("accept-post", HeaderValue::from_static(SDP));
+    ice_links(&state, r.headers_mut());
+    r
+}
+
+async fn options_session(State(state): State<AppState>) -> Response<Body> {
+    let mut r = preflight(&state, "PATCH, DELETE, OPTIONS");
+    r.headers_mut()
+        .insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    r
+}

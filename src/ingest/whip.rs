@@ -1,0 +1,1033 @@
+//! WHIP ingest (RFC 9725): a WebRTC publisher's H.264 + Opus into the media model.
+//!
+//! ```text
+//!  HTTP POST /whip/{stream} ─ key check, begin_publish, build Rtc (ICE-lite, frame mode) ─┐
+//!                                                                                          ▼
+//!  publisher UDP ─► SFU worker (least loaded) ─► WhipSession: str0m depacketizes RTP into
+//!                   MediaData (Annex-B H.264 AU / Opus packet) ─► H264Assembler (AVCC, avcC
+//!                   from in-band SPS/PPS) ─► media::Publisher::push (90 kHz) ─► every egress
+//! ```
+//!
+//! - The publisher's `Rtc` runs in str0m's frame mode (viewers' `Rtc`s run in RTP mode); it
+//!   lives on an SFU worker next to the viewers and is driven by the same loop and timers.
+//! - [`H264Assembler`] is sans-IO: Annex-B access units in, AVCC (4-byte lengths) out, with SPS,
+//!   PPS and AUD moved out of the frames into an `avcC` built from what was seen in-band.
+//! - Timestamps: each track's RTP clock is anchored to the arrival time of its first frame on
+//!   one session clock, then advances with the RTP timestamps (90 kHz video, 48 kHz Opus →
+//!   90 kHz), so audio and video stay aligned without waiting for RTCP sender reports.
+//! - Keyframe requests (PLI/FIR) from viewers of the stream reach the publisher through the
+//!   [`crate::egress::sfu::SessionTable`] publisher hook, rate-limited per publisher.
+//! - Dropping a [`WhipSession`] (DELETE, ICE timeout, idle) drops the `Publisher`: the stream
+//!   goes idle.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use str0m::change::SdpOffer;
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+
+use crate::egress::sfu::session::DropReason;
+use crate::io::Outgoing;
+use crate::media::codec::h264::{parse_avcc, H264Error, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
+use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
+
+/// Least time between two keyframe requests sent to one publisher.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// Largest access unit accepted from a publisher (a bigger one is dropped).
+const MAX_AU_BYTES: usize = 8 << 20;
+/// Most m-lines a WHIP offer may have (one video, one audio, and room for data channels or
+/// extra tracks that are left inactive).
+const MAX_MLINES: usize = 16;
+
+/// Why a WHIP request failed; the HTTP layer maps these to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum WhipError {
+    #[error("malformed SDP offer: {0}")]
+    BadSdp(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("stream '{0}' already has a live publisher")]
+    AlreadyPublishing(String),
+    #[error("stream name '{0}' is not valid")]
+    BadName(String),
+    #[error("WebRTC is disabled on this server")]
+    Disabled,
+    #[error("publisher limit reached")]
+    Full,
+    #[error("session not found")]
+    NoSession,
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<PublishError> for WhipError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::AlreadyPublishing(n) => WhipError::AlreadyPublishing(n),
+            PublishError::BadName(n) => WhipError::BadName(n),
+            PublishError::UnknownKey => WhipError::Internal("unknown key".into()),
+        }
+    }
+}
+
+/// What an offer carries, checked before any session state is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferCheck {
+    pub h264: bool,
+    pub opus: bool,
+    /// Video codecs offered (for the 406 message).
+    pub video_codecs: Vec<String>,
+}
+
+/// Check a WHIP offer: it must parse, and carry H.264 video (Opus audio is optional).
+pub fn check_offer(offer: &str) -> Result<(SdpOffer, OfferCheck), WhipError> {
+    if offer.trim().is_empty() {
+        return Err(WhipError::BadSdp("empty body".into()));
+    }
+    // str0m accepts duplicate MIDs (two m-lines would share one id); refuse them, and offers
+    // with more m-lines than a publisher has any use for.
+    let mut mids: Vec<&str> = Vec::new();
+    let mut mlines = 0usize;
+    for l in offer.lines().map(str::trim_end) {
+        if l.starts_with("m=") {
+            mlines += 1;
+        } else if let Some(m) = l.strip_prefix("a=mid:") {
+            if mids.contains(&m) {
+                return Err(WhipError::BadSdp(format!("duplicate a=mid:{m}")));
+            }
+            mids.push(m);
+        }
+    }
+    if mlines > MAX_MLINES {
+        return Err(WhipError::BadSdp(format!(
+            "{mlines} m-lines; a WHIP offer has at most {MAX_MLINES}"
+        )));
+    }
+    let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| WhipError::BadSdp(e.to_string()))?;
+    let mut kind = "";
+    let mut video_codecs = Vec::new();
+    let mut h264 = false;
+    let mut opus = false;
+    for l in offer.lines().map(str::trim_end) {
+        if let Some(m) = l.strip_prefix("m=") {
+            kind = if m.starts_with("video") {
+                "video"
+            } else if m.starts_with("audio") {
+                "audio"
+            } else {
+                ""
+            };
+        } else if let Some(r) = l.strip_prefix("a=rtpmap:") {
+            let codec = r
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.split('/').next())
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            match kind {
+                "video" => {
+                    if codec == "H264" {
+                        h264 = true;
+                    }
+                    if !["RTX", "RED", "ULPFEC", "FLEXFEC-03"].contains(&codec.as_str())
+                        && !video_codecs.contains(&codec)
+                        && video_codecs.len() < 16
+                    {
+                        video_codecs.push(codec);
+                    }
+                }
+                "audio" if codec == "OPUS" => opus = true,
+                _ => {}
+            }
+        }
+    }
+    if !h264 {
+        let offered = if video_codecs.is_empty() {
+            "no video".to_string()
+        } else {
+            video_codecs.join(", ")
+        };
+        return Err(WhipError::Unsupported(format!(
+            "the offer has no H.264 video (offered: {offered}); this server ingests H.264 video \
+             with optional Opus audio, because video is relayed without transcoding"
+        )));
+    }
+    Ok((
+        parsed,
+        OfferCheck {
+            h264,
+            opus,
+            video_codecs,
+        },
+    ))
+}
+
+/// A publisher's `Rtc`: ICE-lite, frame mode (str0m depacketizes), the node's DTLS certificate,
+/// H.264 and Opus only.
+pub fn build_publisher_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc, IceCreds) {
+    let creds = IceCreds::new();
+    let rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .set_dtls_cert(cert.clone())
+        .set_local_ice_credentials(creds.clone())
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_stats_interval(None)
+        .build(now);
+    (rtc, creds)
+}
+
+/// Split an Annex-B buffer (3- or 4-byte start codes) into NAL units without start codes.
+/// Data before the first start code is treated as one NAL unit (a bare NAL).
+pub fn annexb_nalus(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut starts = Vec::new(); // (start of start code, start of nal)
+    let mut i = 0;
+    while i + 2 < data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            let sc = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
+            starts.push((sc, i + 3));
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    if starts.is_empty() {
+        if !data.is_empty() {
+            out.push(data);
+        }
+        return out;
+    }
+    if starts[0].0 > 0 {
+        out.push(&data[..starts[0].0]);
+    }
+    for (k, &(_, begin)) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map_or(data.len(), |s| s.0);
+        let mut nal = &data[begin..end];
+        // Trailing zero bytes belong to the next start code (or are padding).
+        while let [rest @ .., 0] = nal {
+            nal = rest;
+        }
+        if !nal.is_empty() {
+            out.push(nal);
+        }
+    }
+    out
+}
+
+/// Build an AVCDecoderConfigurationRecord (4-byte NALU lengths) from one SPS and one PPS.
+pub fn build_avcc(sps: &[u8], pps: &[u8]) -> Result<Bytes, H264Error> {
+    if sps.len() < 4 {
+        return Err(H264Error::BadSps("shorter than 4 bytes".into()));
+    }
+    if pps.is_empty() {
+        return Err(H264Error::NoPps);
+    }
+    if sps.len() > u16::MAX as usize || pps.len() > u16::MAX as usize {
+        return Err(H264Error::BadFraming(
+            "parameter set longer than 65535 bytes",
+        ));
+    }
+    let mut b = BytesMut::with_capacity(16 + sps.len() + pps.len());
+    b.put_u8(1);
+    b.put_u8(sps[1]); // profile_idc
+    b.put_u8(sps[2]); // constraint flags
+    b.put_u8(sps[3]); // level_idc
+    b.put_u8(0xfc | 3); // lengthSizeMinusOne = 3
+    b.put_u8(0xe0 | 1);
+    b.put_u16(sps.len() as u16);
+    b.put_slice(sps);
+    b.put_u8(1);
+    b.put_u16(pps.len() as u16);
+    b.put_slice(pps);
+    if matches!(sps[1], 100 | 110 | 122 | 144) {
+        if let Some((chroma, luma8, chroma8)) = sps_chroma(sps) {
+            b.put_u8(0xfc | (chroma & 3));
+            b.put_u8(0xf8 | (luma8 & 7));
+            b.put_u8(0xf8 | (chroma8 & 7));
+            b.put_u8(0);
+        }
+    }
+    Ok(b.freeze())
+}
+
+fn sps_chroma(sps: &[u8]) -> Option<(u8, u8, u8)> {
+    use h264_reader::nal::sps::{ChromaFormat, SeqParameterSet};
+    use h264_reader::nal::{Nal, RefNal};
+    std::panic::catch_unwind(|| {
+        let nal = RefNal::new(sps, &[], true);
+        let s = SeqParameterSet::from_bits(nal.rbsp_bits()).ok()?;
+        let c = match s.chroma_info.chroma_format {
+            ChromaFormat::Monochrome => 0,
+            ChromaFormat::YUV420 => 1,
+            ChromaFormat::YUV422 => 2,
+            ChromaFormat::YUV444 => 3,
+            ChromaFormat::Invalid(_) => return None,
+        };
+        Some((
+            c,
+            s.chroma_info.bit_depth_luma_minus8,
+            s.chroma_info.bit_depth_chroma_minus8,
+        ))
+    })
+    .ok()
+    .flatten()
+}
+
+/// One access unit for the media core.
+#[derive(Debug, Clone)]
+pub struct AccessUnit {
+    /// AVCC framing, 4-byte lengths, without SPS/PPS/AUD (those are in the avcC).
+    pub data: Bytes,
+    pub keyframe: bool,
+    /// New codec parameters to announce before this frame (first frame, or SPS/PPS changed).
+    pub params: Option<H264Params>,
+}
+
+/// Sans-IO: Annex-B access units (as str0m depacketizes them) → AVCC access units + avcC.
+#[derive(Default)]
+pub struct H264Assembler {
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+    params: Option<H264Params>,
+    params_dirty: bool,
+    /// Drop frames until the next IDR (start, or after a loss).
+    waiting_key: bool,
+    started: bool,
+    pub frames_dropped: u64,
+}
+
+impl H264Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn params(&self) -> Option<&H264Params> {
+        self.params.as_ref()
+    }
+
+    /// Frames are missing before the next one: drop until an IDR.
+    pub fn lost(&mut self) {
+        self.waiting_key = true;
+    }
+
+    /// True while frames are dropped for want of a keyframe (ask the publisher for one).
+    pub fn wants_keyframe(&self) -> bool {
+        self.waiting_key || !self.started
+    }
+
+    /// Feed one Annex-B access unit. `Ok(None)`: nothing to publish yet (no SPS/PPS/IDR so far,
+    /// or only parameter sets).
+    pub fn push(&mut self, annexb: &[u8]) -> Result<Option<AccessUnit>, H264Error> {
+        if annexb.len() > MAX_AU_BYTES {
+            self.frames_dropped += 1;
+            self.waiting_key = true;
+            return Err(H264Error::BadFraming("access unit larger than 8 MiB"));
+        }
+        let nalus = annexb_nalus(annexb);
+        let mut sps_changed = false;
+        let mut keyframe = false;
+        let mut size = 0;
+        for n in &nalus {
+            match n[0] & 0x1f {
+                NAL_SPS => {
+                    if self.sps.as_deref() != Some(*n) {
+                        self.sps = Some(Bytes::copy_from_slice(n));
+                        sps_changed = true;
+                    }
+                }
+                NAL_PPS => {
+                    if self.pps.as_deref() != Some(*n) {
+                        self.pps = Some(Bytes::copy_from_slice(n));
+                        sps_changed = true;
+                    }
+                }
+                NAL_AUD | 12 => {}
+                t => {
+                    if t == NAL_IDR {
+                        keyframe = true;
+                    }
+                    size += 4 + n.len();
+                }
+            }
+            if n[0] & 0x80 != 0 {
+                return Err(H264Error::BadFraming("forbidden_zero_bit set"));
+            }
+        }
+        if sps_changed {
+            if let (Some(sps), Some(pps)) = (&self.sps, &self.pps) {
+                let avcc = build_avcc(sps, pps)?;
+                let p = parse_avcc(avcc)?;
+                if self.params.as_ref() != Some(&p) {
+                    self.params = Some(p);
+                    self.params_dirty = true;
+                }
+            }
+        }
+        if size == 0 || self.params.is_none() {
+            return Ok(None);
+        }
+        if (self.waiting_key || !self.started) && !keyframe {
+            self.frames_dropped += 1;
+            return Ok(None);
+        }
+        self.waiting_key = false;
+        self.started = true;
+        let mut b = BytesMut::with_capacity(size);
+        for n in &nalus {
+            if matches!(n[0] & 0x1f, NAL_SPS | NAL_PPS | NAL_AUD | 12) {
+                continue;
+            }
+            b.put_u32(n.len() as u32);
+            b.put_slice(n);
+        }
+        let params = if std::mem::take(&mut self.params_dirty) {
+            self.params.clone()
+        } else {
+            None
+        };
+        Ok(Some(AccessUnit {
+            data: b.freeze(),
+            keyframe,
+            params,
+        }))
+    }
+}
+
+/// One track's RTP clock mapped onto the session clock (90 kHz ticks since the first frame).
+#[derive(Clone, Copy, Debug)]
+struct TrackClock {
+    base_rtp: u64,
+    base_ticks: i64,
+    rate: u64,
+    last: i64,
+}
+
+impl TrackClock {
+    fn map(&mut self, rtp: u64) -> i64 {
+        let d = rtp as i128 - self.base_rtp as i128;
+        let t = self.base_ticks as i128 + d * 90_000 / self.rate as i128;
+        let t = t.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64;
+        // Never step back (a rewrite of RTP timestamps by the sender, say): one tick forward.
+        let t = if t <= self.last { self.last + 1 } else { t };
+        self.last = t;
+        t
+    }
+}
+
+/// Keyframe-request flag a viewer's worker sets and the publisher's worker reads.
+#[derive(Default, Debug)]
+pub struct KeyframeFlag(AtomicBool);
+
+impl KeyframeFlag {
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Per-session counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WhipStats {
+    pub video_frames: u64,
+    pub audio_frames: u64,
+    pub bytes: u64,
+    pub keyframe_requests: u64,
+    pub bad_frames: u64,
+}
+
+/// A WHIP publisher on an SFU worker: its `Rtc` and the `Publisher` it feeds.
+pub struct WhipSession {
+    pub id: u64,
+    pub stream: Arc<str>,
+    pub local_ufrag: String,
+    rtc: Rtc,
+    publisher: Publisher,
+    video_mid: Option<Mid>,
+    audio_mid: Option<Mid>,
+    h264: H264Assembler,
+    opus_set: bool,
+    t0: Option<Instant>,
+    video_clock: Option<TrackClock>,
+    audio_clock: Option<TrackClock>,
+    connected: bool,
+    pub keyframe_flag: Arc<KeyframeFlag>,
+    last_keyframe_request: Option<Instant>,
+    pub next_timeout: Instant,
+    pub last_rx: Instant,
+    pub created: Instant,
+    pub dead: Option<DropReason>,
+    pub stats: WhipStats,
+}
+
+impl WhipSession {
+    pub fn new(
+        id: u64,
+        rtc: Rtc,
+        publisher: Publisher,
+        local_ufrag: String,
+        keyframe_flag: Arc<KeyframeFlag>,
+        now: Instant,
+    ) -> Self {
+        let (video_mid, audio_mid) = (None, None);
+        Self {
+            id,
+            stream: Arc::from(publisher.name()),
+            local_ufrag,
+            rtc,
+            publisher,
+            video_mid,
+            audio_mid,
+            h264: H264Assembler::new(),
+            opus_set: false,
+            t0: None,
+            video_clock: None,
+            audio_clock: None,
+            connected: false,
+            keyframe_flag,
+            last_keyframe_request: None,
+            next_timeout: now,
+            last_rx: now,
+            created: now,
+            dead: None,
+            stats: WhipStats::default(),
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn rtc(&mut self) -> &mut Rtc {
+        &mut self.rtc
+    }
+
+    /// Does this datagram belong to this session (STUN integrity, or a known peer)?
+    pub fn accepts(
+        &self,
+        now: Instant,
+        proto: Protocol,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        match Receive::new(proto, src, dst, data) {
+            Ok(r) => self.rtc.accepts(&Input::Receive(now, r)),
+            Err(_) => false,
+        }
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) {
+        let Ok(r) = Receive::new(proto, src, dst, data) else {
+            return;
+        };
+        self.last_rx = now;
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
+            tracing::debug!(publisher = self.id, "whip rtc input: {e}");
+        }
+        self.drain(now, out);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            tracing::debug!(publisher = self.id, "whip rtc timeout: {e}");
+        }
+        self.drain(now, out);
+    }
+
+    /// Ask the publisher for a keyframe if a viewer (or a loss) wants one and the rate allows.
+    /// Returns true when a request was sent.
+    pub fn maybe_request_keyframe(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> bool {
+        let wanted = self.keyframe_flag.take() | self.h264.wants_keyframe();
+        if !wanted || !self.connected {
+            return false;
+        }
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            // Keep the flag for the next turn.
+            self.keyframe_flag.raise();
+            return false;
+        }
+        let Some(mid) = self.video_mid else {
+            return false;
+        };
+        let Some(mut w) = self.rtc.writer(mid) else {
+            return false;
+        };
+        if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+            self.last_keyframe_request = Some(now);
+            self.stats.keyframe_requests += 1;
+            self.handle_timeout(now, out);
+            return true;
+        }
+        false
+    }
+
+    /// When a pending keyframe request may go out.
+    pub fn keyframe_retry_at(&self) -> Option<Instant> {
+        if !self.connected {
+            return None;
+        }
+        let pending = self.keyframe_flag.0.load(Ordering::Acquire) || self.h264.wants_keyframe();
+        if !pending {
+            return None;
+        }
+        Some(
+            self.last_keyframe_request
+                .map_or(self.created, |t| t + KEYFRAME_REQUEST_INTERVAL),
+        )
+    }
+
+    pub fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = t.max(now + Duration::from_micros(500));
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    out.push(Outgoing {
+                        dst: t.destination,
+                        data: t.contents.into(),
+                    });
+                }
+                Ok(Output::Event(e)) => self.on_event(e, now),
+                Err(e) => {
+                    self.fail(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: RtcError) {
+        tracing::info!(publisher = self.id, stream = %self.stream, side = "ingest", "whip rtc error: {e}");
+        self.dead.get_or_insert(DropReason::RtcError);
+    }
+
+    fn on_event(&mut self, e: Event, now: Instant) {
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                tracing::info!(publisher = self.id, stream = %self.stream, side = "ingest",
+                    "WHIP publisher connected");
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.dead.get_or_insert(DropReason::IceDisconnected);
+            }
+            Event::MediaData(m) => self.on_media(m, now),
+            _ => {}
+        }
+    }
+
+    fn clock_for(&mut self, kind: TrackKind, m: &MediaData) -> i64 {
+        let t0 = *self.t0.get_or_insert(m.network_time);
+        let rate = m.time.frequency().get() as u64;
+        let slot = match kind {
+            TrackKind::Video => &mut self.video_clock,
+            TrackKind::Audio => &mut self.audio_clock,
+        };
+        let c = slot.get_or_insert_with(|| {
+            let since = m.network_time.saturating_duration_since(t0);
+            TrackClock {
+                base_rtp: m.time.numer(),
+                base_ticks: (since.as_micros() as i64) * 9 / 100,
+                rate: rate.max(1),
+                last: i64::MIN / 2,
+            }
+        });
+        c.map(m.time.numer())
+    }
+
+    fn on_media(&mut self, m: MediaData, now: Instant) {
+        let wallclock = SystemTime::now();
+        if Some(m.mid) == self.video_mid {
+            if m.params.spec().codec != RtcCodec::H264 {
+                return;
+            }
+            if !m.contiguous {
+                self.h264.lost();
+            }
+            let ts = self.clock_for(TrackKind::Video, &m);
+            match self.h264.push(&m.data) {
+                Ok(Some(au)) => {
+                    if let Some(p) = au.params {
+                        tracing::info!(stream = %self.stream, side = "ingest", path = "whip",
+                            codec = %p.codec_string(), width = p.width, height = p.height,
+                            "WHIP video track");
+                        self.publisher.set_codec(Codec::H264(p));
+                    }
+                    self.stats.video_frames += 1;
+                    self.stats.bytes += au.data.len() as u64;
+                    self.publisher.push(
+                        TrackKind::Video,
+                        ts,
+                        ts,
+                        au.keyframe,
+                        au.data,
+                        wallclock,
+                        now,
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.stats.bad_frames += 1;
+                    self.h264.lost();
+                    tracing::debug!(stream = %self.stream, side = "ingest", "WHIP H.264: {e}");
+                }
+            }
+        } else if Some(m.mid) == self.audio_mid {
+            if m.params.spec().codec != RtcCodec::Opus || m.data.is_empty() {
+                return;
+            }
+            if !self.opus_set {
+                let ch = m.params.spec().channels.unwrap_or(2).clamp(1, 2);
+                self.publisher.set_codec(Codec::Opus(OpusParams {
+                    channels: ch,
+                    sample_rate: 48_000,
+                }));
+                self.opus_set = true;
+            }
+            let ts = self.clock_for(TrackKind::Audio, &m);
+            self.stats.audio_frames += 1;
+            self.stats.bytes += m.data.len() as u64;
+            self.publisher.push(
+                TrackKind::Audio,
+                ts,
+                ts,
+                true,
+                // The depacketized packet, shared as it is (no copy).
+                Bytes::from_owner(m.data.clone()),
+                wallclock,
+                now,
+            );
+        }
+    }
+
+    /// Record why the session ended on the stream (shown by the API) before it is dropped.
+    pub fn end(&mut self, why: DropReason) {
+        if !matches!(why, DropReason::Deleted | DropReason::Shutdown) {
+            self.publisher
+                .fail(format!("WHIP publisher dropped: {}", why.as_str()));
+        }
+        self.rtc.disconnect();
+    }
+}
+
+/// Find the video and audio m-lines of an accepted offer.
+pub fn media_mids(rtc: &Rtc, mids: &[String]) -> (Option<Mid>, Option<Mid>) {
+    let mut v = None;
+    let mut a = None;
+    for m in mids {
+        let mid = Mid::from(m.as_str());
+        let Some(media) = rtc.media(mid) else {
+            continue;
+        };
+        if media.disabled() {
+            continue;
+        }
+        match media.kind() {
+            MediaKind::Video if v.is_none() => v = Some(mid),
+            MediaKind::Audio if a.is_none() => a = Some(mid),
+            _ => {}
+        }
+    }
+    (v, a)
+}
+
+impl WhipSession {
+    /// Set the m-lines found in the offer (see [`media_mids`]).
+    pub fn set_mids(&mut self, video: Option<Mid>, audio: Option<Mid>) {
+        self.video_mid = video;
+        self.audio_mid = audio;
+    }
+}
+
+/// Host candidates for a publisher on a worker (UDP, plus passive TCP when configured).
+pub fn add_candidates(rtc: &mut Rtc, udp: &[std::net::SocketAddr], tcp: &[std::net::SocketAddr]) {
+    for c in udp {
+        if let Ok(c) = Candidate::host(*c, "udp") {
+            rtc.add_local_candidate(c);
+        }
+    }
+    for c in tcp {
+        if let Ok(c) = Candidate::builder()
+            .tcp()
+            .host(*c)
+            .tcptype(str0m::net::TcpType::Passive)
+            .build()
+        {
+            rtc.add_local_candidate(c);
+        }
+    }
+}
+
+/// Result of a successful WHIP POST.
+pub struct WhipCreated {
+    /// Session URL id (`/whip/{stream}/{session_id}`).
+    pub session_id: String,
+    pub answer: String,
+    pub etag: String,
+    /// The stream now published (the HTTP side watches it for API kicks).
+    pub stream: Arc<crate::media::Stream>,
+}
+
+/// WHIP POST: check the offer, answer it on the least-loaded SFU worker, take the stream's
+/// publisher slot and hand the session to the worker.
+pub fn create_session(
+    sfu: &crate::egress::sfu::SfuHandle,
+    registry: &Arc<crate::media::Registry>,
+    stream: &str,
+    offer: &str,
+    peer: String,
+) -> Result<WhipCreated, WhipError> {
+    use crate::egress::sfu::{ControlMsg, PublisherHook, SessionInfo};
+    use crossbeam_channel::TrySendError;
+    let (parsed, _check) = check_offer(offer)?;
+    if !crate::media::stream::valid_stream_name(stream) {
+        return Err(WhipError::BadName(stream.into()));
+    }
+    let mids: Vec<String> = offer
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .filter(|m| !m.is_empty() && m.len() <= 32)
+        .map(|m| m.to_string())
+        .take(64)
+        .collect();
+    let worker = sfu
+        .workers
+        .iter()
+        .min_by_key(|w| {
+            w.shared.viewers.load(Ordering::Relaxed)
+                + 50 * w.shared.publishers.load(Ordering::Relaxed)
+        })
+        .ok_or_else(|| WhipError::Internal("no SFU worker".into()))?;
+    let now = Instant::now();
+    let (mut rtc, creds) = build_publisher_rtc(sfu.dtls_cert(), now);
+    add_candidates(&mut rtc, &worker.candidates, &worker.tcp_candidates);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(parsed)
+        .map_err(|e| WhipError::BadSdp(e.to_string()))?;
+    let (video, audio) = media_mids(&rtc, &mids);
+    if video.is_none() {
+        return Err(WhipError::Unsupported(
+            "the offer has no usable H.264 video m-line".into(),
+        ));
+    }
+    let publisher = registry.begin_publish(stream, peer)?;
+    let stream_arc = publisher.stream().clone();
+    let id = loop {
+        let id = rand::random::<u64>() >> 1;
+        if id != 0 && sfu.sessions.get(id).is_none() {
+            break id;
+        }
+    };
+    let token = format!("{:016x}", rand::random::<u64>());
+    let session_id = format!("{id:016x}{token}");
+    let etag = format!("\"{:016x}\"", rand::random::<u64>());
+    let flag = Arc::new(KeyframeFlag::default());
+    let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
+    session.set_mids(video, audio);
+    sfu.sessions.insert(SessionInfo {
+        viewer: id,
+        worker: worker.index,
+        stream: stream.into(),
+        token,
+        etag: etag.clone(),
+        created: now,
+    });
+    sfu.sessions.set_publisher(
+        Arc::from(stream),
+        PublisherHook {
+            session: id,
+            worker: worker.index,
+            flag,
+            waker: worker.waker.clone(),
+        },
+    );
+    worker.shared.publishers.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = worker
+        .control_tx
+        .try_send(ControlMsg::AddPublisher(Box::new(session)))
+    {
+        sfu.sessions.remove(id);
+        sfu.sessions.clear_publisher(stream, id);
+        worker.shared.publishers.fetch_sub(1, Ordering::Relaxed);
+        // Dropping the session (inside the error) drops the Publisher: the stream is idle again.
+        return Err(match e {
+            TrySendError::Full(_) => WhipError::Full,
+            TrySendError::Disconnected(_) => WhipError::Internal("SFU worker stopped".into()),
+        });
+    }
+    worker.waker.wake();
+    Ok(WhipCreated {
+        session_id,
+        answer: answer.to_sdp_string(),
+        etag,
+        stream: stream_arc,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // libx264 baseline 320x240.
+    const SPS: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+        0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0xa4, 0x80,
+    ];
+    const PPS: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (i, n) in nals.iter().enumerate() {
+            if i % 2 == 0 {
+                v.extend_from_slice(&[0, 0, 0, 1]);
+            } else {
+                v.extend_from_slice(&[0, 0, 1]);
+            }
+            v.extend_from_slice(n);
+        }
+        v
+    }
+
+    #[test]
+    fn splits_annexb() {
+        let d = annexb(&[&[9, 0xf0], SPS, PPS, &[0x65, 1, 2, 3, 0]]);
+        let n = annexb_nalus(&d);
+        assert_eq!(n.len(), 4);
+        assert_eq!(n[1], SPS);
+        assert_eq!(n[2], PPS);
+        assert_eq!(n[3], &[0x65, 1, 2, 3]);
+        assert!(annexb_nalus(&[]).is_empty());
+        assert_eq!(annexb_nalus(&[0x41, 1]).len(), 1);
+        assert!(annexb_nalus(&[0, 0, 1]).is_empty());
+    }
+
+    #[test]
+    fn assembler_builds_avcc_and_waits_for_idr() {
+        let mut a = H264Assembler::new();
+        // P frame before anything: dropped.
+        assert!(a.push(&annexb(&[&[0x41, 9, 9]])).unwrap().is_none());
+        // IDR with SPS/PPS in band.
+        let au = a
+            .push(&annexb(&[&[9, 0x10], SPS, PPS, &[0x65, 1, 2, 3]]))
+            .unwrap()
+            .expect("access unit");
+        assert!(au.keyframe);
+        let p = au.params.expect("params announced with the first frame");
+        assert_eq!(p.nalu_length_size, 4);
+        assert_eq!((p.width, p.height), (320, 240));
+        assert_eq!(&p.sps[0][..], SPS);
+        assert_eq!(&au.data[..], &[0, 0, 0, 4, 0x65, 1, 2, 3]);
+        let p2 = parse_avcc(p.avcc.clone()).unwrap();
+        assert_eq!(p2, p);
+        // P frame: no params, not a keyframe.
+        let au = a.push(&annexb(&[&[0x41, 7]])).unwrap().unwrap();
+        assert!(!au.keyframe && au.params.is_none());
+        // Same SPS/PPS again: no new params.
+        let au = a.push(&annexb(&[SPS, PPS, &[0x65, 4]])).unwrap().unwrap();
+        assert!(au.keyframe && au.params.is_none());
+        // Loss: wait for the next IDR.
+        a.lost();
+        assert!(a.wants_keyframe());
+        assert!(a.push(&annexb(&[&[0x41, 7]])).unwrap().is_none());
+        assert!(a.push(&annexb(&[&[0x65, 7]])).unwrap().is_some());
+        // Garbage never panics.
+        for junk in [
+            &[0u8; 0][..],
+            &[0, 0, 1],
+            &[0, 0, 1, 0x67],
+            &[0, 0, 1, 0x67, 0x42],
+        ] {
+            let _ = a.push(junk);
+        }
+    }
+
+    #[test]
+    fn offers_without_h264_are_refused_with_a_reason() {
+        let vp8 = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+            a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=setup:actpass\r\n\
+            a=rtpmap:96 VP8/90000\r\na=ssrc:1 cname:x\r\n";
+        match check_offer(vp8) {
+            Err(WhipError::Unsupported(m)) => {
+                assert!(m.contains("VP8") && m.contains("H.264"), "{m}")
+            }
+            Err(WhipError::BadSdp(e)) => panic!("the VP8 offer should parse: {e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(check_offer(""), Err(WhipError::BadSdp(_))));
+        let dup = vp8.replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 H264/90000")
+            + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 H264/90000\r\n";
+        match check_offer(&dup) {
+            Err(WhipError::BadSdp(m)) => assert!(m.contains("duplicate"), "{m}"),
+            other => panic!("duplicate MIDs: {other:?}"),
+        }
+        assert!(matches!(
+            check_offer("v=0\r\nnot sdp\r\n"),
+            Err(WhipError::BadSdp(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_access_units_never_panic() {
+        let mut a = H264Assembler::new();
+        a.push(&annexb(&[SPS, PPS, &[0x65, 1]])).unwrap();
+        let mut seed = 0x1234_5678_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..5_000 {
+            let len = (next() % 300) as usize;
+            let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Sprinkle start codes and parameter-set headers in.
+            for k in (0..d.len()).step_by(17) {
+                if next() % 3 == 0 && k + 4 < d.len() {
+                    d[k..k + 4].copy_from_slice(&[0, 0, 1, [0x67, 0x68, 0x65, 0x41][i % 4]]);
+                }
+            }
+            let _ = a.push(&d);
+        }
+        // Still works afterwards.
+        let mut b = H264Assembler::new();
+        assert!(b.push(&annexb(&[SPS, PPS, &[0x65, 1]])).unwrap().is_some());
+    }
+
+    #[test]
+    fn clocks_map_to_90k_and_never_go_back() {
+        let mut c = TrackClock {
+            base_rtp: 1000,
+            base_ticks: 500,
+            rate: 48_000,
+            last: i64::MIN / 2,
+        };
+        assert_eq!(c.map(1000), 500);
+        assert_eq!(c.map(1960), 500 + 1800);
+        assert_eq!(c.map(1000), 500 + 1801);
+    }
+}
