@@ -99,13 +99,19 @@ EOF
 done
 
 echo
-printf '%-6s %-7s %-8s %-8s %-9s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s\n' driver viewers playing "pkt/s" "loss%" "p50ms" "p99ms" "maxms" "ttff-p50" "relay%" "sfu%" "pkt/s/core" "KB/view"
+printf '%-6s %-7s %-8s %-8s %-13s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s %-6s %-12s\n' driver viewers playing "pkt/s" "loss%/reord%" "p50ms" "p99ms" "maxms" "ttff-p50" "relay%" "sfu%" "pkt/s/core" "KB/view" "gen%" "drops(v/r)"
 while read -r line; do
     get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
-    printf '%-6s %-7s %-8s %-8s %-9s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s\n' \
-        "$(get driver)" "$(get viewers)" "$(get playing)" "$(get pps)" "$(get loss_pct)" \
+    printf '%-6s %-7s %-8s %-8s %-13s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s %-6s %-12s\n' \
+        "$(get driver)" "$(get viewers)" "$(get playing)" "$(get pps)" "$(get loss_pct)/$(get reordered_pct)" \
         "$(get lat_p50_ms)" "$(get lat_p99_ms)" "$(get lat_max_ms)" "$(get ttff_p50_ms)" \
-        "$(get cpu_pct)" "$(get sfu_cpu_pct)" "$(get pps_per_core)" "$(get kb_per_viewer)"
+        "$(get cpu_pct)" "$(get sfu_cpu_pct)" "$(get pps_per_core)" "$(get kb_per_viewer)" \
+        "$(get loadgen_cpu_pct)" "$(get client_sock_drops)/$(get relay_sock_drops)"
 done <"$results"
+echo "columns: p50/p99/max = fan-out spread (kernel rx timestamp − first viewer's, same payload);"
+echo "  loss = unique sequence numbers missing; reord = arrived behind a higher sequence number;"
+echo "  ttff-p50 = POST → first complete frame; relay% = whole relay process, sfu% = the SFU worker"
+echo "  thread, pkt/s/core = SRTP packets received / SFU worker CPU s; KB/view = (RSS(N) − RSS(0)) / N;"
+echo "  gen% = load generator CPU; drops(v/r) = kernel drops at the viewers' / the relay's sockets"
 echo "relay on core $relay_core, load generator + publisher on core $load_core"
 echo "machine: $ncpu cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"

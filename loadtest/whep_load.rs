@@ -11,8 +11,9 @@
 //! - joined viewers (201 from the POST, ICE + DTLS connected, at least one RTP packet);
 //! - RTP packets received, and loss from sequence gaps: per viewer (one video SSRC each),
 //!   expected = last − first + 1 extended sequence numbers seen in the window, lost = expected −
-//!   received. The relay keeps a NACK history, so this is loss after any NACK/RTX repair, as a
-//!   player would see it;
+//!   unique sequence numbers received (duplicates are counted apart). The relay keeps a NACK
+//!   history, so this is loss after any NACK/RTX repair, as a player would see it; packets that
+//!   arrive behind a higher sequence number (reordered, or repaired) are counted too;
 //! - relay-added fan-out latency: every viewer receives the same RTP payloads (the relay
 //!   packetizes once and shares them), but with its own SSRC, sequence numbers and timestamp
 //!   offset, so packets are matched across viewers by a hash of the payload. For each payload,
@@ -21,8 +22,8 @@
 //!   datagram was queued to the viewer's socket, which on loopback is inside the relay's
 //!   `sendmmsg` / io_uring send), so this process's own scheduling does not count. That is the
 //!   spread the relay adds by serving viewers one after another; it does not include ingest
-//!   (RTMP → frame → packetizer → worker), which is the same for all viewers. Packets that
-//!   arrive behind a higher sequence number (NACK/RTX repairs) are counted but not sampled;
+//!   (RTMP → frame → packetizer → worker), which is the same for all viewers. Out-of-order
+//!   packets are sampled like the others (their delay is real); duplicates are not;
 //! - time to first packet / first complete frame (marker bit) per viewer, from the start of its
 //!   WHEP POST;
 //! - relay CPU over the window (`/proc/PID/task/*/schedstat`, ns, whole process and the SFU
@@ -199,8 +200,13 @@ struct Viewer {
     /// Extended sequence numbers seen in the window: first, last, count.
     win_first: Option<u64>,
     win_last: u64,
+    /// Unique sequence numbers received in the window (duplicates not counted).
     win_received: u64,
+    /// First copies that arrived behind a higher sequence number (reordered, or NACK/RTX repairs).
     win_late: u64,
+    win_dups: u64,
+    /// Bit i: sequence number win_first + i was received.
+    win_seen: Vec<u64>,
     total_received: u64,
     /// Kernel timestamp (SO_TIMESTAMPNS, ns) of the datagram being handled.
     rx_kernel_ns: u64,
@@ -264,6 +270,8 @@ fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
         win_last: 0,
         win_received: 0,
         win_late: 0,
+        win_dups: 0,
+        win_seen: Vec::new(),
         total_received: 0,
         rx_kernel_ns: 0,
     })
@@ -280,6 +288,42 @@ struct ThreadOut {
     /// (payload hash, arrival) for packets that arrived within the window.
     /// (payload hash, kernel receive timestamp in ns) of packets that arrived within the window.
     samples: Vec<(u64, u64)>,
+}
+
+/// This process's CPU time (user + system), ns.
+fn self_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the zeroed struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Kernel drop counters of UDP sockets on 127.0.0.1 (/proc/net/udp): (sum over `ours`, sum over
+/// the other loopback sockets, e.g. the relay's worker sockets).
+fn udp_socket_drops(ours: &std::collections::HashSet<u16>) -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let (mut mine, mut other) = (0, 0);
+    for l in s.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (Some(local), Some(drops)) = (f.get(1), f.last()) else {
+            continue;
+        };
+        let Some((ip, port)) = local.split_once(':') else {
+            continue;
+        };
+        if ip != "0100007F" {
+            continue;
+        }
+        let port = u16::from_str_radix(port, 16).unwrap_or(0);
+        let d: u64 = drops.parse().unwrap_or(0);
+        if ours.contains(&port) {
+            mine += d;
+        } else {
+            other += d;
+        }
+    }
+    (mine, other)
 }
 
 /// UDP (RcvbufErrors, SndbufErrors) of the whole host, from /proc/net/snmp: datagrams the kernel
@@ -302,11 +346,15 @@ fn udp_buf_errors() -> (u64, u64) {
 }
 
 fn payload_hash(p: &[u8]) -> u64 {
-    // FNV-1a over length and the whole payload: unique enough for encoder output.
-    let mut h: u64 = 0xcbf29ce484222325 ^ p.len() as u64;
-    for b in p {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
+    // Multiply-xor over 8-byte words of the whole payload (encoder output: unique enough).
+    let mut h: u64 = 0x9e3779b97f4a7c15 ^ p.len() as u64;
+    let mut chunks = p.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap());
+        h = (h ^ w).wrapping_mul(0xff51afd7ed558ccd).rotate_left(29);
+    }
+    for b in chunks.remainder() {
+        h = (h ^ *b as u64).wrapping_mul(0xc4ceb9fe1a85ec53);
     }
     h
 }
@@ -381,13 +429,26 @@ fn drain(v: &mut Viewer, win: (Option<Instant>, Option<Instant>), samples: &mut 
                             v.win_first = Some(seq);
                             v.win_last = seq;
                         }
-                        // Behind the highest sequence number seen: a NACK/RTX repair (or
-                        // reordering, which loopback does not do).
-                        let late = seq < v.win_last;
-                        v.win_late += late as u64;
+                        let first = v.win_first.unwrap_or(seq);
+                        let Some(i) = seq.checked_sub(first).map(|i| i as usize) else {
+                            // From before the window's first packet: reordered across its start.
+                            v.win_late += 1;
+                            continue;
+                        };
+                        if v.win_seen.len() <= i / 64 {
+                            v.win_seen.resize(i / 64 + 1, 0);
+                        }
+                        if v.win_seen[i / 64] & (1 << (i % 64)) != 0 {
+                            v.win_dups += 1;
+                            continue;
+                        }
+                        v.win_seen[i / 64] |= 1 << (i % 64);
+                        // Behind the highest sequence number seen: reordered on the way (or a
+                        // NACK/RTX repair). Its delay is real, so it stays in the samples.
+                        v.win_late += (seq < v.win_last) as u64;
                         v.win_last = v.win_last.max(seq);
                         v.win_received += 1;
-                        if !late && samples.len() < MAX_SAMPLES_PER_THREAD {
+                        if samples.len() < MAX_SAMPLES_PER_THREAD {
                             samples.push((payload_hash(&p.payload), v.rx_kernel_ns));
                         }
                     }
@@ -403,7 +464,7 @@ fn drain(v: &mut Viewer, win: (Option<Instant>, Option<Instant>), samples: &mut 
     }
 }
 
-/// One polling thread: epoll over its viewers' sockets, str0m timers scanned once per ms.
+/// One polling thread: epoll over its viewers' sockets, str0m timers scanned every 10 ms.
 fn run_thread(
     rx: crossbeam_channel::Receiver<Viewer>,
     window: Arc<Window>,
@@ -446,17 +507,12 @@ fn run_thread(
         let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as i32, wait_ms.max(0)) };
         for ev in evs.iter().take(n.max(0) as usize) {
             let v = &mut viewers[ev.u64 as usize];
-            loop {
-                match recv_stamped(&v.sock, &mut buf) {
-                    Some((len, src, kernel_ns)) => {
-                        let at = Instant::now();
-                        v.rx_kernel_ns = kernel_ns;
-                        if let Ok(r) = Receive::new(Protocol::Udp, src, v.local, &buf[..len]) {
-                            let _ = v.rtc.handle_input(Input::Receive(at, r));
-                            drain(v, win_cache, &mut samples);
-                        }
-                    }
-                    None => break,
+            while let Some((len, src, kernel_ns)) = recv_stamped(&v.sock, &mut buf) {
+                let at = Instant::now();
+                v.rx_kernel_ns = kernel_ns;
+                if let Ok(r) = Receive::new(Protocol::Udp, src, v.local, &buf[..len]) {
+                    let _ = v.rtc.handle_input(Input::Receive(at, r));
+                    drain(v, win_cache, &mut samples);
                 }
             }
         }
@@ -468,7 +524,9 @@ fn run_thread(
                     drain(v, win_cache, &mut samples);
                 }
             }
-            next_scan = now + Duration::from_millis(1);
+            // Client timers (ICE consent, RTCP, NACK) do not need ms precision; a coarse scan
+            // keeps this process from spending its core on timeouts.
+            next_scan = now + Duration::from_millis(10);
         }
     }
     // SAFETY: our epoll fd.
@@ -533,9 +591,11 @@ fn main() {
     *window.start.lock() = Some(w0);
     let cpu0 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
     let udp0 = udp_buf_errors();
+    let me0 = self_cpu_ns();
     std::thread::sleep(Duration::from_secs(a.secs));
     let cpu1 = a.pid.map(relay_cpu_ns).unwrap_or((0, 0));
     let udp1 = udp_buf_errors();
+    let me1 = self_cpu_ns();
     let w1 = Instant::now();
     *window.end.lock() = Some(w1);
     let rss1 = a.pid.map(relay_rss_kb).unwrap_or(0);
@@ -543,13 +603,19 @@ fn main() {
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);
     let outs: Vec<ThreadOut> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Drops since each socket was created (the viewers' sockets are still open here).
+    let ports: std::collections::HashSet<u16> = outs
+        .iter()
+        .flat_map(|o| o.viewers.iter().map(|v| v.local.port()))
+        .collect();
+    let (client_drops, other_drops) = udp_socket_drops(&ports);
     let win = (w1 - w0).as_secs_f64();
 
     // ── per-viewer numbers ──
     let mut connected = 0usize;
     let mut playing = 0usize;
     let mut dead = 0usize;
-    let (mut received, mut expected, mut late) = (0u64, 0u64, 0u64);
+    let (mut received, mut expected, mut late, mut dups) = (0u64, 0u64, 0u64, 0u64);
     let mut ttfp: Vec<f64> = Vec::new();
     let mut ttff: Vec<f64> = Vec::new();
     let mut total_rx = 0u64;
@@ -568,6 +634,7 @@ fn main() {
             if let Some(f) = v.win_first {
                 received += v.win_received;
                 late += v.win_late;
+                dups += v.win_dups;
                 expected += v.win_last - f + 1;
             }
         }
@@ -583,8 +650,9 @@ fn main() {
 
     // ── fan-out spread: arrival − first arrival of the same payload at any viewer ──
     // Identical payloads recur (SPS/PPS STAP-A at every keyframe): arrivals of one payload hash
-    // are grouped into bursts that start at the first arrival and span at most CLUSTER.
-    const CLUSTER: Duration = Duration::from_millis(500);
+    // are grouped into bursts that start at the first arrival and span at most CLUSTER (the
+    // repeats are 2 s apart).
+    const CLUSTER: Duration = Duration::from_millis(1500);
     let mut all: Vec<(u64, u64)> = outs
         .iter()
         .flat_map(|o| o.samples.iter().copied())
@@ -625,10 +693,17 @@ fn main() {
         loss_pct
     );
     println!(
-        "  of which {} arrived behind a higher sequence number (NACK/RTX repairs; not in the latency samples); host UDP drops in the window: {} receive-buffer, {} send-buffer",
+        "  unique packets; {} ({:.2} %) arrived out of order (behind a higher sequence number: reordered, or NACK/RTX repairs; kept in the latency samples), {} duplicates (not counted); host UDP drops in the window: {} receive-buffer, {} send-buffer",
         late,
+        late as f64 * 100.0 / received.max(1) as f64,
+        dups,
         udp1.0 - udp0.0,
         udp1.1 - udp0.1
+    );
+    println!(
+        "  socket drops over the whole run: {client_drops} at the viewers' sockets (this load generator not \
+         keeping up), {other_drops} at other loopback sockets (the relay's); load generator CPU {:.0} % of a core",
+        (me1 - me0) as f64 / 1e7 / win
     );
     println!(
         "fan-out spread (arrival − first arrival of the same payload), {} samples, {} payloads: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
@@ -670,9 +745,9 @@ fn main() {
         );
         // One machine-readable line for bench-sfu.sh.
         println!(
-            "RESULT viewers={} joined={} playing={} pkts={} pps={:.0} loss_pct={:.4} repaired={} rcvbuf_drops={} lat_p50_ms={:.3} lat_p99_ms={:.3} lat_max_ms={:.3} ttff_p50_ms={:.1} ttff_p99_ms={:.1} cpu_pct={:.1} sfu_cpu_pct={:.1} pps_per_core={:.0} rss0_kb={} rss_kb={} kb_per_viewer={:.1}",
+            "RESULT viewers={} joined={} playing={} pkts={} pps={:.0} loss_pct={:.4} reordered_pct={:.2} dups={} rcvbuf_drops={} client_sock_drops={} relay_sock_drops={} loadgen_cpu_pct={:.0} lat_p50_ms={:.3} lat_p99_ms={:.3} lat_max_ms={:.3} ttff_p50_ms={:.1} ttff_p99_ms={:.1} cpu_pct={:.1} sfu_cpu_pct={:.1} pps_per_core={:.0} rss0_kb={} rss_kb={} kb_per_viewer={:.1}",
             a.viewers, joined.load(Ordering::Relaxed), playing, received, pkts_per_s, loss_pct,
-            late, udp1.0 - udp0.0,
+            late as f64 * 100.0 / received.max(1) as f64, dups, udp1.0 - udp0.0, client_drops, other_drops, (me1 - me0) as f64 / 1e7 / win,
             pct(&lat, 0.5), pct(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN),
             pct(&ttff, 0.5), pct(&ttff, 0.99),
             all / win * 100.0, sfu / win * 100.0, per_core, rss0, rss1, per_viewer

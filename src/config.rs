@@ -193,7 +193,8 @@ pub struct SfuConfig {
     pub advertise: Vec<std::net::IpAddr>,
     /// Most concurrent WebRTC viewers on this node (503 beyond).
     pub max_viewers: usize,
-    /// UDP driver: "auto" (io_uring, else epoll), "uring" or "epoll".
+    /// UDP driver: "epoll" (default: it measured faster, see docs/BENCHMARKS.md), "uring", or
+    /// "auto" (io_uring where it can be set up, else epoll).
     pub io: String,
     /// A viewer that sends nothing (no STUN consent, no RTCP) for this long is dropped.
     pub idle_timeout_ms: u64,
@@ -226,8 +227,8 @@ impl Default for SfuConfig {
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             port_base: 8189,
             advertise: Vec::new(),
-            max_viewers: 2_000,
-            io: "auto".into(),
+            max_viewers: 1_200,
+            io: "epoll".into(),
             idle_timeout_ms: 15_000,
             connect_timeout_ms: 15_000,
             keyframe_answer_interval_ms: 1_000,
@@ -518,7 +519,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.sfu.workers, 1);
         assert_eq!(c.sfu.port_base, 8189);
-        assert_eq!(c.sfu.io, "auto");
+        assert_eq!(c.sfu.io, "epoll");
         let c = Config::from_toml(
             "[sfu]\nworkers = 2\nport_base = 9000\nadvertise = [\"203.0.113.7\"]\nio = \"epoll\"\n\
              ice_servers = [\"stun:stun.example.net:3478\"]\n",
