@@ -529,9 +529,11 @@ pub fn build_viewer_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc, I
         .enable_h264(true)
         // Opus: the router sends Opus as published (WHIP) or bridged from AAC (RTMP).
         .enable_opus(true, false)
-        // NACK history per viewer: entries point at shared payloads, so this is headers only.
-        .set_send_buffer_video(512)
-        .set_send_buffer_audio(64)
+        // NACK history per viewer: entries point at shared payloads, but each is a ~430-byte
+        // packet struct, so keep ≈ 1 s at 1 Mbit/s (enough to repair loss on an edge RTT);
+        // 512 cost ≈ 200 KB per viewer (docs/BENCHMARKS.md).
+        .set_send_buffer_video(128)
+        .set_send_buffer_audio(32)
         .set_stats_interval(None)
         .build(now);
     (rtc, creds)
