@@ -22,8 +22,8 @@ use axum::Router;
 use super::AppState;
 use crate::egress::sfu::{SfuHandle, WhepError};
 
-const SDP: &str = "application/sdp";
-const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+pub(super) const SDP: &str = "application/sdp";
+pub(super) const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
 
 pub fn routes() -> Router<AppState> {
@@ -37,7 +37,7 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-fn cors(h: &mut HeaderMap, origin: &str) {
+pub(super) fn cors(h: &mut HeaderMap, origin: &str) {
     if let Ok(v) = HeaderValue::from_str(origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
@@ -47,7 +47,11 @@ fn cors(h: &mut HeaderMap, origin: &str) {
     );
 }
 
-fn reply(state: &AppState, status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+pub(super) fn reply(
+    state: &AppState,
+    status: StatusCode,
+    msg: impl Into<String>,
+) -> Response<Body> {
     let mut r = Response::new(Body::from(msg.into() + "\n"));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -58,24 +62,24 @@ fn reply(state: &AppState, status: StatusCode, msg: impl Into<String>) -> Respon
     r
 }
 
-fn retry_after(mut r: Response<Body>, secs: u32) -> Response<Body> {
+pub(super) fn retry_after(mut r: Response<Body>, secs: u32) -> Response<Body> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     r
 }
 
-fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+pub(super) fn content_type_is(h: &HeaderMap, want: &str) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
 }
 
-fn sfu(state: &AppState) -> Option<&Arc<SfuHandle>> {
+pub(super) fn sfu(state: &AppState) -> Option<&Arc<SfuHandle>> {
     state.sfu.as_ref()
 }
 
-fn ice_links(state: &AppState, h: &mut HeaderMap) {
+pub(super) fn ice_links(state: &AppState, h: &mut HeaderMap) {
     for s in &state.cfg.sfu.ice_servers {
         if let Ok(v) = HeaderValue::from_str(&format!("<{s}>; rel=\"ice-server\"")) {
             h.append(header::LINK, v);
@@ -172,7 +176,7 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
     }
 }
 
-async fn patch(
+pub(super) async fn patch(
     State(state): State<AppState>,
     Path((stream, session)): Path<(String, String)>,
     headers: HeaderMap,
@@ -212,7 +216,7 @@ async fn patch(
     } else if if_match.trim() != s.etag {
         return reply(&state, StatusCode::PRECONDITION_FAILED, "stale ETag");
     }
-    // ICE-lite: the browser's checks find us; its candidates need no action here.
+    // ICE-lite: the peer's checks find us; its candidates need no action here.
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     if let Ok(v) = HeaderValue::from_str(&s.etag) {
@@ -222,7 +226,7 @@ async fn patch(
     r
 }
 
-async fn remove(
+pub(super) async fn remove(
     State(state): State<AppState>,
     Path((stream, session)): Path<(String, String)>,
 ) -> Response<Body> {
@@ -238,7 +242,7 @@ async fn remove(
     }
 }
 
-fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
+pub(super) fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
@@ -259,7 +263,7 @@ fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
     r
 }
 
-async fn options_resource(State(state): State<AppState>) -> Response<Body> {
+pub(super) async fn options_resource(State(state): State<AppState>) -> Response<Body> {
     let mut r = preflight(&state, "POST, OPTIONS");
     r.headers_mut()
         .insert("accept-post", HeaderValue::from_static(SDP));
@@ -267,7 +271,7 @@ async fn options_resource(State(state): State<AppState>) -> Response<Body> {
     r
 }
 
-async fn options_session(State(state): State<AppState>) -> Response<Body> {
+pub(super) async fn options_session(State(state): State<AppState>) -> Response<Body> {
     let mut r = preflight(&state, "PATCH, DELETE, OPTIONS");
     r.headers_mut()
         .insert("accept-patch", HeaderValue::from_static(SDPFRAG));

@@ -30,9 +30,12 @@ use crate::config::KeyLookup;
 use crate::egress::sfu::SfuHandle;
 use crate::ingest::whip::WhipError;
 
-const SDP: &str = "application/sdp";
-const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
-const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+// Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
+// gives both one shape): one implementation, in `whep`.
+use super::whep::{
+    content_type_is, cors, ice_links, options_resource, options_session, patch, remove, reply,
+    retry_after, sfu, SDP, SDPFRAG,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -43,48 +46,6 @@ pub fn routes() -> Router<AppState> {
                 .delete(remove)
                 .options(options_session),
         )
-}
-
-fn cors(h: &mut HeaderMap, origin: &str) {
-    if let Ok(v) = HeaderValue::from_str(origin) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-    }
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE),
-    );
-}
-
-fn reply(state: &AppState, status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Body::from(msg.into() + "\n"));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
-    r
-}
-
-fn retry_after(mut r: Response<Body>, secs: u32) -> Response<Body> {
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    r
-}
-
-fn content_type_is(h: &HeaderMap, want: &str) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(want))
-}
-
-fn ice_links(state: &AppState, h: &mut HeaderMap) {
-    for s in &state.cfg.sfu.ice_servers {
-        if let Ok(v) = HeaderValue::from_str(&format!("<{s}>; rel=\"ice-server\"")) {
-            h.append(header::LINK, v);
-        }
-    }
 }
 
 /// The bearer token of a request, if any (`Authorization: Bearer KEY`).
@@ -128,10 +89,6 @@ fn refuse(state: &AppState, headers: &HeaderMap, stream: &str) -> Option<Respons
             format!("this key may not publish stream '{stream}'"),
         ))
     }
-}
-
-fn sfu(state: &AppState) -> Option<&Arc<SfuHandle>> {
-    state.sfu.as_ref()
 }
 
 async fn create(
@@ -256,106 +213,4 @@ fn error_response(state: &AppState, e: WhipError) -> Response<Body> {
         }
         WhipError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
-}
-
-async fn patch(
-    State(state): State<AppState>,
-    Path((stream, session)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response<Body> {
-    let Some(sfu) = sfu(&state) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
-    };
-    let Some(s) = sfu.session(&session).filter(|s| s.stream == stream) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
-    };
-    if !content_type_is(&headers, SDPFRAG) {
-        return reply(
-            &state,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "PATCH bodies must be Content-Type: application/trickle-ice-sdpfrag",
-        );
-    }
-    let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
-        return reply(
-            &state,
-            StatusCode::PRECONDITION_REQUIRED,
-            "If-Match is required",
-        );
-    };
-    let frag = String::from_utf8_lossy(&body);
-    let restart = frag.lines().any(|l| l.starts_with("a=ice-ufrag:"))
-        && frag.lines().any(|l| l.starts_with("a=ice-pwd:"));
-    if if_match.trim() == "*" {
-        if restart {
-            return reply(
-                &state,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "ICE restart is not supported; DELETE this session and POST a new offer",
-            );
-        }
-    } else if if_match.trim() != s.etag {
-        return reply(&state, StatusCode::PRECONDITION_FAILED, "stale ETag");
-    }
-    // ICE-lite: the publisher's checks find us; its candidates need no action here.
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    if let Ok(v) = HeaderValue::from_str(&s.etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    cors(r.headers_mut(), &state.cfg.hls.cors_origin);
-    r
-}
-
-async fn remove(
-    State(state): State<AppState>,
-    Path((stream, session)): Path<(String, String)>,
-) -> Response<Body> {
-    let Some(sfu) = sfu(&state) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
-    };
-    match sfu.session(&session).filter(|s| s.stream == stream) {
-        Some(_) => match sfu.delete(&session) {
-            Ok(()) => reply(&state, StatusCode::OK, "session ended"),
-            Err(_) => reply(&state, StatusCode::NOT_FOUND, "no such session"),
-        },
-        None => reply(&state, StatusCode::NOT_FOUND, "no such session"),
-    }
-}
-
-fn preflight(state: &AppState, methods: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    let h = r.headers_mut();
-    cors(h, &state.cfg.hls.cors_origin);
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(methods),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Content-Type, If-Match, Authorization"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    h.insert(header::ALLOW, HeaderValue::from_static(methods));
-    r
-}
-
-async fn options_resource(State(state): State<AppState>) -> Response<Body> {
-    let mut r = preflight(&state, "POST, OPTIONS");
-    r.headers_mut()
-        .insert("accept-post", HeaderValue::from_static(SDP));
-    ice_links(&state, r.headers_mut());
-    r
-}
-
-async fn options_session(State(state): State<AppState>) -> Response<Body> {
-    let mut r = preflight(&state, "PATCH, DELETE, OPTIONS");
-    r.headers_mut()
-        .insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-    r
 }
