@@ -104,9 +104,8 @@ fn idx(kind: TrackKind) -> usize {
 impl Timeline {
     /// Map a publisher timestamp to the stream timeline, keeping it monotonic per track and
     /// rebasing on backward jumps, wraps and large forward jumps.
-    fn map(&mut self, kind: TrackKind, dts: i64) -> (i64, bool) {
+    fn map(&mut self, kind: TrackKind, dts: i64) -> i64 {
         let i = idx(kind);
-        let mut rebased = false;
         let offset = match self.offset {
             Some(o) => o,
             None => {
@@ -122,7 +121,6 @@ impl Timeline {
                 let target = last + step;
                 self.offset = Some(target - dts);
                 out = target;
-                rebased = true;
             } else if out > last {
                 self.last_delta[i] = out - last;
             }
@@ -134,7 +132,7 @@ impl Timeline {
             CLOCK_HZ / 50
         };
         self.max_end = self.max_end.max(out + est);
-        (out, rebased)
+        out
     }
 
     fn new_session(&mut self) {
@@ -599,7 +597,7 @@ impl Publisher {
                 .deliver(&stream, &mut g, MediaEvent::Tracks(ts));
             self.announced = true;
         }
-        let (out_dts, _rebased) = g.timeline.map(kind, dts);
+        let out_dts = g.timeline.map(kind, dts);
         let cts = (pts - dts).clamp(0, 10 * CLOCK_HZ);
         let frame = Arc::new(Frame {
             kind,
@@ -769,10 +767,10 @@ mod tests {
     #[test]
     fn backward_timestamps_stay_monotonic() {
         let mut t = Timeline::default();
-        let a = t.map(TrackKind::Video, 90_000).0;
-        let b = t.map(TrackKind::Video, 93_000).0;
-        let c = t.map(TrackKind::Video, 10).0; // went back
-        let d = t.map(TrackKind::Video, 3010).0;
+        let a = t.map(TrackKind::Video, 90_000);
+        let b = t.map(TrackKind::Video, 93_000);
+        let c = t.map(TrackKind::Video, 10); // went back
+        let d = t.map(TrackKind::Video, 3010);
         assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
     }
 }

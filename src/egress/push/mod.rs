@@ -503,6 +503,8 @@ struct StreamFan {
     dests: Vec<Arc<Destination>>,
     /// Opus audio (from WHIP) bridged to AAC-LC once per stream for every destination.
     bridge: Option<Box<crate::media::bridge::Bridge>>,
+    /// The bridge's output buffer, reused frame after frame.
+    bridge_out: Vec<crate::media::Frame>,
 }
 
 /// The tracks as RTMP destinations see them: Opus audio replaced by the AAC-LC the bridge makes.
@@ -583,10 +585,12 @@ impl Fanout {
             MediaEvent::Frame(frame) => {
                 if frame.kind == TrackKind::Audio {
                     if let Some(b) = f.bridge.as_mut() {
-                        let aac = b.push(&frame);
-                        for a in aac {
+                        let mut aac = std::mem::take(&mut f.bridge_out);
+                        b.push_into(&frame, &mut aac);
+                        for a in aac.drain(..) {
                             Self::fan_frame(&self.stats, f, &Arc::new(a));
                         }
+                        f.bridge_out = aac;
                         return;
                     }
                 }
@@ -610,25 +614,21 @@ impl Fanout {
 
     /// Hand one frame (as one shared FLV tag) to every destination queue of the stream.
     fn fan_frame(stats: &FanoutStats, f: &mut StreamFan, frame: &Arc<crate::media::Frame>) {
-        {
-            {
-                let mut tag = None;
-                for d in &f.dests {
-                    let queued = {
-                        let mut i = d.inbox.lock();
-                        if !i.queue.accepting() {
-                            continue;
-                        }
-                        let t = tag.get_or_insert_with(|| {
-                            stats.tags.fetch_add(1, Ordering::Relaxed);
-                            f.muxer.tag(frame)
-                        });
-                        i.queue.push(t.clone()) == queue::Pushed::Queued
-                    };
-                    if queued {
-                        d.wake.notify_one();
-                    }
+        let mut tag = None;
+        for d in &f.dests {
+            let queued = {
+                let mut i = d.inbox.lock();
+                if !i.queue.accepting() {
+                    continue;
                 }
+                let t = tag.get_or_insert_with(|| {
+                    stats.tags.fetch_add(1, Ordering::Relaxed);
+                    f.muxer.tag(frame)
+                });
+                i.queue.push(t.clone()) == queue::Pushed::Queued
+            };
+            if queued {
+                d.wake.notify_one();
             }
         }
     }

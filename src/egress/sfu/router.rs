@@ -31,6 +31,8 @@ struct StreamCtx {
     audio_index: u64,
     /// Opus goes out as is; AAC is bridged to Opus here, once per stream, off the SFU workers.
     audio: AudioPath,
+    /// Opus frames to send for the current input frame, reused frame after frame.
+    audio_out: Vec<Frame>,
 }
 
 #[derive(Default)]
@@ -163,12 +165,13 @@ fn handle(
                     broadcast(targets, woken, shared, || MediaMsg::Frame(frame.clone()));
                 }
                 TrackKind::Audio => {
-                    let opus: Vec<Frame> = match &mut ctx.audio {
+                    let mut opus = std::mem::take(&mut ctx.audio_out);
+                    match &mut ctx.audio {
                         AudioPath::None => return,
-                        AudioPath::Opus => vec![(*f).clone()],
-                        AudioPath::Bridged(b) => b.push(&f),
-                    };
-                    for o in opus {
+                        AudioPath::Opus => opus.push((*f).clone()),
+                        AudioPath::Bridged(b) => b.push_into(&f, &mut opus),
+                    }
+                    for o in opus.drain(..) {
                         ctx.audio_index += 1;
                         let frame = Arc::new(SfuFrame {
                             stream: name.clone(),
@@ -187,6 +190,7 @@ fn handle(
                         });
                         broadcast(targets, woken, shared, || MediaMsg::Frame(frame.clone()));
                     }
+                    ctx.audio_out = opus;
                 }
             }
         }
