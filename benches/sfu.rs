@@ -203,7 +203,7 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let (offer, pending) = api.apply().unwrap();
     let offer_s = offer.to_sdp_string();
-    let (mut srtc, creds) = build_viewer_rtc(cert, now);
+    let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
     srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
     let answer = srtc.sdp_api().accept_offer(offer).unwrap();
     let video = choose_video(&srtc, &offer_mids(&offer_s), Some(0x42)).expect("H.264");
@@ -295,6 +295,7 @@ impl Source {
             epoch: 1,
             index: self.index,
             kind: TrackKind::Video,
+            layer: 0,
             pts: self.index as i64 * 3000,
             keyframe: key,
             bytes: au.len(),
@@ -313,6 +314,7 @@ fn setup(cert: &DtlsCert, n: u32) -> (WorkerCore, Vec<Client>, Source, Instant) 
             idle: Duration::from_secs(3600),
             connect: Duration::from_secs(3600),
             keyframe_answer: Duration::from_secs(1),
+            bwe_initial: 1_500_000,
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),

@@ -203,6 +203,9 @@ pub struct SfuConfig {
     /// Keyframe requests (PLI/FIR) from one viewer are answered from the GOP cache at most this
     /// often.
     pub keyframe_answer_interval_ms: u64,
+    /// Bandwidth a viewer of a simulcast stream is assumed to have before its estimate (TWCC)
+    /// arrives: it picks the starting layer.
+    pub bwe_initial_kbps: u64,
     /// ICE servers announced to WHEP clients in `Link` headers (`stun:` / `turn:` URLs).
     pub ice_servers: Vec<String>,
     /// Queue between the router and each worker, in frames.
@@ -232,6 +235,7 @@ impl Default for SfuConfig {
             idle_timeout_ms: 15_000,
             connect_timeout_ms: 15_000,
             keyframe_answer_interval_ms: 1_000,
+            bwe_initial_kbps: 1_500,
             ice_servers: Vec::new(),
             worker_queue: 1_024,
             rtp_payload_max: 1_200,

@@ -38,6 +38,12 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
         .filter(|d| d.state == crate::egress::push::DestState::Live)
         .count();
     let webrtc_viewers = state.sfu.as_ref().map_or(0, |sfu| sfu.viewers_of(&st.name));
+    // Per simulcast layer (0 = best), when the publisher sends layers.
+    let webrtc_layers = state
+        .sfu
+        .as_ref()
+        .filter(|_| st.video_layers > 1)
+        .map(|sfu| sfu.viewers_by_layer(&st.name)[..st.video_layers as usize].to_vec());
     if let Value::Object(m) = &mut v {
         m.insert(
             "playback".into(),
@@ -49,6 +55,7 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
             json!({
                 "hls": hls_viewers,
                 "webrtc": webrtc_viewers,
+                "webrtc_by_layer": webrtc_layers,
                 "rtmp_destinations": dests_live,
             }),
         );

@@ -13,4 +13,5 @@
 pub mod demo;
 pub mod flv;
 pub mod rtmp;
+pub mod simulcast;
 pub mod whip;

@@ -20,7 +20,7 @@
 //! - Dropping a [`WhipSession`] (DELETE, ICE timeout, idle) drops the `Publisher`: the stream
 //!   goes idle.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,13 +31,12 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
 
+use super::simulcast::{LayerSet, Placement};
 use crate::egress::sfu::session::DropReason;
 use crate::io::Outgoing;
 use crate::media::codec::h264::{parse_avcc, H264Error, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
 use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
 
-/// Least time between two keyframe requests sent to one publisher.
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Largest access unit accepted from a publisher (a bigger one is dropped).
 const MAX_AU_BYTES: usize = 8 << 20;
 /// Most m-lines a WHIP offer may have (one video, one audio, and room for data channels or
@@ -402,7 +401,7 @@ impl H264Assembler {
 
 /// One track's RTP clock mapped onto the session clock (90 kHz ticks since the first frame).
 #[derive(Clone, Copy, Debug)]
-struct TrackClock {
+pub struct TrackClock {
     base_rtp: u64,
     base_ticks: i64,
     rate: u64,
@@ -410,7 +409,7 @@ struct TrackClock {
 }
 
 impl TrackClock {
-    fn map(&mut self, rtp: u64) -> i64 {
+    pub fn map(&mut self, rtp: u64) -> i64 {
         let d = rtp as i128 - self.base_rtp as i128;
         let t = self.base_ticks as i128 + d * 90_000 / self.rate as i128;
         let t = t.clamp(i64::MIN as i128 / 2, i64::MAX as i128 / 2) as i64;
@@ -421,16 +420,21 @@ impl TrackClock {
     }
 }
 
-/// Keyframe-request flag a viewer's worker sets and the publisher's worker reads.
+/// Keyframe requests a viewer's worker raises and the publisher's worker takes: one bit per
+/// simulcast layer (bit 0: the stream's video track).
 #[derive(Default, Debug)]
-pub struct KeyframeFlag(AtomicBool);
+pub struct KeyframeFlag(AtomicU32);
 
 impl KeyframeFlag {
-    pub fn raise(&self) {
-        self.0.store(true, Ordering::Release);
+    pub fn raise(&self, layer: u8) {
+        self.0
+            .fetch_or(1 << (layer as u32).min(31), Ordering::AcqRel);
     }
-    pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::AcqRel)
+    pub fn take(&self) -> u32 {
+        self.0.swap(0, Ordering::AcqRel)
+    }
+    fn pending(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
     }
 }
 
@@ -453,14 +457,13 @@ pub struct WhipSession {
     publisher: Publisher,
     video_mid: Option<Mid>,
     audio_mid: Option<Mid>,
-    h264: H264Assembler,
+    /// Video per rid (one slot without simulcast): assemblers, clocks, layer ranking.
+    video: LayerSet,
     opus_set: bool,
     t0: Option<Instant>,
-    video_clock: Option<TrackClock>,
     audio_clock: Option<TrackClock>,
     connected: bool,
     pub keyframe_flag: Arc<KeyframeFlag>,
-    last_keyframe_request: Option<Instant>,
     pub next_timeout: Instant,
     pub last_rx: Instant,
     pub created: Instant,
@@ -486,14 +489,12 @@ impl WhipSession {
             publisher,
             video_mid,
             audio_mid,
-            h264: H264Assembler::new(),
+            video: LayerSet::new(0),
             opus_set: false,
             t0: None,
-            video_clock: None,
             audio_clock: None,
             connected: false,
             keyframe_flag,
-            last_keyframe_request: None,
             next_timeout: now,
             last_rx: now,
             created: now,
@@ -551,34 +552,38 @@ impl WhipSession {
         self.drain(now, out);
     }
 
-    /// Ask the publisher for a keyframe if a viewer (or a loss) wants one and the rate allows.
-    /// Returns true when a request was sent.
+    /// Ask the publisher for keyframes that viewers (by layer) or lost frames (by rid) want,
+    /// at most one per rid per 500 ms. Returns true when a request was sent.
     pub fn maybe_request_keyframe(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> bool {
-        let wanted = self.keyframe_flag.take() | self.h264.wants_keyframe();
-        if !wanted || !self.connected {
+        let mask = self.keyframe_flag.take();
+        if !self.connected {
+            if mask != 0 {
+                self.keyframe_flag.0.fetch_or(mask, Ordering::AcqRel);
+            }
             return false;
         }
-        if self
-            .last_keyframe_request
-            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
-        {
-            // Keep the flag for the next turn.
-            self.keyframe_flag.raise();
-            return false;
-        }
+        self.video.want_keyframes(mask, now);
         let Some(mid) = self.video_mid else {
             return false;
         };
+        let rids = self.video.due_requests(now);
+        if rids.is_empty() {
+            return false;
+        }
         let Some(mut w) = self.rtc.writer(mid) else {
             return false;
         };
-        if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
-            self.last_keyframe_request = Some(now);
-            self.stats.keyframe_requests += 1;
-            self.handle_timeout(now, out);
-            return true;
+        let mut sent = false;
+        for rid in rids {
+            if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
+                self.stats.keyframe_requests += 1;
+                sent = true;
+            }
         }
-        false
+        if sent {
+            self.handle_timeout(now, out);
+        }
+        sent
     }
 
     /// When a pending keyframe request may go out.
@@ -586,14 +591,10 @@ impl WhipSession {
         if !self.connected {
             return None;
         }
-        let pending = self.keyframe_flag.0.load(Ordering::Acquire) || self.h264.wants_keyframe();
-        if !pending {
-            return None;
+        if self.keyframe_flag.pending() {
+            return Some(self.created);
         }
-        Some(
-            self.last_keyframe_request
-                .map_or(self.created, |t| t + KEYFRAME_REQUEST_INTERVAL),
-        )
+        self.video.next_request_at()
     }
 
     pub fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
@@ -638,12 +639,13 @@ impl WhipSession {
         }
     }
 
-    fn clock_for(&mut self, kind: TrackKind, m: &MediaData) -> i64 {
+    /// `slot`: the video rid's slot in [`LayerSet`] (None for audio).
+    fn clock_for(&mut self, kind: TrackKind, slot: Option<usize>, m: &MediaData) -> i64 {
         let t0 = *self.t0.get_or_insert(m.network_time);
         let rate = m.time.frequency().get() as u64;
-        let slot = match kind {
-            TrackKind::Video => &mut self.video_clock,
-            TrackKind::Audio => &mut self.audio_clock,
+        let slot = match (kind, slot) {
+            (TrackKind::Video, Some(i)) => &mut self.video.layer_mut(i).clock,
+            _ => &mut self.audio_clock,
         };
         let c = slot.get_or_insert_with(|| {
             let since = m.network_time.saturating_duration_since(t0);
@@ -663,34 +665,53 @@ impl WhipSession {
             if m.params.spec().codec != RtcCodec::H264 {
                 return;
             }
+            let Some(slot) = self.video.slot(m.rid) else {
+                return;
+            };
             if !m.contiguous {
-                self.h264.lost();
+                self.video.layer_mut(slot).h264.lost();
             }
-            let ts = self.clock_for(TrackKind::Video, &m);
-            match self.h264.push(&m.data) {
+            let ts = self.clock_for(TrackKind::Video, Some(slot), &m);
+            match self.video.layer_mut(slot).h264.push(&m.data) {
                 Ok(Some(au)) => {
-                    if let Some(p) = au.params {
+                    if let Some(p) = &au.params {
                         tracing::info!(stream = %self.stream, side = "ingest", path = "whip",
-                            codec = %p.codec_string(), width = p.width, height = p.height,
-                            "WHIP video track");
-                        self.publisher.set_codec(Codec::H264(p));
+                            rid = ?m.rid, codec = %p.codec_string(), width = p.width,
+                            height = p.height, "WHIP video track");
                     }
                     self.stats.video_frames += 1;
                     self.stats.bytes += au.data.len() as u64;
-                    self.publisher.push(
-                        TrackKind::Video,
-                        ts,
-                        ts,
-                        au.keyframe,
-                        au.data,
-                        wallclock,
-                        now,
-                    );
+                    match self.video.place(slot, &au, now) {
+                        Placement::Primary { codec } => {
+                            if let Some(c) = codec {
+                                self.publisher.set_codec(c);
+                            }
+                            self.publisher.push(
+                                TrackKind::Video,
+                                ts,
+                                ts,
+                                au.keyframe,
+                                au.data,
+                                wallclock,
+                                now,
+                            );
+                        }
+                        Placement::Layer(n, codec) => self.publisher.push_layer(
+                            n,
+                            &codec,
+                            ts,
+                            ts,
+                            au.keyframe,
+                            au.data,
+                            wallclock,
+                        ),
+                        Placement::Drop => {}
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => {
                     self.stats.bad_frames += 1;
-                    self.h264.lost();
+                    self.video.layer_mut(slot).h264.lost();
                     tracing::debug!(stream = %self.stream, side = "ingest", "WHIP H.264: {e}");
                 }
             }
@@ -706,7 +727,7 @@ impl WhipSession {
                 }));
                 self.opus_set = true;
             }
-            let ts = self.clock_for(TrackKind::Audio, &m);
+            let ts = self.clock_for(TrackKind::Audio, None, &m);
             self.stats.audio_frames += 1;
             self.stats.bytes += m.data.len() as u64;
             self.publisher.push(
@@ -730,6 +751,19 @@ impl WhipSession {
         }
         self.rtc.disconnect();
     }
+}
+
+/// How many rids the first `a=simulcast:send` line of an offer lists (alternatives count once).
+pub fn simulcast_rids(offer: &str) -> usize {
+    offer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=simulcast:send "))
+        .map(|rest| {
+            let list = rest.split_whitespace().next().unwrap_or("");
+            list.split(';').filter(|r| !r.is_empty()).count()
+        })
+        .unwrap_or(0)
+        .min(crate::media::MAX_LAYERS)
 }
 
 /// Find the video and audio m-lines of an accepted offer.
@@ -758,6 +792,11 @@ impl WhipSession {
     pub fn set_mids(&mut self, video: Option<Mid>, audio: Option<Mid>) {
         self.video_mid = video;
         self.audio_mid = audio;
+    }
+
+    /// How many simulcast rids the offer announced for its video (0: none).
+    pub fn set_simulcast(&mut self, rids: usize) {
+        self.video = LayerSet::new(rids);
     }
 }
 
@@ -847,6 +886,7 @@ pub fn create_session(
     let flag = Arc::new(KeyframeFlag::default());
     let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
     session.set_mids(video, audio);
+    session.set_simulcast(simulcast_rids(offer));
     sfu.sessions.insert(SessionInfo {
         viewer: id,
         worker: worker.index,
@@ -854,6 +894,7 @@ pub fn create_session(
         token,
         etag: etag.clone(),
         created: now,
+        layer: 0,
     });
     sfu.sessions.set_publisher(
         Arc::from(stream),

@@ -8,5 +8,8 @@ pub mod stream;
 pub mod track;
 
 pub use frame::{Frame, TrackKind, CLOCK_HZ};
-pub use stream::{Envelope, MediaEvent, PublishError, Publisher, Registry, Stream, StreamState};
+pub use stream::{
+    Envelope, LayerFrame, MediaEvent, PublishError, Publisher, Registry, Stream, StreamState,
+    MAX_LAYERS,
+};
 pub use track::{AacParams, Codec, H264Params, OpusParams, TrackSet};

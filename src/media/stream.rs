@@ -7,7 +7,7 @@
 //! use a reserve at the top of each channel so they are not lost to a full queue of frames.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -40,6 +40,20 @@ pub enum MediaEvent {
     Idle,
     /// The stream was removed.
     Ended,
+    /// A frame of a lower simulcast layer of the video track (the stream's own video track is
+    /// layer 0, the best one). Only sinks registered with [`Registry::add_layered_sink`] get these.
+    Layer(Arc<LayerFrame>),
+}
+
+/// A frame of simulcast layer `layer` (≥ 1), on the stream clock like layer 0's frames.
+#[derive(Debug)]
+pub struct LayerFrame {
+    pub layer: u8,
+    /// The publisher session (`TrackSet::session`) it belongs to.
+    pub session: u64,
+    /// The layer's codec parameters (the same `Arc` until they change).
+    pub codec: Arc<Codec>,
+    pub frame: Frame,
 }
 
 /// A media event tagged with its stream.
@@ -73,6 +87,8 @@ struct SinkEntry {
     name: &'static str,
     tx: Sender<Envelope>,
     capacity: usize,
+    /// Wants [`MediaEvent::Layer`] events (simulcast layers below the primary).
+    layers: bool,
 }
 
 /// Per stream, per sink delivery state.
@@ -156,6 +172,8 @@ pub struct StreamStatus {
     pub frames_in: u64,
     pub last_error: Option<String>,
     pub track_errors: Vec<String>,
+    /// Simulcast layers of the video track seen in this session (1 without simulcast).
+    pub video_layers: u8,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -232,6 +250,8 @@ pub struct Stream {
     inner: Mutex<Inner>,
     bytes_in: AtomicU64,
     frames_in: AtomicU64,
+    /// Highest simulcast layer seen this session + 1 (1: no simulcast).
+    layers: AtomicU8,
     /// Asks the current publisher to disconnect (API "kick").
     kick: tokio::sync::Notify,
 }
@@ -270,6 +290,11 @@ impl Stream {
         self.kick.notify_waiters();
     }
 
+    /// Simulcast layers of the video track this session (1 without simulcast).
+    pub fn simulcast_layers(&self) -> u8 {
+        self.layers.load(Ordering::Relaxed)
+    }
+
     pub fn status(&self) -> StreamStatus {
         let g = self.inner.lock();
         let mut tracks = Vec::new();
@@ -293,6 +318,7 @@ impl Stream {
             frames_in: self.frames_in.load(Ordering::Relaxed),
             last_error: g.last_error.clone(),
             track_errors: g.track_errors.clone(),
+            video_layers: self.simulcast_layers(),
         }
     }
 }
@@ -334,6 +360,20 @@ impl Registry {
 
     /// Register an egress engine. Every later event of every stream is offered to it.
     pub fn add_sink(&self, name: &'static str, capacity: usize) -> Receiver<Envelope> {
+        self.add_sink_inner(name, capacity, false)
+    }
+
+    /// [`Registry::add_sink`] for an egress that also forwards the lower simulcast layers.
+    pub fn add_layered_sink(&self, name: &'static str, capacity: usize) -> Receiver<Envelope> {
+        self.add_sink_inner(name, capacity, true)
+    }
+
+    fn add_sink_inner(
+        &self,
+        name: &'static str,
+        capacity: usize,
+        layers: bool,
+    ) -> Receiver<Envelope> {
         let capacity = capacity.max(CONTROL_RESERVE * 2);
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let id = self.next_sink.fetch_add(1, Ordering::Relaxed) as usize;
@@ -342,6 +382,7 @@ impl Registry {
             name,
             tx,
             capacity,
+            layers,
         });
         rx
     }
@@ -406,6 +447,7 @@ impl Registry {
                         }),
                         bytes_in: AtomicU64::new(0),
                         frames_in: AtomicU64::new(0),
+                        layers: AtomicU8::new(1),
                         kick: tokio::sync::Notify::new(),
                     })
                 })
@@ -417,6 +459,7 @@ impl Registry {
                 return Err(PublishError::AlreadyPublishing(name.into()));
             }
             g.state = StreamState::Publishing;
+            stream.layers.store(1, Ordering::Relaxed);
             g.sessions += 1;
             g.publisher = Some(peer);
             g.publishing_since = Some(Instant::now());
@@ -434,6 +477,7 @@ impl Registry {
             video: None,
             audio: None,
             announced: false,
+            layer_last: [i64::MIN; MAX_LAYERS],
         })
     }
 
@@ -459,6 +503,18 @@ impl Registry {
                 event,
             };
             match &ev {
+                MediaEvent::Layer(_) => {
+                    // Lower layers are a best-effort extra: a full queue loses the frame (the
+                    // SFU notices the gap and waits for that layer's next keyframe).
+                    if !sink.layers {
+                        continue;
+                    }
+                    if sink.tx.len() + CONTROL_RESERVE >= sink.capacity
+                        || sink.tx.try_send(env(ev.clone())).is_err()
+                    {
+                        *self.dropped.lock().entry(sink.name).or_default() += 1;
+                    }
+                }
                 MediaEvent::Frame(f) => {
                     let resync_point = f.keyframe
                         && (f.kind == TrackKind::Video
@@ -517,7 +573,12 @@ pub struct Publisher {
     video: Option<Codec>,
     audio: Option<Codec>,
     announced: bool,
+    /// Last stream-clock dts written per lower simulcast layer (kept monotonic per layer).
+    layer_last: [i64; MAX_LAYERS],
 }
+
+/// Most simulcast layers of one video track (layer 0 included).
+pub const MAX_LAYERS: usize = 4;
 
 impl Publisher {
     pub fn stream(&self) -> &Arc<Stream> {
@@ -655,6 +716,60 @@ impl Publisher {
         }
         self.registry
             .deliver(&stream, &mut g, MediaEvent::Frame(frame));
+    }
+}
+
+impl Publisher {
+    /// Publish a frame of lower simulcast layer `layer` (1..MAX_LAYERS). `dts`/`pts` are on the
+    /// publisher's clock like [`Publisher::push`]'s; the frame is mapped with the primary's
+    /// current offset, so it is dropped until the primary (layer 0) has started. Only layered
+    /// sinks (the SFU) receive it; the GOP cache, HLS and RTMP see layer 0 only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_layer(
+        &mut self,
+        layer: u8,
+        codec: &Arc<Codec>,
+        dts: i64,
+        pts: i64,
+        keyframe: bool,
+        data: Bytes,
+        wallclock: SystemTime,
+    ) {
+        let l = layer as usize;
+        if l == 0 || l >= MAX_LAYERS || data.is_empty() || !self.announced {
+            return;
+        }
+        let stream = self.stream.clone();
+        let mut g = stream.inner.lock();
+        let (Some(offset), Some(t)) = (g.timeline.offset, g.tracks.as_ref()) else {
+            return;
+        };
+        let session = t.session;
+        self.stream.layers.fetch_max(layer + 1, Ordering::Relaxed);
+        let mut out_dts = dts + offset;
+        if out_dts <= self.layer_last[l] {
+            out_dts = self.layer_last[l] + 1;
+        }
+        self.layer_last[l] = out_dts;
+        let cts = (pts - dts).clamp(0, 10 * CLOCK_HZ);
+        self.stream
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let lf = Arc::new(LayerFrame {
+            layer,
+            session,
+            codec: codec.clone(),
+            frame: Frame {
+                kind: TrackKind::Video,
+                dts: out_dts,
+                pts: out_dts + cts,
+                keyframe,
+                data,
+                wallclock,
+            },
+        });
+        self.registry
+            .deliver(&stream, &mut g, MediaEvent::Layer(lf));
     }
 }
 

@@ -143,6 +143,8 @@ impl Segmenter {
                 self.close_all(out);
                 out.push(Output::Ended);
             }
+            // One rendition: lower simulcast layers are for WebRTC viewers only.
+            MediaEvent::Layer(_) => {}
         }
     }
 

@@ -609,6 +609,8 @@ impl Fanout {
                     self.streams.remove(&env.stream);
                 }
             }
+            // Platforms get the primary layer; lower simulcast layers are WebRTC-only.
+            MediaEvent::Layer(_) => {}
         }
     }
 

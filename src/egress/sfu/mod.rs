@@ -61,9 +61,13 @@ pub struct SfuFrame {
     pub stream: Arc<str>,
     /// The publisher session (`TrackSet::session`) the frame belongs to.
     pub epoch: u64,
-    /// Counts the stream's frames of this kind as the router saw them (a gap = a lost frame).
+    /// Counts the stream's frames of this kind (and layer) as the router saw them (a gap = a
+    /// lost frame).
     pub index: u64,
     pub kind: TrackKind,
+    /// Simulcast layer of a video frame: 0 is the stream's video track (the best layer), higher
+    /// is lower quality (see [`crate::media::LayerFrame`]). Audio: 0.
+    pub layer: u8,
     /// Presentation time on the stream clock (90 kHz).
     pub pts: i64,
     pub keyframe: bool,
@@ -121,6 +125,8 @@ pub struct SessionInfo {
     pub token: String,
     pub etag: String,
     pub created: Instant,
+    /// The simulcast layer a viewer is on (reported by its worker every 500 ms at most).
+    pub layer: u8,
 }
 
 /// The sessions the HTTP side knows, shared with the workers (who remove dropped viewers).
@@ -140,6 +146,24 @@ impl SessionTable {
             .values()
             .filter(|s| s.stream == stream)
             .count()
+    }
+
+    /// WebRTC viewers of `stream` per simulcast layer (index 0 = best).
+    pub fn layers_of(&self, stream: &str) -> [usize; crate::media::MAX_LAYERS] {
+        let mut out = [0; crate::media::MAX_LAYERS];
+        for s in self.by_viewer.lock().values() {
+            if s.stream == stream {
+                out[(s.layer as usize).min(out.len() - 1)] += 1;
+            }
+        }
+        out
+    }
+
+    /// A worker reports a viewer's layer.
+    pub fn set_layer(&self, viewer: u64, layer: u8) {
+        if let Some(s) = self.by_viewer.lock().get_mut(&viewer) {
+            s.layer = layer;
+        }
     }
 
     pub fn insert(&self, s: SessionInfo) {
@@ -170,11 +194,11 @@ impl SessionTable {
     }
     /// A viewer of `stream` wants a keyframe: forward to its WHIP publisher, if it has one (the
     /// publisher's worker rate-limits). Called on keyframe requests only, never per packet.
-    pub fn request_keyframe(&self, stream: &str) -> bool {
+    pub fn request_keyframe(&self, stream: &str, layer: u8) -> bool {
         let hook = self.publishers.lock().get(stream).cloned();
         match hook {
             Some(h) => {
-                h.flag.raise();
+                h.flag.raise(layer);
                 h.waker.wake();
                 true
             }
@@ -331,7 +355,7 @@ impl SfuHandle {
                 thread: Mutex::new(Some(thread)),
             });
         }
-        let rx = registry.add_sink("sfu", SINK_CAPACITY);
+        let rx = registry.add_layered_sink("sfu", SINK_CAPACITY);
         let targets: Vec<(Sender<MediaMsg>, Waker)> = workers
             .iter()
             .map(|w| (w.media_tx.clone(), w.waker.clone()))
@@ -375,6 +399,11 @@ impl SfuHandle {
     /// WebRTC viewers of one stream (for the API's viewers-by-path).
     pub fn viewers_of(&self, stream: &str) -> usize {
         self.sessions.count_stream(stream)
+    }
+
+    /// WebRTC viewers of `stream` per simulcast layer.
+    pub fn viewers_by_layer(&self, stream: &str) -> [usize; crate::media::MAX_LAYERS] {
+        self.sessions.layers_of(stream)
     }
 
     /// WHEP POST: answer `offer` for `stream` on the least-loaded worker.
@@ -422,7 +451,10 @@ impl SfuHandle {
             .iter()
             .min_by_key(|w| w.shared.viewers.load(Ordering::Relaxed))
             .expect("at least one worker");
-        let (mut rtc, creds) = build_viewer_rtc(&self.cert, Instant::now());
+        // Simulcast: the viewer's layer follows str0m's bandwidth estimate (TWCC). Without
+        // layers there is nothing to choose, so the estimator's per-packet work is skipped.
+        let bwe = (s.simulcast_layers() > 1).then_some(self.cfg.bwe_initial_kbps * 1000);
+        let (mut rtc, creds) = build_viewer_rtc(&self.cert, Instant::now(), bwe);
         for c in &worker.candidates {
             if let Ok(c) = Candidate::host(*c, "udp") {
                 rtc.add_local_candidate(c);
@@ -454,6 +486,7 @@ impl SfuHandle {
             token,
             etag: etag.clone(),
             created: Instant::now(),
+            layer: 0,
         });
         worker.shared.viewers.fetch_add(1, Ordering::Relaxed);
         let nv = NewViewer {
@@ -518,9 +551,15 @@ impl SfuHandle {
 
 /// A viewer's `Rtc`: ICE-lite, RTP mode (we write pre-packetized RTP), the node's shared DTLS
 /// certificate (generating one per viewer costs a key generation), H.264 and Opus only.
-pub fn build_viewer_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc, IceCreds) {
+/// `bwe`: initial estimate (bits/s) to run str0m's bandwidth estimation with (simulcast).
+pub fn build_viewer_rtc(
+    cert: &str0m::config::DtlsCert,
+    now: Instant,
+    bwe: Option<u64>,
+) -> (Rtc, IceCreds) {
     let creds = IceCreds::new();
     let rtc = Rtc::builder()
+        .enable_bwe(bwe.map(str0m::bwe::Bitrate::bps))
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .set_dtls_cert(cert.clone())

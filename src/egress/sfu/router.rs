@@ -12,7 +12,7 @@ use super::packetizer::{H264Packetizer, RtpPayload};
 use super::{MediaMsg, SfuFrame};
 use crate::io::Waker;
 use crate::media::bridge::{Bridge, BridgeConfig};
-use crate::media::{Codec, Envelope, Frame, MediaEvent, TrackKind};
+use crate::media::{Codec, Envelope, Frame, LayerFrame, MediaEvent, TrackKind, MAX_LAYERS};
 
 #[derive(Default)]
 pub struct RouterShared {
@@ -27,7 +27,10 @@ pub struct RouterShared {
 struct StreamCtx {
     epoch: u64,
     video: Option<H264Packetizer>,
-    video_index: u64,
+    /// Frame counters per simulcast layer (0 = the stream's video track).
+    video_index: [u64; MAX_LAYERS],
+    /// Packetizers of the lower simulcast layers, with the codec they were built from.
+    layers: [Option<(Arc<Codec>, H264Packetizer)>; MAX_LAYERS],
     audio_index: u64,
     /// Opus goes out as is; AAC is bridged to Opus here, once per stream, off the SFU workers.
     audio: AudioPath,
@@ -93,6 +96,85 @@ fn broadcast(
     }
 }
 
+/// Packetize one video frame of `layer` (index left 0 for the caller to set).
+fn video_frame(
+    name: &Arc<str>,
+    epoch: u64,
+    layer: u8,
+    pk: &H264Packetizer,
+    f: &Frame,
+    max_payload: usize,
+    shared: &RouterShared,
+) -> Option<SfuFrame> {
+    let mut packets = Vec::with_capacity(f.data.len() / max_payload + 2);
+    if let Err(e) = pk.packetize(&f.data, f.keyframe, &mut packets) {
+        shared.packetize_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(stream = %name, layer, "SFU packetizer: {e}");
+        return None;
+    }
+    shared.frames.fetch_add(1, Ordering::Relaxed);
+    shared
+        .packets
+        .fetch_add(packets.len() as u64, Ordering::Relaxed);
+    Some(SfuFrame {
+        stream: name.clone(),
+        epoch,
+        index: 0,
+        kind: TrackKind::Video,
+        layer,
+        pts: f.pts,
+        keyframe: f.keyframe,
+        bytes: f.data.len(),
+        packets,
+        wallclock: f.wallclock,
+    })
+}
+
+/// A lower simulcast layer's frame: its own packetizer (its own SPS/PPS) and frame counter.
+fn layer_frame(
+    name: &Arc<str>,
+    ctx: &mut StreamCtx,
+    lf: &LayerFrame,
+    max_payload: usize,
+    shared: &RouterShared,
+) -> Option<Arc<SfuFrame>> {
+    let l = lf.layer as usize;
+    if lf.session != ctx.epoch || l == 0 || l >= MAX_LAYERS {
+        return None;
+    }
+    let stale = ctx.layers[l]
+        .as_ref()
+        .is_none_or(|(c, _)| !Arc::ptr_eq(c, &lf.codec));
+    if stale {
+        let Codec::H264(p) = &*lf.codec else {
+            return None;
+        };
+        match H264Packetizer::from_params(p, max_payload) {
+            Ok(pk) => ctx.layers[l] = Some((lf.codec.clone(), pk)),
+            Err(e) => {
+                tracing::warn!(stream = %name, layer = l, side = "egress", "SFU: {e}");
+                ctx.layers[l] = None;
+                return None;
+            }
+        }
+    }
+    let (_, pk) = ctx.layers[l].as_ref()?;
+    let frame = video_frame(
+        name,
+        ctx.epoch,
+        lf.layer,
+        pk,
+        &lf.frame,
+        max_payload,
+        shared,
+    )?;
+    ctx.video_index[l] += 1;
+    Some(Arc::new(SfuFrame {
+        index: ctx.video_index[l],
+        ..frame
+    }))
+}
+
 fn handle(
     env: Envelope,
     streams: &mut HashMap<Arc<str>, StreamCtx>,
@@ -106,6 +188,7 @@ fn handle(
         MediaEvent::Tracks(t) => {
             let ctx = streams.entry(name.clone()).or_default();
             ctx.epoch = t.session;
+            ctx.layers = Default::default();
             ctx.video = match t.h264() {
                 Some(p) => match H264Packetizer::from_params(p, max_payload) {
                     Ok(pk) => Some(pk),
@@ -140,27 +223,14 @@ fn handle(
                     let Some(pk) = &ctx.video else {
                         return;
                     };
-                    let mut packets = Vec::with_capacity(f.data.len() / max_payload + 2);
-                    if let Err(e) = pk.packetize(&f.data, f.keyframe, &mut packets) {
-                        shared.packetize_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(stream = %name, "SFU packetizer: {e}");
+                    let Some(frame) = video_frame(&name, ctx.epoch, 0, pk, &f, max_payload, shared)
+                    else {
                         return;
-                    }
-                    ctx.video_index += 1;
-                    shared.frames.fetch_add(1, Ordering::Relaxed);
-                    shared
-                        .packets
-                        .fetch_add(packets.len() as u64, Ordering::Relaxed);
+                    };
+                    ctx.video_index[0] += 1;
                     let frame = Arc::new(SfuFrame {
-                        stream: name.clone(),
-                        epoch: ctx.epoch,
-                        index: ctx.video_index,
-                        kind: TrackKind::Video,
-                        pts: f.pts,
-                        keyframe: f.keyframe,
-                        bytes: f.data.len(),
-                        packets,
-                        wallclock: f.wallclock,
+                        index: ctx.video_index[0],
+                        ..frame
                     });
                     broadcast(targets, woken, shared, || MediaMsg::Frame(frame.clone()));
                 }
@@ -178,6 +248,7 @@ fn handle(
                             epoch: ctx.epoch,
                             index: ctx.audio_index,
                             kind: TrackKind::Audio,
+                            layer: 0,
                             pts: o.pts,
                             keyframe: true,
                             bytes: o.data.len(),
@@ -192,6 +263,14 @@ fn handle(
                     }
                     ctx.audio_out = opus;
                 }
+            }
+        }
+        MediaEvent::Layer(lf) => {
+            let Some(ctx) = streams.get_mut(&name) else {
+                return;
+            };
+            if let Some(frame) = layer_frame(&name, ctx, &lf, max_payload, shared) {
+                broadcast(targets, woken, shared, || MediaMsg::Frame(frame.clone()));
             }
         }
         MediaEvent::Idle => {

@@ -84,6 +84,8 @@ pub struct ViewerStats {
     pub frames_skipped: u64,
     pub keyframe_requests: u64,
     pub keyframe_answers: u64,
+    /// Simulcast layer changes (at a keyframe of the new layer).
+    pub layer_switches: u64,
 }
 
 pub struct Viewer {
@@ -115,6 +117,14 @@ pub struct Viewer {
     pub dead: Option<DropReason>,
     pub stats: ViewerStats,
     audio: Option<AudioState>,
+    /// Simulcast layer being sent (0 = best), and the one to move to at its next keyframe.
+    layer: u8,
+    target_layer: u8,
+    /// Latest send-side bandwidth estimate (TWCC, or REMB from the viewer), bits/s.
+    estimate: Option<u64>,
+    estimate_fresh: bool,
+    /// The layer last reported to the session table (API).
+    pub reported_layer: u8,
 }
 
 impl Viewer {
@@ -203,7 +213,55 @@ impl Viewer {
             dead: None,
             stats: ViewerStats::default(),
             audio: None,
+            layer: 0,
+            target_layer: 0,
+            estimate: None,
+            estimate_fresh: false,
+            reported_layer: 0,
         }
+    }
+
+    /// The simulcast layer being sent.
+    pub fn layer(&self) -> u8 {
+        self.layer
+    }
+
+    pub fn target_layer(&self) -> u8 {
+        self.target_layer
+    }
+
+    /// Layer to start on (before the first frame).
+    pub fn set_start_layer(&mut self, layer: u8) {
+        self.layer = layer;
+        self.target_layer = layer;
+    }
+
+    /// Move to `layer` at its next keyframe (the caller asks the publisher for one). Returns
+    /// true when that is a change of plan.
+    pub fn set_target_layer(&mut self, layer: u8) -> bool {
+        let changed = self.target_layer != layer;
+        self.target_layer = layer;
+        changed
+    }
+
+    /// The bandwidth estimate, when it changed since the last call.
+    pub fn take_estimate(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.estimate_fresh)
+            .then_some(self.estimate)
+            .flatten()
+    }
+
+    pub fn estimate(&self) -> Option<u64> {
+        self.estimate
+    }
+
+    /// Tell str0m's BWE what to sustain (the layer being sent) and what to probe for (the best
+    /// layer), so the estimate can grow back after congestion.
+    pub fn set_bwe_bitrates(&mut self, minimum: u64, desired: u64) {
+        use str0m::bwe::Bitrate;
+        self.rtc
+            .bwe()
+            .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired.max(minimum)));
     }
 
     pub fn connected(&self) -> bool {
@@ -316,6 +374,15 @@ impl Viewer {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.dead.get_or_insert(DropReason::IceDisconnected);
             }
+            Event::EgressBitrateEstimate(k) => {
+                let bps = match k {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.estimate = Some(bps);
+                self.estimate_fresh = true;
+            }
             Event::KeyframeRequest(r) if r.mid == self.video.mid => {
                 self.stats.keyframe_requests += 1;
                 tracing::trace!(viewer = self.id, kind = ?r.kind, "keyframe request");
@@ -392,6 +459,17 @@ impl Viewer {
             self.send_audio(f, now, out);
             return;
         }
+        let mut switched = false;
+        if f.layer != self.layer {
+            // Another simulcast layer: taken only at its keyframe, when it is the target.
+            if f.layer != self.target_layer || !f.keyframe {
+                return;
+            }
+            self.layer = f.layer;
+            self.last_index = None;
+            self.stats.layer_switches += 1;
+            switched = true;
+        }
         let gap = match self.last_index {
             Some(i) => f.epoch != self.last_epoch || f.index != i + 1,
             None => true,
@@ -410,6 +488,11 @@ impl Viewer {
             if f.epoch != self.last_epoch || ts < last - 90_000 || ts > last + 900_000 {
                 self.ts_offset = last + 3000 - f.pts;
                 ts = last + 3000;
+            } else if switched && ts <= last {
+                // Layers' clocks differ by the publisher's per-rid arrival jitter: never step
+                // back at a switch.
+                self.ts_offset += last + 1 - ts;
+                ts = last + 1;
             }
         }
         self.last_index = Some(f.index);
@@ -442,6 +525,33 @@ impl Viewer {
     fn tick(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
         self.handle_timeout(now, out);
     }
+}
+
+/// Headroom an upgrade needs: a better layer is taken when its rate fits in this share of the
+/// estimate (the current one is kept while it fits the whole estimate), so a viewer does not flap
+/// between two layers near the boundary.
+const UPGRADE_SHARE: f64 = 0.8;
+
+/// The simulcast layer a viewer should get: the best one (lowest index) whose measured rate fits
+/// the bandwidth estimate; the lowest-quality layer present when none fits. `rates[l]` is 0 when
+/// layer `l` is not being received. With no layer present the current one stays.
+pub fn choose_layer(current: u8, estimate: u64, rates: &[u64]) -> u8 {
+    let mut lowest = None;
+    for (l, &r) in rates.iter().enumerate() {
+        if r == 0 {
+            continue;
+        }
+        lowest = Some(l as u8);
+        let budget = if (l as u8) < current {
+            estimate as f64 * UPGRADE_SHARE
+        } else {
+            estimate as f64
+        };
+        if r as f64 <= budget {
+            return l as u8;
+        }
+    }
+    lowest.unwrap_or(current)
 }
 
 /// Pick the H.264 payload type for the stream from what the offer negotiated: packetization-mode

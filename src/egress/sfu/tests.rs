@@ -66,7 +66,7 @@ fn join(
     let (offer, pending) = api.apply().unwrap();
     let offer_s = offer.to_sdp_string();
 
-    let (mut srtc, creds) = build_viewer_rtc(cert, now);
+    let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
     srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
     let answer = srtc.sdp_api().accept_offer(offer).unwrap();
     let video = choose_video(&srtc, &offer_mids(&offer_s), Some(0x42)).expect("H.264 negotiated");
@@ -157,6 +157,7 @@ impl Source {
             epoch: 1,
             index: self.index,
             kind: TrackKind::Video,
+            layer: 0,
             pts: self.index as i64 * 3000,
             keyframe: key,
             packets,
@@ -174,6 +175,7 @@ fn core() -> WorkerCore {
             idle: Duration::from_secs(5),
             connect: Duration::from_secs(5),
             keyframe_answer: Duration::from_millis(500),
+            bwe_initial: 1_500_000,
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),
@@ -407,4 +409,23 @@ fn core_unknown(core: &WorkerCore) -> u64 {
     core.shared_stats()
         .datagrams_unknown
         .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn layer_choice_follows_the_estimate_with_upgrade_headroom() {
+    use super::session::choose_layer;
+    // Layers: 0 = 1.2 Mb/s, 1 = 400 kb/s, 2 = 120 kb/s.
+    let rates = [1_200_000, 400_000, 120_000, 0];
+    assert_eq!(choose_layer(0, 2_000_000, &rates), 0);
+    assert_eq!(choose_layer(0, 1_000_000, &rates), 1);
+    assert_eq!(choose_layer(1, 300_000, &rates), 2);
+    // Nothing fits: the lowest layer present.
+    assert_eq!(choose_layer(0, 50_000, &rates), 2);
+    // Upgrades need 20 % headroom; staying needs none.
+    assert_eq!(choose_layer(1, 1_300_000, &rates), 1);
+    assert_eq!(choose_layer(1, 1_600_000, &rates), 0);
+    assert_eq!(choose_layer(0, 1_250_000, &rates), 0);
+    // A layer that stopped is skipped; with none present the current one stays.
+    assert_eq!(choose_layer(0, 2_000_000, &[0, 400_000, 120_000, 0]), 1);
+    assert_eq!(choose_layer(2, 2_000_000, &[0; 4]), 2);
 }

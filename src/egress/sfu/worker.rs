@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::session::{DropReason, Viewer};
+use super::session::{choose_layer, DropReason, Viewer};
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
 use crate::config::SfuConfig;
 use crate::ingest::whip::WhipSession;
 use crate::io::{Outgoing, UdpDriver};
-use crate::media::TrackKind;
+use crate::media::{TrackKind, MAX_LAYERS};
 use str0m::net::Protocol;
 
 /// Most frames / bytes a worker's GOP cache keeps per stream (a longer GOP is not cached; late
@@ -30,6 +30,8 @@ pub struct Timing {
     pub idle: Duration,
     pub connect: Duration,
     pub keyframe_answer: Duration,
+    /// Assumed bandwidth of a simulcast viewer before BWE reports (bits/s).
+    pub bwe_initial: u64,
 }
 
 impl Timing {
@@ -38,46 +40,144 @@ impl Timing {
             idle: Duration::from_millis(c.idle_timeout_ms),
             connect: Duration::from_millis(c.connect_timeout_ms),
             keyframe_answer: Duration::from_millis(c.keyframe_answer_interval_ms),
+            bwe_initial: c.bwe_initial_kbps.saturating_mul(1000),
         }
     }
 }
 
+/// One layer's GOP cache: the frames since its last keyframe, shared `Arc`s.
 #[derive(Default)]
-struct StreamCache {
-    gop: Vec<Arc<SfuFrame>>,
-    gop_bytes: usize,
+struct Gop {
+    frames: Vec<Arc<SfuFrame>>,
+    bytes: usize,
     /// The cache holds a whole GOP from its keyframe.
     valid: bool,
-    viewers: Vec<u64>,
 }
 
-impl StreamCache {
+impl Gop {
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.valid = false;
+    }
+
     fn push(&mut self, f: &Arc<SfuFrame>) {
-        if f.kind != TrackKind::Video {
-            return;
-        }
         if f.keyframe {
-            self.gop.clear();
-            self.gop_bytes = 0;
+            self.clear();
             self.valid = true;
-        } else if let Some(last) = self.gop.last() {
+        } else if let Some(last) = self.frames.last() {
             if last.epoch != f.epoch || f.index != last.index + 1 {
                 self.valid = false;
             }
         }
         if !self.valid {
-            self.gop.clear();
-            self.gop_bytes = 0;
+            self.clear();
             return;
         }
-        if self.gop.len() >= GOP_MAX_FRAMES || self.gop_bytes + f.bytes > GOP_MAX_BYTES {
-            self.gop.clear();
-            self.gop_bytes = 0;
-            self.valid = false;
+        if self.frames.len() >= GOP_MAX_FRAMES || self.bytes + f.bytes > GOP_MAX_BYTES {
+            self.clear();
             return;
         }
-        self.gop_bytes += f.bytes;
-        self.gop.push(f.clone());
+        self.bytes += f.bytes;
+        self.frames.push(f.clone());
+    }
+}
+
+/// A layer's received bitrate over one-second windows (what layer choice compares estimates
+/// with).
+#[derive(Default, Clone, Copy)]
+struct LayerRate {
+    start: Option<Instant>,
+    bytes: u64,
+    bps: u64,
+    last: Option<Instant>,
+}
+
+/// A layer that sent nothing for this long counts as absent.
+const LAYER_GONE: Duration = Duration::from_millis(1500);
+
+impl LayerRate {
+    fn add(&mut self, bytes: usize, now: Instant) {
+        let start = *self.start.get_or_insert(now);
+        self.bytes += bytes as u64;
+        self.last = Some(now);
+        let el = now.saturating_duration_since(start);
+        if el >= Duration::from_secs(1) {
+            self.bps = (self.bytes as f64 * 8.0 / el.as_secs_f64()) as u64;
+            self.start = Some(now);
+            self.bytes = 0;
+        }
+    }
+
+    /// Bits/s, 0 when the layer is absent.
+    fn bps(&self, now: Instant) -> u64 {
+        let (Some(last), Some(start)) = (self.last, self.start) else {
+            return 0;
+        };
+        if now.saturating_duration_since(last) > LAYER_GONE {
+            return 0;
+        }
+        if self.bps > 0 {
+            return self.bps;
+        }
+        // First second: what arrived so far.
+        let el = now
+            .saturating_duration_since(start)
+            .max(Duration::from_millis(100));
+        ((self.bytes as f64 * 8.0 / el.as_secs_f64()) as u64).max(1)
+    }
+}
+
+#[derive(Default)]
+struct StreamCache {
+    /// Per simulcast layer (0 = the stream's video track).
+    gops: [Gop; MAX_LAYERS],
+    rates: [LayerRate; MAX_LAYERS],
+    viewers: Vec<u64>,
+}
+
+impl StreamCache {
+    fn push(&mut self, f: &Arc<SfuFrame>, now: Instant) {
+        if f.kind != TrackKind::Video || f.layer as usize >= MAX_LAYERS {
+            return;
+        }
+        self.rates[f.layer as usize].add(f.bytes, now);
+        self.gops[f.layer as usize].push(f);
+    }
+
+    fn rates(&self, now: Instant) -> [u64; MAX_LAYERS] {
+        std::array::from_fn(|l| self.rates[l].bps(now))
+    }
+
+    /// More than one layer is being received.
+    fn simulcast(&self, now: Instant) -> bool {
+        self.rates(now).iter().filter(|&&r| r > 0).count() > 1
+    }
+}
+
+/// Re-choose a viewer's simulcast layer from a bandwidth estimate and the layers' measured
+/// rates; a new target gets a keyframe request to the publisher (the switch happens at that
+/// layer's keyframe), and str0m's BWE is told what to sustain and what to probe for.
+fn select_layer(
+    v: &mut Viewer,
+    c: &StreamCache,
+    estimate: u64,
+    now: Instant,
+    sessions: &SessionTable,
+) {
+    let rates = c.rates(now);
+    if rates.iter().filter(|&&r| r > 0).count() < 2 && rates[v.layer() as usize] > 0 {
+        return;
+    }
+    let target = choose_layer(v.layer(), estimate, &rates);
+    if v.set_target_layer(target) && target != v.layer() {
+        tracing::debug!(viewer = v.id, stream = %v.stream, from = v.layer(), to = target,
+            estimate, "simulcast layer change");
+        sessions.request_keyframe(&v.stream, target);
+    }
+    if v.estimate().is_some() {
+        let best = rates.iter().copied().find(|&r| r > 0).unwrap_or(0);
+        v.set_bwe_bitrates(rates[target as usize], best + best / 4);
     }
 }
 
@@ -104,6 +204,7 @@ pub struct WorkerCore {
     /// Remote addresses that reached us over ICE-TCP: datagrams for them leave through
     /// [`WorkerCore::take_tcp`] instead of the UDP driver.
     tcp_peers: HashMap<SocketAddr, u64>,
+    next_layer_check: Instant,
 }
 
 impl WorkerCore {
@@ -129,6 +230,7 @@ impl WorkerCore {
             publishers: HashMap::new(),
             local_tcp: Vec::new(),
             tcp_peers: HashMap::new(),
+            next_layer_check: Instant::now(),
         }
     }
 
@@ -204,6 +306,30 @@ impl WorkerCore {
         self.next_deadline
     }
 
+    /// Check every viewer's layer against what is being received (a layer that stopped, or
+    /// simulcast that started after the viewer joined); cheap, runs at most twice a second.
+    fn check_layers(&mut self, now: Instant) {
+        if now < self.next_layer_check {
+            return;
+        }
+        self.next_layer_check = now + Duration::from_millis(500);
+        for c in self.streams.values() {
+            for id in &c.viewers {
+                if let Some(v) = self.viewers.get_mut(id) {
+                    if !v.connected() {
+                        continue;
+                    }
+                    if v.layer() != v.reported_layer {
+                        v.reported_layer = v.layer();
+                        self.sessions.set_layer(v.id, v.layer());
+                    }
+                    let est = v.estimate().unwrap_or(self.timing.bwe_initial);
+                    select_layer(v, c, est, now, &self.sessions);
+                }
+            }
+        }
+    }
+
     pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
         let NewViewer {
             id,
@@ -215,6 +341,13 @@ impl WorkerCore {
         } = *Box::new(nv);
         let mut v = Viewer::new(id, stream.clone(), rtc, video, ufrag.clone(), now);
         v.set_audio(audio);
+        if let Some(c) = self.streams.get(&stream) {
+            if c.simulcast(now) {
+                // Start on the layer the initial estimate affords; BWE moves it from there.
+                let rates = c.rates(now);
+                v.set_start_layer(choose_layer(0, self.timing.bwe_initial, &rates));
+            }
+        }
         v.drain(now, &mut self.out);
         self.next_deadline = self.next_deadline.min(v.next_timeout);
         self.by_ufrag.insert(ufrag, id);
@@ -252,7 +385,7 @@ impl WorkerCore {
             MediaMsg::Frame(f) => {
                 self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
                 let cache = self.streams.entry(f.stream.clone()).or_default();
-                cache.push(&f);
+                cache.push(&f, now);
                 for id in cache.viewers.iter() {
                     if let Some(v) = self.viewers.get_mut(id) {
                         v.send_frame(&f, now, &mut self.out);
@@ -262,9 +395,7 @@ impl WorkerCore {
             }
             MediaMsg::Reset(name) => {
                 if let Some(c) = self.streams.get_mut(&name) {
-                    c.gop.clear();
-                    c.gop_bytes = 0;
-                    c.valid = false;
+                    c.gops.iter_mut().for_each(Gop::clear);
                 }
             }
             MediaMsg::Ended(name) => {
@@ -431,6 +562,13 @@ impl WorkerCore {
         let Some(v) = self.viewers.get_mut(&id) else {
             return;
         };
+        if v.dead.is_none() {
+            if let Some(est) = v.take_estimate() {
+                if let Some(c) = self.streams.get(&v.stream) {
+                    select_layer(v, c, est, now, &self.sessions);
+                }
+            }
+        }
         if v.dead.is_none()
             && (v.needs_start || v.take_keyframe_request(now, self.timing.keyframe_answer))
         {
@@ -439,8 +577,9 @@ impl WorkerCore {
             let gop = self
                 .streams
                 .get(&v.stream)
-                .filter(|c| c.valid)
-                .map(|c| &c.gop)
+                .map(|c| &c.gops[v.layer() as usize])
+                .filter(|g| g.valid)
+                .map(|g| &g.frames)
                 .unwrap_or(&empty);
             let no_cache = gop.is_empty();
             v.start_from_gop(gop, now, &mut self.out);
@@ -449,7 +588,7 @@ impl WorkerCore {
             }
             // A WHIP publisher can be asked for a fresh keyframe (rate-limited on its worker).
             if answering || no_cache {
-                self.sessions.request_keyframe(&v.stream);
+                self.sessions.request_keyframe(&v.stream, v.layer());
             }
         }
         if let Some(why) = v.dead {
@@ -497,6 +636,8 @@ impl WorkerCore {
             }
         }
         self.publisher_timers(now, &mut next);
+        self.check_layers(now);
+        next = next.min(self.next_layer_check);
         self.next_deadline = next;
         for id in due {
             if let Some(v) = self.viewers.get_mut(&id) {
