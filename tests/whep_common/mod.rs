@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
@@ -85,6 +88,8 @@ pub struct GotFrame {
     pub bytes: usize,
     pub at: Instant,
     pub annexb_has_sps: bool,
+    /// The SPS NAL unit carried with the frame (keyframes), to tell simulcast layers apart.
+    pub sps: Option<Vec<u8>>,
 }
 
 pub struct WhepClient {
@@ -133,9 +138,121 @@ pub fn offer(
     (rtc, sock, local, o.to_sdp_string(), pending)
 }
 
+/// The SPS NAL unit (without start code) of an Annex-B access unit.
+pub fn annexb_sps(data: &[u8]) -> Option<Vec<u8>> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    for (k, &st) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(data.len(), |&n| n - 3);
+        while end > st && data[end - 1] == 0 {
+            end -= 1;
+        }
+        if st < end && data[st] & 0x1f == 7 {
+            return Some(data[st..end].to_vec());
+        }
+    }
+    None
+}
+
+/// A bottleneck link in the test process: a UDP relay between a WHEP client and the SFU that
+/// limits the SFU → client direction to `kbps`, with a drop-tail queue of `queue_ms` (so the
+/// relay's bandwidth estimator sees both queueing delay and loss). Client → SFU passes as is.
+pub struct Bottleneck {
+    pub port: u16,
+    pub dropped: Arc<AtomicU64>,
+    pub forwarded: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bottleneck {
+    pub fn start(server: SocketAddr, kbps: u64, queue_ms: u64) -> Bottleneck {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        sock.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (st, dr, fw) = (stop.clone(), dropped.clone(), forwarded.clone());
+        let thread = std::thread::spawn(move || {
+            let bytes_per_sec = kbps as f64 * 1000.0 / 8.0;
+            let max_queue = (bytes_per_sec * queue_ms as f64 / 1000.0) as usize;
+            let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+            let mut queued = 0usize;
+            let mut client: Option<SocketAddr> = None;
+            let mut next_send = Instant::now();
+            let mut buf = vec![0u8; 2048];
+            // Bounded: the test ends it, and it never outlives 5 minutes.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !st.load(Ordering::Acquire) && Instant::now() < deadline {
+                if let Ok((n, src)) = sock.recv_from(&mut buf) {
+                    if src == server {
+                        if queued + n > max_queue {
+                            dr.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            queued += n;
+                            queue.push_back(buf[..n].to_vec());
+                        }
+                    } else {
+                        client = Some(src);
+                        let _ = sock.send_to(&buf[..n], server);
+                    }
+                }
+                let now = Instant::now();
+                while let (Some(p), Some(c)) = (queue.front(), client) {
+                    if now < next_send {
+                        break;
+                    }
+                    let _ = sock.send_to(p, c);
+                    fw.fetch_add(1, Ordering::Relaxed);
+                    let gap = Duration::from_secs_f64(p.len() as f64 / bytes_per_sec);
+                    next_send = next_send.max(now - Duration::from_millis(2)) + gap;
+                    queued -= p.len();
+                    queue.pop_front();
+                }
+            }
+        });
+        Bottleneck {
+            port,
+            dropped,
+            forwarded,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Bottleneck {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl WhepClient {
     /// POST an offer; `Err` carries the non-201 response.
     pub fn connect(http: SocketAddr, stream: &str) -> Result<WhepClient, HttpResp> {
+        Self::connect_through(http, stream, |_| None).map(|(c, _)| c)
+    }
+
+    /// [`WhepClient::connect`] with the media path through a [`Bottleneck`] that `link` starts
+    /// for the SFU's UDP address (None: direct).
+    pub fn connect_through(
+        http: SocketAddr,
+        stream: &str,
+        link: impl FnOnce(SocketAddr) -> Option<Bottleneck>,
+    ) -> Result<(WhepClient, Option<Bottleneck>), HttpResp> {
         let started = Instant::now();
         let (mut rtc, sock, local, sdp, pending) = offer(false);
         let r = request(
@@ -148,23 +265,49 @@ impl WhepClient {
         if r.status != 201 {
             return Err(r);
         }
-        let answer = SdpAnswer::from_sdp_string(&r.body).expect("answer parses");
+        let port = r
+            .body
+            .lines()
+            .find(|l| l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP ")))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|p| p.parse::<u16>().ok());
+        let mut sdp_answer = r.body.clone();
+        let bottleneck = port.and_then(|p| link(SocketAddr::from(([127, 0, 0, 1], p))));
+        if let (Some(b), Some(p)) = (&bottleneck, port) {
+            // The client reaches the SFU only through the bottleneck.
+            sdp_answer = sdp_answer
+                .lines()
+                .map(|l| {
+                    if l.starts_with("a=candidate:") {
+                        l.replace(&format!(" {p} typ"), &format!(" {} typ", b.port))
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\r\n")
+                + "\r\n";
+        }
+        let answer = SdpAnswer::from_sdp_string(&sdp_answer).expect("answer parses");
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
         sock.set_nonblocking(false).unwrap();
-        Ok(WhepClient {
-            rtc,
-            sock,
-            local,
-            location: r.header("location").expect("Location").to_string(),
-            etag: r.header("etag").expect("ETag").to_string(),
-            answer: r.body.clone(),
-            started,
-            connected_at: None,
-            frames: Vec::new(),
-            audio_frames: 0,
-            disconnected: false,
-            buf: vec![0u8; 2048],
-        })
+        Ok((
+            WhepClient {
+                rtc,
+                sock,
+                local,
+                location: r.header("location").expect("Location").to_string(),
+                etag: r.header("etag").expect("ETag").to_string(),
+                answer: r.body.clone(),
+                started,
+                connected_at: None,
+                frames: Vec::new(),
+                audio_frames: 0,
+                disconnected: false,
+                buf: vec![0u8; 2048],
+            },
+            bottleneck,
+        ))
     }
 
     /// The worker's UDP port from the answer's candidates.
@@ -207,6 +350,7 @@ impl WhepClient {
                                 .data
                                 .windows(4)
                                 .any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7),
+                            sps: annexb_sps(&m.data),
                         }),
                         Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                             self.disconnected = true

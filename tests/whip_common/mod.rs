@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -37,49 +37,9 @@ pub fn require_ffmpeg() {
 /// `secs` seconds of 30 fps 320x240 H.264 (baseline, no B-frames, GOP 30) as Annex-B access
 /// units, and 20 ms Opus packets at 48 kHz.
 pub fn make_media(dir: &Path, secs: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    require_ffmpeg();
-    let h264 = dir.join("clip.h264");
+    let video = make_video(dir, "clip", "320x240", None, secs);
     let ogg = dir.join("clip.ogg");
     let t = secs.to_string();
-    let out = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("testsrc=size=320x240:rate=30")
-        .args([
-            "-t",
-            &t,
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-bf",
-            "0",
-        ])
-        .args([
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-            "-tune",
-            "zerolatency",
-            "-f",
-            "h264",
-        ])
-        .arg(&h264)
-        .output()
-        .expect("run ffmpeg");
-    assert!(
-        out.status.success(),
-        "ffmpeg (libx264) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let out = Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -101,7 +61,6 @@ pub fn make_media(dir: &Path, secs: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         "ffmpeg (libopus) failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let video = split_access_units(&std::fs::read(&h264).unwrap());
     let mut audio = Vec::new();
     let mut r = ogg::PacketReader::new(std::fs::File::open(&ogg).unwrap());
     while let Ok(Some(p)) = r.read_packet() {
@@ -110,9 +69,79 @@ pub fn make_media(dir: &Path, secs: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         }
         audio.push(p.data);
     }
-    assert!(video.len() >= 30 * secs as usize - 2, "{} AUs", video.len());
     assert!(!audio.is_empty());
     (video, audio)
+}
+
+/// `secs` seconds of 30 fps H.264 testsrc at `size` ("WxH"; baseline, no B-frames, GOP 30) as
+/// Annex-B access units, at `kbps` (capped) or x264's default quality.
+pub fn make_video(
+    dir: &Path,
+    name: &str,
+    size: &str,
+    kbps: Option<u32>,
+    secs: u32,
+) -> Vec<Vec<u8>> {
+    require_ffmpeg();
+    let h264 = dir.join(format!("{name}.h264"));
+    let t = secs.to_string();
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+    ])
+    .arg(format!("testsrc=size={size}:rate=30"))
+    .args([
+        "-t",
+        &t,
+        "-c:v",
+        "libx264",
+        "-profile:v",
+        "baseline",
+        "-bf",
+        "0",
+    ]);
+    if let Some(k) = kbps {
+        let (b, buf) = (format!("{k}k"), format!("{}k", k / 2));
+        cmd.args(["-b:v", &b, "-maxrate", &b, "-bufsize", &buf]);
+    }
+    let out = cmd
+        .args([
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-tune",
+            "zerolatency",
+            "-f",
+            "h264",
+        ])
+        .arg(&h264)
+        .output()
+        .expect("run ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg (libx264) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let video = split_access_units(&std::fs::read(&h264).unwrap());
+    assert!(video.len() >= 30 * secs as usize - 2, "{} AUs", video.len());
+    video
+}
+
+/// The SPS NAL unit (without start code) of the first access unit that has one.
+pub fn sps_of(video: &[Vec<u8>]) -> Vec<u8> {
+    video
+        .iter()
+        .flat_map(|au| nalus(au))
+        .find(|n| n.first().is_some_and(|b| b & 0x1f == 7))
+        .expect("an SPS in the clip")
+        .to_vec()
 }
 
 /// NAL units of an Annex-B stream (without start codes).
@@ -167,6 +196,9 @@ pub fn split_access_units(data: &[u8]) -> Vec<Vec<u8>> {
     aus
 }
 
+/// Access units (or Opus packets) of a clip, shared with the publishing thread.
+pub type Clip = Arc<Vec<Vec<u8>>>;
+
 /// Counters the publisher thread shares with the test.
 #[derive(Default)]
 pub struct PubStats {
@@ -188,9 +220,22 @@ pub struct WhipPublisher {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Build a WHIP offer: sendonly H.264 video (+ Opus audio).
+/// Build a WHIP offer: sendonly H.264 video (+ Opus audio), simulcast with `rids` if any.
 pub fn whip_offer(
     with_audio: bool,
+) -> (
+    Rtc,
+    UdpSocket,
+    SocketAddr,
+    String,
+    str0m::change::SdpPendingOffer,
+) {
+    whip_offer_rids(with_audio, &[])
+}
+
+pub fn whip_offer_rids(
+    with_audio: bool,
+    rids: &[&str],
 ) -> (
     Rtc,
     UdpSocket,
@@ -208,7 +253,14 @@ pub fn whip_offer(
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
     let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let simulcast = (!rids.is_empty()).then(|| {
+        let mut s = str0m::media::Simulcast::new();
+        for r in rids {
+            s.add_send_layer(str0m::media::SimulcastLayer::new(r));
+        }
+        s
+    });
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
     if with_audio {
         api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     }
@@ -253,7 +305,23 @@ impl WhipPublisher {
         video: Arc<Vec<Vec<u8>>>,
         audio: Arc<Vec<Vec<u8>>>,
     ) -> Result<WhipPublisher, HttpResp> {
-        let (mut rtc, sock, local, sdp, pending) = whip_offer(!audio.is_empty());
+        Self::start_layers(http, stream, key, vec![(None, video)], audio)
+    }
+
+    /// [`WhipPublisher::start`] with simulcast: one clip per rid (`None` rid: no simulcast).
+    pub fn start_layers(
+        http: SocketAddr,
+        stream: &str,
+        key: &str,
+        layers: Vec<(Option<&str>, Clip)>,
+        audio: Arc<Vec<Vec<u8>>>,
+    ) -> Result<WhipPublisher, HttpResp> {
+        let rids: Vec<&str> = layers.iter().filter_map(|(r, _)| *r).collect();
+        let (mut rtc, sock, local, sdp, pending) = whip_offer_rids(!audio.is_empty(), &rids);
+        let video: Vec<(Option<Rid>, Clip)> = layers
+            .into_iter()
+            .map(|(r, v)| (r.map(Rid::from), v))
+            .collect();
         let auth = format!("Bearer {key}");
         let r = request(
             http,
@@ -333,7 +401,7 @@ fn publish_loop(
     mut rtc: Rtc,
     sock: UdpSocket,
     local: SocketAddr,
-    video: Arc<Vec<Vec<u8>>>,
+    video: Vec<(Option<Rid>, Clip)>,
     audio: Arc<Vec<Vec<u8>>>,
     stats: Arc<PubStats>,
     vmid: Option<Mid>,
@@ -389,11 +457,17 @@ fn publish_loop(
             if let (Some(mid), Some(pt)) = (vmid, vpt) {
                 let at = t0 + Duration::from_micros(vi * 1_000_000 / 30);
                 if at <= now {
-                    let au = &video[(vi % video.len() as u64) as usize];
                     let ts = MediaTime::new(v_base + vi * 3000, Frequency::NINETY_KHZ);
-                    if let Some(w) = rtc.writer(mid) {
-                        if w.write(pt, now, ts, au.clone()).is_ok() {
-                            stats.video_sent.fetch_add(1, Ordering::Relaxed);
+                    for (rid, clip) in &video {
+                        let au = &clip[(vi % clip.len() as u64) as usize];
+                        if let Some(w) = rtc.writer(mid) {
+                            let w = match rid {
+                                Some(r) => w.rid(*r),
+                                None => w,
+                            };
+                            if w.write(pt, now, ts, au.clone()).is_ok() {
+                                stats.video_sent.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                     vi += 1;

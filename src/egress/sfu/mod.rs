@@ -141,18 +141,16 @@ pub struct SessionTable {
 impl SessionTable {
     /// WebRTC sessions (viewers) of one stream.
     pub fn count_stream(&self, stream: &str) -> usize {
-        self.by_viewer
-            .lock()
-            .values()
-            .filter(|s| s.stream == stream)
-            .count()
+        self.layers_of(stream).iter().sum()
     }
 
     /// WebRTC viewers of `stream` per simulcast layer (index 0 = best).
     pub fn layers_of(&self, stream: &str) -> [usize; crate::media::MAX_LAYERS] {
         let mut out = [0; crate::media::MAX_LAYERS];
+        // The stream's WHIP publisher has a session here too; it is not a viewer.
+        let publisher = self.publishers.lock().get(stream).map(|h| h.session);
         for s in self.by_viewer.lock().values() {
-            if s.stream == stream {
+            if s.stream == stream && Some(s.viewer) != publisher {
                 out[(s.layer as usize).min(out.len() - 1)] += 1;
             }
         }

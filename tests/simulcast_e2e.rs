@@ -1,0 +1,200 @@
+//! Simulcast end to end: a str0m WHIP publisher sends three rid layers (ffmpeg/libx264 clips at
+//! 640x360 ≈ 900 kb/s, 320x180 ≈ 250 kb/s, 160x90 ≈ 80 kb/s) to the real binary.
+//!
+//! - LL-HLS (and RTMP) carry the best layer: the HLS segment decodes with ffprobe at 640x360.
+//! - A WHEP viewer on loopback stays on the best layer; a WHEP viewer behind a 400 kb/s
+//!   bottleneck (a UDP relay in this process with a drop-tail queue) is moved by the relay's
+//!   bandwidth estimate (str0m TWCC) to a lower layer, switching at that layer's keyframe, and
+//!   keeps receiving video there. Which layer a viewer gets is read from the SPS in the
+//!   keyframes it receives (each clip has its own SPS) and from the API's viewers by layer.
+//!
+//! Needs `ffmpeg` (libx264) and `ffprobe`; fails (never skips) without them.
+
+mod common;
+mod whep_common;
+mod whip_common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ffprobe_count_frames, require_tool, Server};
+use whep_common::{Bottleneck, WhepClient};
+use whip_common::{make_video, sps_of, WhipPublisher};
+
+const CONFIG: &str = "[sfu]\nio = \"epoll\"\nbind_ip = \"127.0.0.1\"\nport_base = 0\n\
+     ice_tcp_port_base = 0\nidle_timeout_ms = 5000\nconnect_timeout_ms = 5000\n\n\
+     [[streams]]\nname = \"live\"\nkeys = [\"livekey\"]\n";
+
+/// Which layer (0 = h, 1 = m, 2 = l) the SPS of a received keyframe belongs to.
+fn layer_of(sps: &[u8], layers: &[Vec<u8>]) -> Option<usize> {
+    layers.iter().position(|s| s.as_slice() == sps)
+}
+
+#[test]
+fn simulcast_layers_follow_each_viewers_bandwidth() {
+    require_tool("ffprobe");
+    let server = Server::start("simulcast", CONFIG);
+    let http = server.http;
+    let dir = server.dir.path();
+    let h = Arc::new(make_video(dir, "h", "640x360", Some(900), 6));
+    let m = Arc::new(make_video(dir, "m", "320x180", Some(250), 6));
+    let l = Arc::new(make_video(dir, "l", "160x90", Some(80), 6));
+    let spss = vec![sps_of(&h), sps_of(&m), sps_of(&l)];
+    assert!(
+        spss[0] != spss[1] && spss[1] != spss[2],
+        "the clips must have distinct SPS"
+    );
+
+    let publisher = WhipPublisher::start_layers(
+        http,
+        "live",
+        "livekey",
+        vec![(Some("h"), h), (Some("m"), m), (Some("l"), l)],
+        Arc::new(Vec::new()),
+    )
+    .unwrap_or_else(|r| panic!("WHIP POST: {r:?}\n{}", server.log_tail(40)));
+    assert!(
+        publisher.answer.contains("a=simulcast:recv"),
+        "the answer accepts the simulcast layers: {}",
+        publisher.answer
+    );
+    assert!(
+        publisher.wait(Duration::from_secs(10), |s| s
+            .connected
+            .load(Ordering::Acquire)),
+        "WHIP publisher did not connect\n{}",
+        server.log_tail(40)
+    );
+    server.wait_state("live", "publishing", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = server.api_stream("live").expect("stream in API");
+        if st["video_layers"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay does not see 3 layers: {st}\n{}",
+            server.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // ── LL-HLS carries the best layer ──
+    let pl = server.wait_segments("live", 1, Duration::from_secs(20));
+    let seg = pl.segments.last().unwrap().clone();
+    let init = server.get_media("live", &pl.map_uri.clone().expect("EXT-X-MAP"));
+    let media = server.get_media("live", &seg.uri);
+    assert_eq!((init.status, media.status), (200, 200));
+    let file = dir.join("simulcast-probe.mp4");
+    let mut bytes = init.body.clone();
+    bytes.extend_from_slice(&media.body);
+    std::fs::write(&file, &bytes).unwrap();
+    let probe = ffprobe_count_frames(&file);
+    println!("LL-HLS segment: {probe}");
+    let v = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .expect("video stream in the segment")
+        .clone();
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert!(
+        v["nb_read_frames"]
+            .as_str()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap()
+            >= 25
+    );
+
+    // ── two viewers: one direct, one behind a 400 kb/s bottleneck ──
+    let mut fast = WhepClient::connect(http, "live").unwrap_or_else(|r| panic!("WHEP: {r:?}"));
+    let (mut slow, link) =
+        WhepClient::connect_through(http, "live", |sfu| Some(Bottleneck::start(sfu, 400, 150)))
+            .unwrap_or_else(|r| panic!("WHEP (bottleneck): {r:?}"));
+    let link = link.expect("bottleneck started");
+    let t0 = Instant::now();
+    let window = Duration::from_secs(25);
+    // Drive both clients in turns (each run() returns after 50 ms).
+    let mut slow_switched_at = None;
+    while t0.elapsed() < window {
+        fast.run(Duration::from_millis(50), |_| false);
+        slow.run(Duration::from_millis(50), |_| false);
+        let on_lower = slow
+            .frames
+            .iter()
+            .rev()
+            .find_map(|f| f.sps.as_deref())
+            .and_then(|s| layer_of(s, &spss))
+            .is_some_and(|layer| layer > 0);
+        if on_lower && slow_switched_at.is_none() {
+            slow_switched_at = Some(t0.elapsed());
+        }
+        // Both settled, and the slow viewer has kept playing on its layer for 3 s.
+        if slow_switched_at.is_some_and(|t| t0.elapsed() > t + Duration::from_secs(3)) {
+            break;
+        }
+    }
+    let layers_seen = |c: &WhepClient| -> Vec<usize> {
+        let mut v: Vec<usize> = c
+            .frames
+            .iter()
+            .filter_map(|f| f.sps.as_deref())
+            .filter_map(|s| layer_of(s, &spss))
+            .collect();
+        v.dedup();
+        v
+    };
+    let st = server.api_stream("live").unwrap();
+    println!(
+        "fast viewer: {} frames, layers {:?}; slow viewer: {} frames, layers {:?}, switched \
+         after {:?}; bottleneck forwarded {} dropped {}; API viewers: {}",
+        fast.frames.len(),
+        layers_seen(&fast),
+        slow.frames.len(),
+        layers_seen(&slow),
+        slow_switched_at,
+        link.forwarded.load(Ordering::Relaxed),
+        link.dropped.load(Ordering::Relaxed),
+        st["viewers"]
+    );
+    let fast_layers = layers_seen(&fast);
+    assert_eq!(
+        fast_layers.last(),
+        Some(&0),
+        "the unconstrained viewer should be on the best layer\n{}",
+        server.log_tail(40)
+    );
+    let slow_layers = layers_seen(&slow);
+    let slow_now = *slow_layers.last().expect("slow viewer got keyframes");
+    assert!(
+        slow_now > 0,
+        "the viewer behind 400 kb/s should have moved to a lower layer: {slow_layers:?}\n{}",
+        server.log_tail(60)
+    );
+    // It keeps playing on that layer: frames in the last second.
+    let recent = slow
+        .frames
+        .iter()
+        .filter(|f| f.at.elapsed() < Duration::from_secs(1))
+        .count();
+    assert!(
+        recent >= 15,
+        "slow viewer stalled: {recent} frames in the last second"
+    );
+    // The API agrees: one viewer on layer 0, one below.
+    let by_layer: Vec<u64> = st["viewers"]["webrtc_by_layer"]
+        .as_array()
+        .unwrap_or_else(|| panic!("webrtc_by_layer in {st}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(by_layer[0], 1, "{by_layer:?}");
+    assert_eq!(by_layer[1..].iter().sum::<u64>(), 1, "{by_layer:?}");
+}
