@@ -169,6 +169,8 @@ pub struct Bottleneck {
     pub port: u16,
     pub dropped: Arc<AtomicU64>,
     pub forwarded: Arc<AtomicU64>,
+    /// The link's rate; the test may change it while the link runs.
+    pub kbps: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -182,10 +184,14 @@ impl Bottleneck {
         let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
         let forwarded = Arc::new(AtomicU64::new(0));
-        let (st, dr, fw) = (stop.clone(), dropped.clone(), forwarded.clone());
+        let rate = Arc::new(AtomicU64::new(kbps));
+        let (st, dr, fw, kb) = (
+            stop.clone(),
+            dropped.clone(),
+            forwarded.clone(),
+            rate.clone(),
+        );
         let thread = std::thread::spawn(move || {
-            let bytes_per_sec = kbps as f64 * 1000.0 / 8.0;
-            let max_queue = (bytes_per_sec * queue_ms as f64 / 1000.0) as usize;
             let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
             let mut queued = 0usize;
             let mut client: Option<SocketAddr> = None;
@@ -194,6 +200,8 @@ impl Bottleneck {
             // Bounded: the test ends it, and it never outlives 5 minutes.
             let deadline = Instant::now() + Duration::from_secs(300);
             while !st.load(Ordering::Acquire) && Instant::now() < deadline {
+                let bytes_per_sec = kb.load(Ordering::Relaxed) as f64 * 1000.0 / 8.0;
+                let max_queue = (bytes_per_sec * queue_ms as f64 / 1000.0) as usize;
                 if let Ok((n, src)) = sock.recv_from(&mut buf) {
                     if src == server {
                         if queued + n > max_queue {
@@ -225,6 +233,7 @@ impl Bottleneck {
             port,
             dropped,
             forwarded,
+            kbps: rate,
             stop,
             thread: Some(thread),
         }
