@@ -206,6 +206,10 @@ pub struct SfuConfig {
     /// Bandwidth a viewer of a simulcast stream is assumed to have before its estimate (TWCC)
     /// arrives: it picks the starting layer.
     pub bwe_initial_kbps: u64,
+    /// WHIP publishers (browsers above all) send a keyframe only when asked: ask for one when
+    /// none came for this long, so LL-HLS segments close and RTMP platforms get the keyframe
+    /// every ~2 s they require. 0: ask only when a viewer or a loss needs one.
+    pub whip_keyframe_interval_ms: u64,
     /// ICE servers announced to WHEP clients in `Link` headers (`stun:` / `turn:` URLs).
     pub ice_servers: Vec<String>,
     /// Queue between the router and each worker, in frames.
@@ -236,6 +240,7 @@ impl Default for SfuConfig {
             connect_timeout_ms: 15_000,
             keyframe_answer_interval_ms: 1_000,
             bwe_initial_kbps: 1_500,
+            whip_keyframe_interval_ms: 2_000,
             ice_servers: Vec::new(),
             worker_queue: 1_024,
             rtp_payload_max: 1_200,

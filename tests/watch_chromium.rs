@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{free_port, require_tool, Ffmpeg, Playlist, Server};
+use common::{ffprobe_count_frames, free_port, require_tool, Ffmpeg, Playlist, Server};
 use serde_json::{json, Value};
 
 /// Browser tests share two cores with the server and ffmpeg: run them one at a time.
@@ -1084,3 +1084,167 @@ fn falls_back_to_hls_when_webrtc_media_cannot_flow() {
     let tried = b.eval("__deltacast.events.filter(e => e.ev === 'webrtc-start').length");
     assert_eq!(tried, 0, "WebRTC not tried again in this session");
 }
+
+/// Chromium publishes over WHIP with three simulcast encodings (H.264, fake camera 960x540 →
+/// 960x540 / 480x270 / 240x135): the relay ranks the rids, LL-HLS decodes at the top layer's size,
+/// and a second Chromium plays the program on the watch page over WebRTC.
+#[test]
+fn chromium_publishes_simulcast_over_whip() {
+    let _g = serial();
+    let rest = format!(
+        "{}\n[[streams]]\nname = \"live\"\nkeys = [\"livekey\"]\n",
+        webrtc_toml()
+    );
+    let s = start_server("whip-chromium", &rest);
+    let mut publisher = Browser::launch("whip-publisher");
+    // Any page of the relay's origin: a secure context (loopback) for getUserMedia and fetch.
+    publisher.open(&format!("http://{}/healthz", s.http));
+    let started = publisher.eval(WHIP_PUBLISH_JS);
+    assert_eq!(
+        started,
+        "ok",
+        "WHIP publish from Chromium: {started}\n{}",
+        s.log_tail(30)
+    );
+    publisher.expect(
+        "window.__pc && window.__pc.connectionState === 'connected'",
+        Duration::from_secs(10),
+        "Chromium's WHIP PeerConnection connected",
+    );
+    // Chromium's own bandwidth estimate enables the encodings one by one as our TWCC feedback
+    // arrives (and libwebrtc drops layers its resolution table does not allow): every encoding
+    // Chromium is producing must reach the relay as a layer, and there must be at least two.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = s.api_stream("live").expect("stream in API");
+        let encoding = publisher
+            .eval(WHIP_STATS_JS)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["frames"].as_u64().unwrap_or(0) > 0)
+            .count() as u64;
+        if encoding >= 2 && st["video_layers"].as_u64() == Some(encoding) {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let enc = publisher.eval(WHIP_STATS_JS);
+            panic!(
+                "the relay did not see Chromium's layers: {st}\nencodings: {enc}\n{}",
+                s.log_tail(40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let enc = publisher.eval(WHIP_STATS_JS);
+    eprintln!(
+        "Chromium's simulcast encodings: {enc}\nAPI: {}",
+        st["tracks"]
+    );
+    let top = enc
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["w"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(top >= 320, "top encoding width {top}: {enc}");
+
+    // LL-HLS carries the best layer.
+    let pl = s.wait_segments("live", 2, Duration::from_secs(30));
+    let seg = pl.segments.last().unwrap().clone();
+    let init = s.get_media("live", &pl.map_uri.clone().expect("EXT-X-MAP"));
+    let media = s.get_media("live", &seg.uri);
+    let file = s.dir.path().join("chromium-simulcast.mp4");
+    let mut bytes = init.body.clone();
+    bytes.extend_from_slice(&media.body);
+    std::fs::write(&file, &bytes).unwrap();
+    let probe = ffprobe_count_frames(&file);
+    eprintln!("LL-HLS of the Chromium program: {probe}");
+    let v = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["codec_type"] == "video")
+        .expect("video in the HLS segment")
+        .clone();
+    assert_eq!(
+        v["width"].as_u64(),
+        Some(top),
+        "HLS is the widest layer: {probe}"
+    );
+    assert!(
+        probe["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["codec_type"] == "audio"),
+        "Chromium's Opus reaches LL-HLS: {probe}"
+    );
+
+    // Another Chromium watches over WebRTC.
+    let mut viewer = Browser::launch("whip-viewer");
+    viewer.open(&format!("http://{}/watch/live?debug=1", s.http));
+    viewer.expect(
+        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
+        Duration::from_secs(15),
+        "the WHIP program decoded over WebRTC",
+    );
+    let st = s.api_stream("live").unwrap();
+    eprintln!(
+        "viewer state: {:#}; API viewers {}",
+        viewer.state(),
+        st["viewers"]
+    );
+    viewer.screenshot("whip-simulcast-viewer.png");
+}
+
+/// Publish the fake camera and microphone to /whip/live with three H.264 simulcast encodings.
+const WHIP_PUBLISH_JS: &str = r#"(async () => {
+  const media = await navigator.mediaDevices.getUserMedia({
+    video: { width: 960, height: 540, frameRate: 30 }, audio: true });
+  const pc = new RTCPeerConnection();
+  const video = pc.addTransceiver(media.getVideoTracks()[0], {
+    direction: 'sendonly',
+    sendEncodings: [
+      { rid: 'h', maxBitrate: 1200000 },
+      { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 400000 },
+      { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 120000 },
+    ],
+  });
+  const h264 = RTCRtpSender.getCapabilities('video').codecs.filter((c) =>
+    c.mimeType === 'video/H264' && (c.sdpFmtpLine || '').includes('packetization-mode=1'));
+  if (!h264.length) return 'no H.264 encoder in this Chromium';
+  video.setCodecPreferences(h264);
+  pc.addTransceiver(media.getAudioTracks()[0], { direction: 'sendonly' });
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') done();
+    });
+    setTimeout(done, 2000);
+  });
+  const r = await fetch('/whip/live', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/sdp', Authorization: 'Bearer livekey' },
+    body: pc.localDescription.sdp,
+  });
+  const body = await r.text();
+  if (r.status !== 201) return `WHIP ${r.status}: ${body}`;
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  window.__pc = pc;
+  return 'ok';
+})()"#;
+
+/// Chromium's outbound video encodings: rid, size, frames encoded.
+const WHIP_STATS_JS: &str = r#"(async () => {
+  const out = [];
+  (await window.__pc.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.kind === 'video') {
+      out.push({ rid: r.rid, w: r.frameWidth, h: r.frameHeight, frames: r.framesEncoded,
+        limit: r.qualityLimitationReason, active: r.active });
+    }
+  });
+  return out;
+})()"#;

@@ -67,6 +67,11 @@ pub struct LayerSet {
     /// Rids the offer announced (0 or 1: not simulcast).
     expected: usize,
     first_frame: Option<Instant>,
+    /// Ask for a keyframe on layer 0 when none came for this long (browsers send keyframes
+    /// only when asked; LL-HLS segments and RTMP platforms need them every couple of seconds).
+    keyframe_interval: Option<Duration>,
+    /// Last keyframe of layer 0.
+    primary_key_at: Option<Instant>,
 }
 
 impl LayerSet {
@@ -78,7 +83,21 @@ impl LayerSet {
             primary_codec: None,
             expected,
             first_frame: None,
+            keyframe_interval: None,
+            primary_key_at: None,
         }
+    }
+
+    /// See [`LayerSet::keyframe_interval`]; `None` or zero: never ask on a schedule.
+    pub fn set_keyframe_interval(&mut self, every: Option<Duration>) {
+        self.keyframe_interval = every.filter(|d| !d.is_zero());
+    }
+
+    /// When layer 0 is due for a scheduled keyframe.
+    fn scheduled_key_at(&self) -> Option<Instant> {
+        let every = self.keyframe_interval?;
+        self.primary?;
+        Some(self.primary_key_at? + every)
     }
 
     /// The slot of `rid`, created on first use; `None` once [`MAX_LAYERS`] rids are known.
@@ -179,6 +198,9 @@ impl LayerSet {
             }
         }
         if self.primary == Some(i) {
+            if au.keyframe {
+                self.primary_key_at = Some(now);
+            }
             let codec = self.layers[i].codec.clone();
             let changed = !match (&codec, &self.primary_codec) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -220,6 +242,11 @@ impl LayerSet {
     /// Rids to send a keyframe request for now (a viewer asked, or the assembler lost frames),
     /// at most one per rid per [`KEYFRAME_REQUEST_INTERVAL`]. Marks them as requested.
     pub fn due_requests(&mut self, now: Instant) -> Vec<Option<Rid>> {
+        if self.scheduled_key_at().is_some_and(|t| t <= now) {
+            if let Some(p) = self.primary {
+                self.layers[p].key_wanted = true;
+            }
+        }
         let mut out = Vec::new();
         for l in self.layers.iter_mut() {
             if !(l.key_wanted || l.h264.wants_keyframe()) {
@@ -239,14 +266,27 @@ impl LayerSet {
 
     /// When the next rate-limited request may go out (None: nothing pending).
     pub fn next_request_at(&self) -> Option<Instant> {
-        self.layers
+        let asked = self
+            .layers
             .iter()
             .filter(|l| l.key_wanted || l.h264.wants_keyframe())
             .map(|l| {
                 l.last_key_request
                     .map_or_else(Instant::now, |t| t + KEYFRAME_REQUEST_INTERVAL)
             })
-            .min()
+            .min();
+        // The schedule, but never sooner than the rate limit allows for layer 0.
+        let scheduled = self.scheduled_key_at().map(|t| {
+            let limit = self
+                .primary
+                .and_then(|p| self.layers[p].last_key_request)
+                .map(|r| r + KEYFRAME_REQUEST_INTERVAL);
+            limit.map_or(t, |l| t.max(l))
+        });
+        match (asked, scheduled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -407,4 +447,47 @@ mod tests {
             Placement::Layer(1, _)
         ));
     }
+
+    #[test]
+    fn layer_zero_gets_a_keyframe_request_on_schedule() {
+        let mut s = LayerSet::new(0);
+        s.set_keyframe_interval(Some(Duration::from_secs(2)));
+        let t = Instant::now();
+        let i = s.slot(None).unwrap();
+        s.place(i, &au(true, Some(params(320, 240))), t);
+        s.layer_mut(i).h264 = started_assembler();
+        assert!(s.due_requests(t + Duration::from_secs(1)).is_empty());
+        assert_eq!(
+            s.next_request_at(),
+            Some(t + Duration::from_secs(2)),
+            "next scheduled request"
+        );
+        let t2 = t + Duration::from_millis(2100);
+        assert_eq!(s.due_requests(t2), vec![None]);
+        // Not again before the keyframe arrives and the interval passes once more.
+        assert!(s.due_requests(t2 + Duration::from_millis(100)).is_empty());
+        s.place(i, &au(true, None), t2 + Duration::from_millis(150));
+        assert!(s.due_requests(t2 + Duration::from_secs(1)).is_empty());
+        assert_eq!(s.due_requests(t2 + Duration::from_millis(2200)), vec![None]);
+    }
+
+    /// An assembler that has seen SPS, PPS and an IDR (so it does not want a keyframe).
+    fn started_assembler() -> H264Assembler {
+        let mut a = H264Assembler::new();
+        let mut au = Vec::new();
+        for nal in [SPS, PPS, &[0x65, 0x88, 0x84, 0x00][..]] {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(nal);
+        }
+        a.push(&au).expect("IDR").expect("an access unit");
+        assert!(!a.wants_keyframe());
+        a
+    }
+
+    // libx264 baseline 320x240.
+    const SPS: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+        0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0xa4, 0x80,
+    ];
+    const PPS: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
 }

@@ -794,6 +794,12 @@ impl WhipSession {
         self.audio_mid = audio;
     }
 
+    /// Ask the publisher for a keyframe when none came for `ms` (0: only when needed).
+    pub fn set_keyframe_interval(&mut self, ms: u64) {
+        self.video
+            .set_keyframe_interval(Some(Duration::from_millis(ms)));
+    }
+
     /// How many simulcast rids the offer announced for its video (0: none).
     pub fn set_simulcast(&mut self, rids: usize) {
         self.video = LayerSet::new(rids);
@@ -887,6 +893,7 @@ pub fn create_session(
     let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
     session.set_mids(video, audio);
     session.set_simulcast(simulcast_rids(offer));
+    session.set_keyframe_interval(sfu.cfg.whip_keyframe_interval_ms);
     sfu.sessions.insert(SessionInfo {
         viewer: id,
         worker: worker.index,

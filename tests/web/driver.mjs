@@ -39,6 +39,9 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-component-update',
     '--disable-sync',
     '--no-first-run',
+    // A camera and microphone for the WHIP publisher test (synthetic; no prompt).
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
   ],
 });
 
