@@ -87,7 +87,7 @@ fn gso_supported(socket: &UdpSocket) -> bool {
 /// How many datagrams from the start of `out` one GSO message can carry: same destination, every
 /// one as long as the first except a shorter last one (the kernel cuts the payload into
 /// first-length segments), within the segment and byte limits. 1 means send it alone.
-fn gso_run(out: &[Outgoing]) -> usize {
+pub(crate) fn gso_run(out: &[Outgoing]) -> usize {
     let first = &out[0];
     let seg = first.data.len();
     if seg == 0 {
