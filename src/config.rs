@@ -524,6 +524,7 @@ mod tests {
         assert_eq!(c.sfu.workers, 1);
         assert_eq!(c.sfu.port_base, 8189);
         assert_eq!(c.sfu.io, "epoll");
+        assert!(c.sfu.gso);
         let c = Config::from_toml(
             "[sfu]\nworkers = 2\nport_base = 9000\nadvertise = [\"203.0.113.7\"]\nio = \"epoll\"\n\
              ice_servers = [\"stun:stun.example.net:3478\"]\n",

@@ -7,8 +7,8 @@
 //! its UDP/IP send path once per run instead of once per datagram; `sendmmsg` still carries many
 //! viewers per syscall. The segments are not copied: each is one iovec of the message, and the
 //! kernel gathers them (it copies user data into the skb either way). A kernel or device that
-//! refuses GSO (EIO / EINVAL on a GSO message) turns it off for the socket, logged once, and the
-//! refused datagrams are resent one per message.
+//! refuses GSO (EIO / EINVAL / EMSGSIZE on a GSO message) turns it off for the socket, logged once,
+//! and the refused datagrams are resent one per message.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
