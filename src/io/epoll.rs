@@ -19,7 +19,7 @@ use super::{sockaddr_of, DriverKind, IoStats, Outgoing, UdpDriver, Waker, RECV_B
 const RX_BATCH: usize = 32;
 /// Messages per `sendmmsg` (each one datagram, or one GSO run).
 const TX_BATCH: usize = 64;
-/// Most segments per GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 before Linux 6.9).
+/// Most segments per GSO message: the kernel's `UDP_MAX_SEGMENTS` (64; newer kernels allow more).
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Most payload bytes per GSO message: what one IPv4 datagram can carry (65535 − 20 − 8).
 const GSO_MAX_BYTES: usize = 65_507;
