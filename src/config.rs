@@ -196,6 +196,9 @@ pub struct SfuConfig {
     /// UDP driver: "epoll" (default: it measured faster, see docs/BENCHMARKS.md), "uring", or
     /// "auto" (io_uring where it can be set up, else epoll).
     pub io: String,
+    /// Send a frame's packets to one viewer as one UDP GSO message (`UDP_SEGMENT`, Linux 4.18+;
+    /// epoll driver only). Turned off by itself, logged, where the kernel refuses it.
+    pub gso: bool,
     /// A viewer that sends nothing (no STUN consent, no RTCP) for this long is dropped.
     pub idle_timeout_ms: u64,
     /// A viewer that has not completed ICE + DTLS in this time is dropped.
@@ -236,6 +239,7 @@ impl Default for SfuConfig {
             advertise: Vec::new(),
             max_viewers: 1_200,
             io: "epoll".into(),
+            gso: true,
             idle_timeout_ms: 15_000,
             connect_timeout_ms: 15_000,
             keyframe_answer_interval_ms: 1_000,
@@ -529,6 +533,7 @@ mod tests {
         assert_eq!(c.sfu.workers, 1);
         assert_eq!(c.sfu.port_base, 8189);
         assert_eq!(c.sfu.io, "epoll");
+        assert!(c.sfu.gso);
         let c = Config::from_toml(
             "[sfu]\nworkers = 2\nport_base = 9000\nadvertise = [\"203.0.113.7\"]\nio = \"epoll\"\n\
              ice_servers = [\"stun:stun.example.net:3478\"]\n",
@@ -536,8 +541,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.sfu.workers, 2);
         assert_eq!(c.sfu.advertise.len(), 1);
+        assert!(!Config::from_toml("[sfu]\ngso = false\n").unwrap().sfu.gso);
         for bad in [
             "[sfu]\nworkers = 0\n",
+            "[sfu]\ngso = \"on\"\n",
             "[sfu]\nio = \"kqueue\"\n",
             "[sfu]\nadvertise = [\"0.0.0.0\"]\n",
             "[sfu]\nice_servers = [\"http://x\"]\n",

@@ -60,9 +60,20 @@ struct ServeArgs {
     /// WebRTC UDP driver: auto (io_uring, else epoll), uring or epoll (sfu.io).
     #[arg(long)]
     sfu_io: Option<String>,
+    /// WebRTC UDP GSO: on or off (sfu.gso).
+    #[arg(long, value_parser = on_off)]
+    sfu_gso: Option<bool>,
     /// Disable the WebRTC SFU (sfu.enabled = false).
     #[arg(long)]
     no_sfu: bool,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': expected on or off")),
+    }
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -120,6 +131,9 @@ fn main() {
             }
             if let Some(v) = a.sfu_io {
                 cfg.sfu.io = v;
+            }
+            if let Some(v) = a.sfu_gso {
+                cfg.sfu.gso = v;
             }
             if a.no_sfu {
                 cfg.sfu.enabled = false;

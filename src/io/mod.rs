@@ -4,7 +4,8 @@
 //! Two implementations behind one interface:
 //! - [`uring::UringDriver`]: io_uring, a ring of pre-posted `RecvMsg`s and one `io_uring_enter`
 //!   per fan-out batch of `SendMsg`s.
-//! - [`epoll::EpollDriver`]: epoll + `recvmmsg` / `sendmmsg` (one syscall per 64 datagrams).
+//! - [`epoll::EpollDriver`]: epoll + `recvmmsg` / `sendmmsg` (one syscall per 64 messages), and
+//!   UDP GSO (one message per run of same-size datagrams to one destination) where allowed.
 //!
 //! [`select`] picks one at start: `auto` tries io_uring and falls back to epoll when the ring
 //! cannot be set up (kernel too old, `kernel.io_uring_disabled`, seccomp), logging which.
@@ -72,7 +73,10 @@ impl DriverKind {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IoStats {
     pub rx_datagrams: u64,
+    /// Datagrams sent (a GSO message counts each of its segments).
     pub tx_datagrams: u64,
+    /// UDP GSO messages sent (each carried two or more of `tx_datagrams`).
+    pub tx_gso_messages: u64,
     /// Datagrams dropped because the socket's send buffer was full or the send failed.
     pub tx_dropped: u64,
     /// Syscalls (`io_uring_enter`, `sendmmsg`, `recvmmsg`, `epoll_wait`) issued.
@@ -93,6 +97,10 @@ pub trait UdpDriver: Send {
     /// Send every datagram in `out` (drained) as one batch. A full socket drops the rest (UDP);
     /// returns how many were handed to the kernel.
     fn send_batch(&mut self, out: &mut Vec<Outgoing>) -> usize;
+    /// Whether sends use UDP GSO now (asked for, supported, and not refused since).
+    fn gso(&self) -> bool {
+        false
+    }
     fn waker(&self) -> Waker;
     fn stats(&self) -> IoStats;
 }
@@ -167,10 +175,15 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Choose a driver for `socket` as requested: `Auto` tries io_uring first and falls back to epoll
-/// (logged); `Uring` fails when io_uring cannot be set up; `Epoll` always uses epoll.
-pub fn select(requested: IoRequest, socket: UdpSocket) -> std::io::Result<Box<dyn UdpDriver>> {
+/// (logged); `Uring` fails when io_uring cannot be set up; `Epoll` always uses epoll. `gso` asks
+/// the epoll driver for UDP GSO (the io_uring driver sends one datagram per entry).
+pub fn select(
+    requested: IoRequest,
+    socket: UdpSocket,
+    gso: bool,
+) -> std::io::Result<Box<dyn UdpDriver>> {
     match requested {
-        IoRequest::Epoll => Ok(Box::new(epoll::EpollDriver::new(socket)?)),
+        IoRequest::Epoll => Ok(Box::new(epoll::EpollDriver::new(socket, gso)?)),
         IoRequest::Uring => Ok(Box::new(uring::UringDriver::new(socket)?)),
         IoRequest::Auto => {
             let probe = socket.try_clone()?;
@@ -181,7 +194,7 @@ pub fn select(requested: IoRequest, socket: UdpSocket) -> std::io::Result<Box<dy
                 }
                 Err(e) => {
                     tracing::warn!("io_uring unavailable ({e}); using the epoll driver");
-                    Ok(Box::new(epoll::EpollDriver::new(socket)?))
+                    Ok(Box::new(epoll::EpollDriver::new(socket, gso)?))
                 }
             }
         }
@@ -222,7 +235,7 @@ mod tests {
 
     fn roundtrip(req: IoRequest) {
         let a = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut d = select(req, a).unwrap();
+        let mut d = select(req, a, true).unwrap();
         let addr = d.local_addr();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let paddr = peer.local_addr().unwrap();

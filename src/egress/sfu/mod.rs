@@ -304,12 +304,12 @@ impl SfuHandle {
             let bind = SocketAddr::new(cfg.bind_ip, port);
             let sock = crate::io::bind_udp(bind)
                 .with_context(|| format!("binding SFU worker {i} on UDP {bind}"))?;
-            let driver = crate::io::select(requested, sock)
+            let driver = crate::io::select(requested, sock, cfg.gso)
                 .with_context(|| format!("setting up the {} driver for SFU worker {i}", cfg.io))?;
             let addr = driver.local_addr();
             let candidates = candidate_addrs(cfg, addr);
             tracing::info!(worker = i, %addr, driver = driver.kind().as_str(),
-                candidates = ?candidates, "SFU worker bound");
+                gso = driver.gso(), candidates = ?candidates, "SFU worker bound");
             let (media_tx, media_rx) = crossbeam_channel::bounded(cfg.worker_queue);
             let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
             let shared = Arc::new(WorkerShared::default());

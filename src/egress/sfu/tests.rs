@@ -263,6 +263,26 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
         .collect();
     // 1 (ours) + 3 viewers' str0m send/NACK history, all pointing at one buffer.
     assert!(after.iter().all(|&n| n == 4), "strong counts {after:?}");
+    // Each viewer's packets of the frame are consecutive, equal-size but the last: one UDP GSO
+    // message per viewer (what the epoll driver's grouping relies on).
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < core.out.len() {
+        let n = crate::io::epoll::gso_run(&core.out[i..]);
+        runs.push((core.out[i].dst, n));
+        i += n;
+    }
+    let per_viewer = f.packets.len();
+    assert!(per_viewer > 1);
+    assert_eq!(
+        runs,
+        [&a, &b, &c].map(|c| (c.addr, per_viewer)),
+        "{:?}",
+        core.out
+            .iter()
+            .map(|o| (o.dst, o.data.len()))
+            .collect::<Vec<_>>()
+    );
     let n_before = a.frames.len();
     for _ in 0..20 {
         step(
