@@ -54,7 +54,11 @@ fn current_layer(c: &WhepClient, spss: &[Vec<u8>]) -> Option<usize> {
         .and_then(|s| layer_of(s, spss))
 }
 
+/// Bandwidth estimation reads delay: the two driver runs must not share the two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn simulcast_suite(io: &str) {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_tool("ffprobe");
     let server = Server::start(&format!("simulcast-{io}"), &config(io));
     let http = server.http;
@@ -214,7 +218,7 @@ fn simulcast_suite(io: &str) {
     link.kbps.store(20_000, Ordering::Relaxed);
     let t1 = Instant::now();
     let mut back_at = None;
-    while t1.elapsed() < Duration::from_secs(30) {
+    while t1.elapsed() < Duration::from_secs(45) {
         fast.run(Duration::from_millis(50), |_| false);
         slow.run(Duration::from_millis(50), |_| false);
         if current_layer(&slow, &spss) == Some(0) && current_layer(&fast, &spss) == Some(0) {
@@ -229,7 +233,7 @@ fn simulcast_suite(io: &str) {
     );
     assert!(
         back_at.is_some(),
-        "the viewer did not return to the best layer within 30 s of the link opening\n{}",
+        "the viewer did not return to the best layer within 45 s of the link opening\n{}",
         server.log_tail(40)
     );
 }

@@ -555,8 +555,18 @@ pub fn build_viewer_rtc(
     now: Instant,
     bwe: Option<u64>,
 ) -> (Rtc, IceCreds) {
+    use str0m::rtp::{Extension, ExtensionMap};
     let creds = IceCreds::new();
+    // Header extensions: BUNDLE needs the MID. Transport-wide sequence numbers (TWCC) are only
+    // worth it where a bandwidth estimate picks a layer: str0m keeps a 1,000-entry send record
+    // for them per viewer (≈ 64 KB) and writes one per packet.
+    let mut exts = ExtensionMap::empty();
+    exts.set(4, Extension::RtpMid);
+    if bwe.is_some() {
+        exts = ExtensionMap::standard();
+    }
     let rtc = Rtc::builder()
+        .set_extension_map(exts)
         .enable_bwe(bwe.map(str0m::bwe::Bitrate::bps))
         .set_ice_lite(true)
         .set_rtp_mode(true)
