@@ -237,7 +237,7 @@ impl Default for SfuConfig {
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             port_base: 8189,
             advertise: Vec::new(),
-            max_viewers: 1_200,
+            max_viewers: 1_500,
             io: "epoll".into(),
             gso: true,
             idle_timeout_ms: 15_000,
