@@ -294,6 +294,32 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
     }
     assert!(a.frames.len() > n_before, "live frame delivered");
     assert!(now.duration_since(t0) < Duration::from_secs(3));
+
+    // A big frame to the three viewers: the outbox is handed to the driver every FLUSH_AT
+    // datagrams instead of holding the whole fan-out.
+    let big = src.frame(false, 250_000);
+    let per_viewer = big.packets.len();
+    assert!(3 * per_viewer > super::worker::FLUSH_AT);
+    let mut flushes = Vec::new();
+    core.on_media_flushing(MediaMsg::Frame(big), now, &mut |core| {
+        flushes.push(core.out.len());
+        core.out.clear();
+    });
+    assert!(
+        !flushes.is_empty(),
+        "no flush during a {per_viewer}-packet × 3 fan-out"
+    );
+    assert!(
+        flushes
+            .iter()
+            .all(|&n| n >= super::worker::FLUSH_AT && n < super::worker::FLUSH_AT + per_viewer),
+        "flush sizes {flushes:?}"
+    );
+    assert_eq!(
+        flushes.iter().sum::<usize>() + core.out.len(),
+        3 * per_viewer,
+        "every datagram handed out once"
+    );
 }
 
 #[test]

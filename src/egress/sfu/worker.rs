@@ -22,6 +22,8 @@ use str0m::net::Protocol;
 /// joiners then wait for the next keyframe).
 const GOP_MAX_FRAMES: usize = 900;
 const GOP_MAX_BYTES: usize = 24 << 20;
+/// Datagrams the outbox may hold during a fan-out before they are sent.
+pub const FLUSH_AT: usize = 512;
 /// Messages handled per loop turn before the socket is served again.
 const MSGS_PER_TURN: usize = 256;
 
@@ -379,18 +381,39 @@ impl WorkerCore {
             "WHEP viewer left");
     }
 
-    /// Router input: cache and fan out.
+    /// Router input: cache and fan out (the datagrams stay in [`WorkerCore::out`]).
     pub fn on_media(&mut self, msg: MediaMsg, now: Instant) {
+        self.on_media_flushing(msg, now, &mut |_| {})
+    }
+
+    /// [`WorkerCore::on_media`] that hands the outbox to `flush` whenever it holds
+    /// [`FLUSH_AT`] datagrams, so a keyframe to many viewers never piles up in memory
+    /// (1,000 viewers × a 19-packet keyframe would be 19,000 datagrams of up to 2 KB) and the
+    /// first viewers' packets leave while the rest are still being encrypted.
+    pub fn on_media_flushing(
+        &mut self,
+        msg: MediaMsg,
+        now: Instant,
+        flush: &mut dyn FnMut(&mut WorkerCore),
+    ) {
         match msg {
             MediaMsg::Frame(f) => {
                 self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
                 let cache = self.streams.entry(f.stream.clone()).or_default();
                 cache.push(&f, now);
-                for id in cache.viewers.iter() {
+                // Borrowed out of the cache for the loop so the flush can take `self`.
+                let ids = std::mem::take(&mut cache.viewers);
+                for id in ids.iter() {
                     if let Some(v) = self.viewers.get_mut(id) {
                         v.send_frame(&f, now, &mut self.out);
                         self.next_deadline = self.next_deadline.min(v.next_timeout);
                     }
+                    if self.out.len() >= FLUSH_AT {
+                        flush(self);
+                    }
+                }
+                if let Some(c) = self.streams.get_mut(&f.stream) {
+                    c.viewers = ids;
                 }
             }
             MediaMsg::Reset(name) => {
@@ -665,6 +688,25 @@ impl WorkerCore {
     }
 }
 
+/// Send what the core has queued: ICE-TCP peers' datagrams to their connection threads, the
+/// rest through the UDP driver.
+fn flush_core(
+    core: &mut WorkerCore,
+    driver: &mut dyn UdpDriver,
+    tcp: Option<&super::tcp::TcpLink>,
+    tcp_out: &mut Vec<Outgoing>,
+) {
+    if let Some(link) = tcp {
+        core.take_tcp(tcp_out);
+        for o in tcp_out.drain(..) {
+            let _ = link.tx.try_send(o);
+        }
+    }
+    if !core.out.is_empty() {
+        driver.send_batch(&mut core.out);
+    }
+}
+
 /// The local ufrag of a STUN request's USERNAME ("local:remote"), if `data` is STUN.
 pub fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
     if data.len() < 20 || data[0] > 1 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
@@ -708,15 +750,12 @@ impl Worker {
     /// Send what the core queued: ICE-TCP peers' datagrams to the TCP side, the rest as one
     /// UDP batch.
     fn flush(&mut self) {
-        if let Some(link) = &self.tcp {
-            self.core.take_tcp(&mut self.tcp_out);
-            for o in self.tcp_out.drain(..) {
-                let _ = link.tx.try_send(o);
-            }
-        }
-        if !self.core.out.is_empty() {
-            self.driver.send_batch(&mut self.core.out);
-        }
+        flush_core(
+            &mut self.core,
+            self.driver.as_mut(),
+            self.tcp.as_ref(),
+            &mut self.tcp_out,
+        );
     }
 
     /// Feed packets that arrived over ICE-TCP (bounded per turn); true when more are queued.
@@ -776,7 +815,13 @@ impl Worker {
             let mut busy = false;
             for i in 0..MSGS_PER_TURN {
                 match self.media_rx.try_recv() {
-                    Ok(m) => self.core.on_media(m, now),
+                    Ok(m) => {
+                        let (driver, tcp, tcp_out) =
+                            (self.driver.as_mut(), self.tcp.as_ref(), &mut self.tcp_out);
+                        self.core.on_media_flushing(m, now, &mut |core| {
+                            flush_core(core, &mut *driver, tcp, tcp_out)
+                        });
+                    }
                     Err(_) => break,
                 }
                 busy = i + 1 == MSGS_PER_TURN;
