@@ -52,3 +52,41 @@ pub fn hls_request(data: &[u8]) {
 pub fn config(data: &[u8]) {
     let _ = crate::config::Config::from_toml(&String::from_utf8_lossy(data));
 }
+
+/// What a WebRTC publisher controls before and after the handshake: the WHIP/WHEP offer checks
+/// (SDP text, simulcast rids, m-line ids) and depacketized H.264 access units per rid through
+/// the assemblers and the simulcast layer ranking. Input: the offer, then 0xF7-separated access
+/// units whose first byte picks the rid (low 2 bits, 3 = no rid) and a clock step.
+pub fn webrtc_ingest(data: &[u8]) {
+    use crate::ingest::simulcast::LayerSet;
+    let (offer, aus) = match data.iter().position(|&b| b == 0xF7) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let offer = String::from_utf8_lossy(offer);
+    let _ = crate::ingest::whip::check_offer(&offer);
+    let rids = crate::ingest::whip::simulcast_rids(&offer);
+    let _ = crate::egress::sfu::session::offer_mids(&offer);
+    let mut set = LayerSet::new(rids);
+    set.set_keyframe_interval(Some(std::time::Duration::from_millis(500)));
+    let mut now = std::time::Instant::now();
+    for au in aus.split(|&b| b == 0xF7) {
+        let Some((&sel, au)) = au.split_first() else {
+            continue;
+        };
+        now += std::time::Duration::from_millis((sel >> 2) as u64 * 10);
+        let rid = match sel & 3 {
+            3 => None,
+            r => Some(str0m::media::Rid::from(["h", "m", "l"][r as usize])),
+        };
+        let Some(slot) = set.slot(rid) else {
+            continue;
+        };
+        if let Ok(Some(unit)) = set.layer_mut(slot).h264.push(au) {
+            let _ = set.place(slot, &unit, now);
+        }
+        set.want_keyframes(sel as u32, now);
+        let _ = set.due_requests(now);
+        let _ = set.next_request_at();
+    }
+}

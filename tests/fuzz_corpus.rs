@@ -114,6 +114,11 @@ fn hls_request_corpus() {
 }
 
 #[test]
+fn webrtc_ingest_corpus() {
+    replay("webrtc_ingest", fuzzing::webrtc_ingest, 3000);
+}
+
+#[test]
 fn config_corpus() {
     replay("config", fuzzing::config, 2000);
 }
