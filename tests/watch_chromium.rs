@@ -1182,6 +1182,74 @@ fn chromium_publishes_simulcast_over_whip() {
         "Chromium's Opus reaches LL-HLS: {probe}"
     );
 
+    // An RTMP destination gets the best layer with a keyframe at least every ~2 s (Chromium
+    // sends keyframes only when asked; the relay asks on `whip_keyframe_interval_ms`).
+    let rport = free_port();
+    let flv = s.dir.path().join("chromium-to-rtmp.flv");
+    let mut rx = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-listen", "1", "-i"])
+        .arg(format!("rtmp://127.0.0.1:{rport}/app/key"))
+        .args(["-t", "7", "-c", "copy", "-y"])
+        .arg(&flv)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("ffmpeg -listen");
+    std::thread::sleep(Duration::from_millis(500));
+    let dest = format!(r#"{{"id":"rec","url":"rtmp://127.0.0.1:{rport}/app/key"}}"#);
+    let (status, _, text) = http_send(
+        s.http,
+        "POST",
+        "/api/v1/streams/live/destinations",
+        &[
+            ("Authorization", &format!("Bearer {ADMIN}")),
+            ("Content-Type", "application/json"),
+        ],
+        dest.as_bytes(),
+    );
+    assert_eq!(status, 201, "add destination: {text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = rx.kill();
+            panic!("the RTMP destination did not get 7 s\n{}", s.log_tail(30));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let probe = ffprobe_count_frames(&flv);
+    let w = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["codec_type"] == "video")
+        .and_then(|x| x["width"].as_u64());
+    assert_eq!(w, Some(top), "RTMP carries the widest layer: {probe}");
+    let keys = common::run_bounded(
+        Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v", "-show_entries"])
+            .args(["packet=pts_time,flags", "-of", "csv=p=0"])
+            .arg(&flv),
+        Duration::from_secs(30),
+    )
+    .1;
+    let key_times: Vec<f64> = keys
+        .lines()
+        .filter(|l| l.contains('K'))
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect();
+    let max_gap = key_times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0f64, f64::max);
+    eprintln!(
+        "RTMP destination: {} keyframes at {key_times:?}, max gap {max_gap:.2} s",
+        key_times.len()
+    );
+    assert!(key_times.len() >= 3, "keyframes in 7 s: {key_times:?}");
+    assert!(
+        max_gap <= 3.0,
+        "keyframe gap {max_gap:.2} s (want ~2 s): {key_times:?}"
+    );
+
     // Another Chromium watches over WebRTC.
     let mut viewer = Browser::launch("whip-viewer");
     viewer.open(&format!("http://{}/watch/live?debug=1", s.http));
