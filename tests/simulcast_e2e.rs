@@ -8,6 +8,9 @@
 //!   keeps receiving video there. Which layer a viewer gets is read from the SPS in the
 //!   keyframes it receives (each clip has its own SPS) and from the API's viewers by layer.
 //!
+//! Two SFU workers: the publisher sits on one and the viewers on the other (the least-loaded
+//! rule counts a publisher as 50 viewers), so layer switches' keyframe requests cross workers.
+//!
 //! Needs `ffmpeg` (libx264) and `ffprobe`; fails (never skips) without them.
 
 mod common;
@@ -24,7 +27,7 @@ use whip_common::{make_video, sps_of, WhipPublisher};
 
 fn config(io: &str) -> String {
     format!(
-        "[sfu]\nio = \"{io}\"\nbind_ip = \"127.0.0.1\"\nport_base = 0\n\
+        "[sfu]\nio = \"{io}\"\nworkers = 2\nbind_ip = \"127.0.0.1\"\nport_base = 0\n\
          ice_tcp_port_base = 0\nidle_timeout_ms = 5000\nconnect_timeout_ms = 5000\n\n\
          [[streams]]\nname = \"live\"\nkeys = [\"livekey\"]\n"
     )
@@ -145,6 +148,18 @@ fn simulcast_suite(io: &str) {
         WhepClient::connect_through(http, "live", |sfu| Some(Bottleneck::start(sfu, 400, 150)))
             .unwrap_or_else(|r| panic!("WHEP (bottleneck): {r:?}"));
     let link = link.expect("bottleneck started");
+    let publisher_port = publisher
+        .answer
+        .lines()
+        .find(|l| l.starts_with("a=candidate:") && l.contains(" udp "))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .expect("publisher's candidate")
+        .to_string();
+    assert_ne!(
+        fast.server_port().to_string(),
+        publisher_port,
+        "the viewers should sit on the other worker than the publisher"
+    );
     let t0 = Instant::now();
     let window = Duration::from_secs(25);
     // Drive both clients in turns (each run() returns after 50 ms).

@@ -254,3 +254,41 @@ fn whep_plays_and_survives_bad_input_epoll() {
 fn whep_plays_and_survives_bad_input_io_uring() {
     suite("uring");
 }
+
+/// Two SFU workers: viewers are spread by load (the least-loaded worker takes the next one, so
+/// 4 viewers land 2 and 2 on the two workers' ports) and every one of them plays.
+#[test]
+fn viewers_spread_over_two_workers_and_all_play() {
+    let cfg = config("epoll").replace("[sfu]\n", "[sfu]\nworkers = 2\n");
+    let server = Server::start("whep-2workers", &cfg);
+    let http = server.http;
+    let _ff = Ffmpeg::publish("whep-2workers", &server.rtmp_url("showkey"));
+    server.wait_state("show", "publishing", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut viewers: Vec<WhepClient> = (0..4)
+        .map(|_| WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST: {r:?}")))
+        .collect();
+    let mut ports: Vec<u16> = viewers.iter().map(|v| v.server_port()).collect();
+    println!("worker ports of the 4 viewers: {ports:?}");
+    ports.sort();
+    assert_eq!(ports[0], ports[1], "{ports:?}");
+    assert_eq!(ports[2], ports[3], "{ports:?}");
+    assert_ne!(ports[1], ports[2], "two workers, two ports: {ports:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && viewers.iter().any(|v| v.frames.len() < 30) {
+        for v in viewers.iter_mut() {
+            v.run(Duration::from_millis(20), |_| false);
+        }
+    }
+    for (i, v) in viewers.iter().enumerate() {
+        assert!(
+            v.first_keyframe().is_some() && v.frames.len() >= 30,
+            "viewer {i} (port {}) got {} frames\n{}",
+            v.server_port(),
+            v.frames.len(),
+            server.log_tail(30)
+        );
+    }
+    let st = server.api_stream("show").unwrap();
+    assert_eq!(st["viewers"]["webrtc"], 4, "{}", st["viewers"]);
+}

@@ -860,10 +860,7 @@ pub fn create_session(
     let worker = sfu
         .workers
         .iter()
-        .min_by_key(|w| {
-            w.shared.viewers.load(Ordering::Relaxed)
-                + 50 * w.shared.publishers.load(Ordering::Relaxed)
-        })
+        .min_by_key(|w| w.load())
         .ok_or_else(|| WhipError::Internal("no SFU worker".into()))?;
     let now = Instant::now();
     let (mut rtc, creds) = build_publisher_rtc(sfu.dtls_cert(), now);

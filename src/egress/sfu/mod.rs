@@ -241,6 +241,18 @@ pub struct WorkerHandle {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// A WHIP publisher weighs this many viewers when sessions are placed: it depacketizes,
+/// reassembles and feeds every egress, and its packets must not queue behind a fan-out.
+pub const PUBLISHER_WEIGHT: usize = 50;
+
+impl WorkerHandle {
+    /// Load for placing a new session (the least-loaded worker takes it).
+    pub fn load(&self) -> usize {
+        self.shared.viewers.load(Ordering::Relaxed)
+            + PUBLISHER_WEIGHT * self.shared.publishers.load(Ordering::Relaxed)
+    }
+}
+
 /// Why a WHEP request failed; the HTTP layer maps these to status codes.
 #[derive(Debug, thiserror::Error)]
 pub enum WhepError {
@@ -447,7 +459,7 @@ impl SfuHandle {
         let worker = self
             .workers
             .iter()
-            .min_by_key(|w| w.shared.viewers.load(Ordering::Relaxed))
+            .min_by_key(|w| w.load())
             .expect("at least one worker");
         // Simulcast: the viewer's layer follows str0m's bandwidth estimate (TWCC). Without
         // layers there is nothing to choose, so the estimator's per-packet work is skipped.
