@@ -249,6 +249,7 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
     let unknown = Family::<Labels, Counter>::default();
     let keyframes = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
+    let switches = Family::<Labels, Counter>::default();
     for w in &sfu.workers {
         let l = vec![
             ("worker".to_string(), w.index.to_string()),
@@ -264,6 +265,7 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         unknown.get_or_create(&l).inc_by(ld(&s.datagrams_unknown));
         keyframes.get_or_create(&l).inc_by(ld(&s.keyframe_answers));
         dropped.get_or_create(&l).inc_by(ld(&s.viewers_dropped));
+        switches.get_or_create(&l).inc_by(ld(&s.layer_switches));
     }
     r.register(
         "sfu_viewers",
@@ -284,6 +286,11 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         keyframes,
     );
     r.register("sfu_viewers_dropped", "Viewers dropped on timeout", dropped);
+    r.register(
+        "sfu_layer_switches",
+        "Simulcast layer changes of viewers (bandwidth estimate or a layer that stopped)",
+        switches,
+    );
     let rs = &sfu.router_shared;
     let c = |v: u64| {
         let c: Counter = Counter::default();

@@ -229,6 +229,14 @@ fn simulcast_suite(io: &str) {
     assert_eq!(by_layer.iter().sum::<u64>(), 2, "{by_layer:?}");
     assert!(by_layer[1..].iter().sum::<u64>() >= 1, "{by_layer:?}");
 
+    let metrics = String::from_utf8_lossy(&server.get("/metrics").body).into_owned();
+    let switches: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("deltacast_sfu_layer_switches_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(switches >= 1.0, "layer switches in /metrics:\n{metrics}");
+
     // ── the link opens up: BWE probes upwards and the viewer returns to the best layer ──
     link.kbps.store(20_000, Ordering::Relaxed);
     let t1 = Instant::now();

@@ -224,6 +224,8 @@ pub struct WorkerShared {
     pub frames_in: AtomicU64,
     pub keyframe_answers: AtomicU64,
     pub viewers_dropped: AtomicU64,
+    /// Simulcast layer changes of this worker's viewers (as reported to the API).
+    pub layer_switches: AtomicU64,
 }
 
 /// One worker as seen from outside.

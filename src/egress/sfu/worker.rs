@@ -323,6 +323,7 @@ impl WorkerCore {
                     }
                     if v.layer() != v.reported_layer {
                         v.reported_layer = v.layer();
+                        self.shared.layer_switches.fetch_add(1, Ordering::Relaxed);
                         self.sessions.set_layer(v.id, v.layer());
                     }
                     let est = v.estimate().unwrap_or(self.timing.bwe_initial);
