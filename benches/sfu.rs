@@ -217,6 +217,7 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
             video,
             audio: None,
             ufrag: creds.ufrag,
+            bwe: false,
         },
         now,
     );

@@ -113,6 +113,8 @@ pub struct NewViewer {
     /// Opus output when the offer has an audio m-line with Opus.
     pub audio: Option<AudioOut>,
     pub ufrag: String,
+    /// The `Rtc` runs str0m's bandwidth estimation (the stream had simulcast layers).
+    pub bwe: bool,
 }
 
 /// What the HTTP side keeps per session (for PATCH / DELETE).
@@ -508,6 +510,7 @@ impl SfuHandle {
             video,
             audio,
             ufrag: creds.ufrag,
+            bwe: bwe.is_some(),
         };
         if let Err(e) = worker.control_tx.try_send(ControlMsg::Add(Box::new(nv))) {
             self.sessions.remove(id);

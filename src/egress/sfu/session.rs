@@ -125,6 +125,8 @@ pub struct Viewer {
     estimate_fresh: bool,
     /// The layer last reported to the session table (API).
     pub reported_layer: u8,
+    /// str0m's bandwidth estimation runs for this viewer.
+    pub bwe: bool,
 }
 
 impl Viewer {
@@ -218,6 +220,7 @@ impl Viewer {
             estimate: None,
             estimate_fresh: false,
             reported_layer: 0,
+            bwe: false,
         }
     }
 

@@ -81,6 +81,7 @@ fn join(
             video,
             audio: None,
             ufrag: creds.ufrag,
+            bwe: false,
         },
         now,
     );

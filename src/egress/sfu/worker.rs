@@ -326,7 +326,13 @@ impl WorkerCore {
                         self.shared.layer_switches.fetch_add(1, Ordering::Relaxed);
                         self.sessions.set_layer(v.id, v.layer());
                     }
-                    let est = v.estimate().unwrap_or(self.timing.bwe_initial);
+                    // Without an estimator (joined before the stream had layers) nothing limits
+                    // the viewer: it gets the best layer present.
+                    let est = v.estimate().unwrap_or(if v.bwe {
+                        self.timing.bwe_initial
+                    } else {
+                        u64::MAX
+                    });
                     select_layer(v, c, est, now, &self.sessions);
                 }
             }
@@ -341,11 +347,13 @@ impl WorkerCore {
             video,
             audio,
             ufrag,
+            bwe,
         } = *Box::new(nv);
         let mut v = Viewer::new(id, stream.clone(), rtc, video, ufrag.clone(), now);
         v.set_audio(audio);
+        v.bwe = bwe;
         if let Some(c) = self.streams.get(&stream) {
-            if c.simulcast(now) {
+            if bwe && c.simulcast(now) {
                 // Start on the layer the initial estimate affords; BWE moves it from there.
                 let rates = c.rates(now);
                 v.set_start_layer(choose_layer(0, self.timing.bwe_initial, &rates));
