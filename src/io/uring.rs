@@ -97,8 +97,8 @@ pub struct UringDriver {
     stats: IoStats,
 }
 
-// SAFETY: the raw pointers inside the slots point into the slots themselves and are only used
-// by the owning thread and the kernel.
+// SAFETY: the raw pointers inside the slots point into the slots themselves or into buffers the
+// slots own (iovecs, datagrams), and are only used by the owning thread and the kernel.
 unsafe impl Send for UringDriver {}
 
 impl UringDriver {
