@@ -12,8 +12,8 @@
 #
 # usage: loadtest/bench-sfu.sh [window-seconds] [viewer counts...]   (default: 20 50 200 500)
 # env:   DRIVERS="epoll uring"  JOIN_RATE=200  LOAD_THREADS=2
-#        GSO="on off": run each driver with sfu.gso on and off (default: the config default only;
-#        the io_uring driver ignores it)
+#        GSO="on off": run each driver with sfu.gso on and off (default: the config default only);
+#        every driver runs with every GSO mode, in the order given (drivers outer, modes inner)
 #        RELAY_BIN / LOAD_BIN: prebuilt binaries (then nothing is built)
 set -euo pipefail
 win=${1:-20}

@@ -14,15 +14,14 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use super::{sockaddr_of, DriverKind, IoStats, Outgoing, UdpDriver, Waker, RECV_BUF};
+use super::{
+    clear_cmsg, gso_run, gso_supported, is_gso_refusal, set_gso_cmsg, sockaddr_of, DriverKind,
+    GsoCmsg, IoStats, Outgoing, UdpDriver, Waker, GSO_MAX_SEGMENTS, RECV_BUF,
+};
 
 const RX_BATCH: usize = 32;
 /// Messages per `sendmmsg` (each one datagram, or one GSO run).
 const TX_BATCH: usize = 64;
-/// Most segments per GSO message: the kernel's `UDP_MAX_SEGMENTS` (64; newer kernels allow more).
-const GSO_MAX_SEGMENTS: usize = 64;
-/// Most payload bytes per GSO message: what one IPv4 datagram can carry (65535 − 20 − 8).
-const GSO_MAX_BYTES: usize = 65_507;
 /// iovecs for one `sendmmsg`: every message full of segments.
 const TX_IOVS: usize = TX_BATCH * GSO_MAX_SEGMENTS;
 /// Most datagrams read per `poll`, so timers and the channel are served under a flood.
@@ -52,62 +51,9 @@ struct TxScratch {
     runs: Vec<(usize, usize)>,
 }
 
-/// Control buffer for one `UDP_SEGMENT` cmsg (u16 segment size), aligned for `cmsghdr`.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-struct GsoCmsg([u8; 32]);
-
-/// `CMSG_SPACE(sizeof(u16))`: the control length of a GSO message.
-// SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
-const _: () = assert!(GSO_CMSG_SPACE <= std::mem::size_of::<GsoCmsg>());
-
 // SAFETY: the raw buffers (and the scratch's pointers, set and used within one `send_batch`) are
 // only touched by the owning thread.
 unsafe impl Send for EpollDriver {}
-
-/// Whether the kernel knows `UDP_SEGMENT` on this socket (Linux 4.18+). A device that cannot
-/// segment is only found out by sending; `send_batch` handles that.
-fn gso_supported(socket: &UdpSocket) -> bool {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            &mut v as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    r == 0
-}
-
-/// How many datagrams from the start of `out` one GSO message can carry: same destination, every
-/// one as long as the first except a shorter last one (the kernel cuts the payload into
-/// first-length segments), within the segment and byte limits. 1 means send it alone.
-pub(crate) fn gso_run(out: &[Outgoing]) -> usize {
-    let first = &out[0];
-    let seg = first.data.len();
-    if seg == 0 {
-        return 1;
-    }
-    let max = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg).min(out.len());
-    let mut n = 1;
-    while n < max {
-        let o = &out[n];
-        let len = o.data.len();
-        if o.dst != first.dst || len > seg || len == 0 {
-            break;
-        }
-        n += 1;
-        if len < seg {
-            break;
-        }
-    }
-    n
-}
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_WAKER: u64 = 2;
@@ -161,7 +107,7 @@ impl EpollDriver {
                 ],
                 // SAFETY: as above.
                 addrs: vec![unsafe { std::mem::zeroed() }; TX_BATCH],
-                cmsgs: vec![GsoCmsg([0; 32]); TX_BATCH],
+                cmsgs: vec![GsoCmsg::ZERO; TX_BATCH],
                 runs: vec![(0, 0); TX_BATCH],
             },
             stats: IoStats::default(),
@@ -213,21 +159,11 @@ impl EpollDriver {
             }
             hdr.msg_iovlen = run as _;
             if run > 1 {
-                // SAFETY: the control buffer is 8-aligned and at least GSO_CMSG_SPACE bytes, so
-                // CMSG_FIRSTHDR returns its start and the cmsg's data has room for a u16.
-                unsafe {
-                    hdr.msg_control = cmsgs.add(m) as *mut libc::c_void;
-                    hdr.msg_controllen = GSO_CMSG_SPACE as _;
-                    let c = libc::CMSG_FIRSTHDR(hdr);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-                    let seg = out[first].data.len() as u16;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
-                }
+                // SAFETY: m < TX_BATCH, so the buffer is inside `tx.cmsgs`, which is never
+                // resized and outlives the `sendmmsg` that reads it.
+                unsafe { set_gso_cmsg(hdr, cmsgs.add(m), out[first].data.len() as u16) };
             } else {
-                hdr.msg_control = std::ptr::null_mut();
-                hdr.msg_controllen = 0;
+                clear_cmsg(hdr);
             }
             niov += run;
         }
@@ -353,11 +289,7 @@ impl UdpDriver for EpollDriver {
                         continue;
                     }
                     let (first, run) = self.tx.runs[off];
-                    let refused = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
-                    );
-                    if run > 1 && refused {
+                    if run > 1 && is_gso_refusal(e.raw_os_error()) {
                         // The kernel or the device refuses GSO (no checksum offload, a segment
                         // above the route's MTU, SO_NO_CHECK, ...): stop using it on this socket
                         // and resend from this message on, one datagram per message.
@@ -402,168 +334,35 @@ impl UdpDriver for EpollDriver {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gso_tests::{no_check_socket, send_mixed, socket};
     use super::*;
-    use std::net::UdpSocket;
-
-    fn og(dst: SocketAddr, len: usize) -> Outgoing {
-        Outgoing {
-            dst,
-            data: vec![0; len],
-        }
-    }
-
-    #[test]
-    fn gso_run_follows_the_kernel_rule() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        // Equal sizes, then a shorter last one closes the run.
-        let v = [og(a, 100), og(a, 100), og(a, 40), og(a, 40)];
-        assert_eq!(gso_run(&v), 3);
-        // A longer one or another destination ends it.
-        assert_eq!(gso_run(&[og(a, 100), og(a, 101)]), 1);
-        assert_eq!(gso_run(&[og(a, 100), og(a, 100), og(b, 100)]), 2);
-        // Empty datagrams go alone.
-        assert_eq!(gso_run(&[og(a, 0), og(a, 0)]), 1);
-        assert_eq!(gso_run(&[og(a, 10), og(a, 0)]), 1);
-        // Segment and byte limits.
-        let v: Vec<_> = (0..100).map(|_| og(a, 100)).collect();
-        assert_eq!(gso_run(&v), GSO_MAX_SEGMENTS);
-        let v: Vec<_> = (0..100).map(|_| og(a, 1200)).collect();
-        assert_eq!(gso_run(&v), GSO_MAX_BYTES / 1200);
-        assert_eq!(gso_run(&[og(a, 40_000), og(a, 40_000)]), 1);
-    }
-
-    fn receiver() -> UdpSocket {
-        let s = super::super::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    }
-
-    /// A datagram whose bytes say who it is for and its place in that receiver's sequence.
-    fn datagram(rx: usize, seq: usize, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|k| (rx * 7 + seq * 13 + k * 31) as u8)
-            .collect()
-    }
-
-    /// Several destinations; equal-size runs, short last segments, lone datagrams, interleaving,
-    /// a run past 64 segments and one past 64 KB, an empty datagram. Returns the batch and what
-    /// each receiver should get, in order.
-    fn mixed_batch(dst: &[SocketAddr; 3]) -> (Vec<Outgoing>, [Vec<Vec<u8>>; 3]) {
-        let plan: &[(usize, usize, usize)] = &[
-            // (receiver, count, length); a count > 1 repeats the length
-            (0, 5, 1200),
-            (0, 1, 700),
-            (1, 1, 300),
-            (2, 70, 200),
-            (2, 1, 13),
-            (0, 3, 500),
-            (0, 1, 900),
-            (1, 2, 1200),
-            (0, 1, 64),
-            (1, 1, 64),
-            (0, 1, 64),
-            (2, 60, 1200),
-            (1, 1, 0),
-            (1, 3, 1000),
-        ];
-        let mut out = Vec::new();
-        let mut want: [Vec<Vec<u8>>; 3] = Default::default();
-        for &(rx, count, len) in plan {
-            for _ in 0..count {
-                let d = datagram(rx, want[rx].len(), len);
-                want[rx].push(d.clone());
-                out.push(Outgoing {
-                    dst: dst[rx],
-                    data: d,
-                });
-            }
-        }
-        (out, want)
-    }
-
-    fn send_mixed(mut driver: EpollDriver, expect_gso: bool) -> EpollDriver {
-        let rxs = [receiver(), receiver(), receiver()];
-        let dst = [0, 1, 2].map(|i| rxs[i].local_addr().unwrap());
-        let (mut out, want) = mixed_batch(&dst);
-        let total = out.len();
-        assert_eq!(driver.send_batch(&mut out), total);
-        assert!(out.is_empty());
-        let mut buf = vec![0u8; 70_000];
-        for (i, rx) in rxs.iter().enumerate() {
-            for (k, w) in want[i].iter().enumerate() {
-                let (n, from) = rx
-                    .recv_from(&mut buf)
-                    .unwrap_or_else(|e| panic!("receiver {i}, datagram {k}: {e}"));
-                assert_eq!(from, driver.local_addr());
-                assert_eq!(&buf[..n], &w[..], "receiver {i}, datagram {k}");
-            }
-            rx.set_nonblocking(true).unwrap();
-            assert!(
-                rx.recv_from(&mut buf).is_err(),
-                "receiver {i}: extra datagram"
-            );
-        }
-        let s = driver.stats();
-        assert_eq!(s.tx_datagrams, total as u64, "{s:?}");
-        assert_eq!(s.tx_dropped, 0, "{s:?}");
-        if expect_gso {
-            // 5+1, 70 → 64+6+1 (13 B is shorter: it closes the second run), 3+…, 2, 60 → 54+6,
-            // 3: every multi-datagram message above.
-            assert_eq!(s.tx_gso_messages, 8, "{s:?}");
-        } else {
-            assert_eq!(s.tx_gso_messages, 0, "{s:?}");
-        }
-        driver
-    }
-
-    fn driver(gso: bool) -> EpollDriver {
-        let s = super::super::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        EpollDriver::new(s, gso).unwrap()
-    }
 
     #[test]
     fn mixed_batch_arrives_intact_with_gso() {
-        let d = driver(true);
+        let mut d = EpollDriver::new(socket(), true).unwrap();
         let on = d.gso();
         if !on {
             eprintln!("UDP GSO unsupported here; checking the plain path");
         }
-        let d = send_mixed(d, on);
+        send_mixed(&mut d, on);
         assert_eq!(d.gso(), on);
     }
 
     #[test]
     fn mixed_batch_arrives_intact_without_gso() {
-        let d = driver(false);
+        let mut d = EpollDriver::new(socket(), false).unwrap();
         assert!(!d.gso());
-        send_mixed(d, false);
+        send_mixed(&mut d, false);
     }
 
     #[test]
     fn refused_gso_is_turned_off_and_nothing_is_lost() {
-        let s = super::super::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        // SO_NO_CHECK (no UDP checksum) makes the kernel refuse GSO sends with EINVAL, the way a
-        // device without checksum offload would.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads one c_int from a valid pointer.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        let d = EpollDriver::new(s, true).unwrap();
+        let mut d = EpollDriver::new(no_check_socket(), true).unwrap();
         if !d.gso() {
             eprintln!("UDP GSO unsupported here; nothing to refuse");
             return;
         }
-        let d = send_mixed(d, false);
+        send_mixed(&mut d, false);
         assert!(!d.gso(), "GSO should be off after the kernel refused it");
     }
 }

@@ -4,8 +4,13 @@
 //! Two implementations behind one interface:
 //! - [`uring::UringDriver`]: io_uring, a ring of pre-posted `RecvMsg`s and one `io_uring_enter`
 //!   per fan-out batch of `SendMsg`s.
-//! - [`epoll::EpollDriver`]: epoll + `recvmmsg` / `sendmmsg` (one syscall per 64 messages), and
-//!   UDP GSO (one message per run of same-size datagrams to one destination) where allowed.
+//! - [`epoll::EpollDriver`]: epoll + `recvmmsg` / `sendmmsg` (one syscall per 64 messages).
+//!
+//! Both send with UDP GSO where allowed (`sfu.gso`, and the kernel knows `UDP_SEGMENT`): a run of
+//! same-size datagrams to one destination ([`gso_run`]) goes out as one message with a
+//! `UDP_SEGMENT` cmsg ([`set_gso_cmsg`]) and one iovec per datagram (no copy). A kernel or device
+//! that refuses a GSO message ([`is_gso_refusal`]) turns GSO off for the socket and the refused
+//! datagrams are resent one per message.
 //!
 //! [`select`] picks one at start: `auto` tries io_uring and falls back to epoll when the ring
 //! cannot be set up (kernel too old, `kernel.io_uring_disabled`, seccomp), logging which.
@@ -176,7 +181,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// Choose a driver for `socket` as requested: `Auto` tries io_uring first and falls back to epoll
 /// (logged); `Uring` fails when io_uring cannot be set up; `Epoll` always uses epoll. `gso` asks
-/// the epoll driver for UDP GSO (the io_uring driver sends one datagram per entry).
+/// either driver for UDP GSO (used where the kernel supports it).
 pub fn select(
     requested: IoRequest,
     socket: UdpSocket,
@@ -184,10 +189,10 @@ pub fn select(
 ) -> std::io::Result<Box<dyn UdpDriver>> {
     match requested {
         IoRequest::Epoll => Ok(Box::new(epoll::EpollDriver::new(socket, gso)?)),
-        IoRequest::Uring => Ok(Box::new(uring::UringDriver::new(socket)?)),
+        IoRequest::Uring => Ok(Box::new(uring::UringDriver::new(socket, gso)?)),
         IoRequest::Auto => {
             let probe = socket.try_clone()?;
-            match uring::UringDriver::new(probe) {
+            match uring::UringDriver::new(probe, gso) {
                 Ok(d) => {
                     drop(socket);
                     Ok(Box::new(d))
@@ -199,6 +204,101 @@ pub fn select(
             }
         }
     }
+}
+
+/// Most segments per GSO message: the kernel's `UDP_MAX_SEGMENTS` (64; newer kernels allow more).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes per GSO message: what one IPv4 datagram can carry (65535 − 20 − 8).
+pub(crate) const GSO_MAX_BYTES: usize = 65_507;
+
+/// Whether the kernel knows `UDP_SEGMENT` on this socket (Linux 4.18+). A device that cannot
+/// segment is only found out by sending; the drivers handle that ([`is_gso_refusal`]).
+pub(crate) fn gso_supported(socket: &UdpSocket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r == 0
+}
+
+/// How many datagrams from the start of `out` one GSO message can carry: same destination, every
+/// one as long as the first except a shorter last one (the kernel cuts the payload into
+/// first-length segments), within the segment and byte limits. 1 means send it alone.
+pub(crate) fn gso_run(out: &[Outgoing]) -> usize {
+    let first = &out[0];
+    let seg = first.data.len();
+    if seg == 0 {
+        return 1;
+    }
+    let max = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg).min(out.len());
+    let mut n = 1;
+    while n < max {
+        let o = &out[n];
+        let len = o.data.len();
+        if o.dst != first.dst || len > seg || len == 0 {
+            break;
+        }
+        n += 1;
+        if len < seg {
+            break;
+        }
+    }
+    n
+}
+
+/// Whether a send error on a GSO message means the kernel or the device refuses GSO (no checksum
+/// offload, a segment above the route's MTU, `SO_NO_CHECK`, ...): turn it off and resend.
+pub(crate) fn is_gso_refusal(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE))
+}
+
+/// Control buffer for one `UDP_SEGMENT` cmsg (u16 segment size), aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub(crate) struct GsoCmsg([u8; 32]);
+
+impl GsoCmsg {
+    pub(crate) const ZERO: GsoCmsg = GsoCmsg([0; 32]);
+}
+
+/// `CMSG_SPACE(sizeof(u16))`: the control length of a GSO message.
+// SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+const _: () = assert!(GSO_CMSG_SPACE <= std::mem::size_of::<GsoCmsg>());
+
+/// Make `hdr` a GSO message: its control buffer is `cmsg`, holding one `UDP_SEGMENT` cmsg that
+/// says `seg` bytes per segment.
+///
+/// # Safety
+/// `cmsg` must be valid for writes, and must stay valid and unmoved while the kernel may read
+/// `hdr` (until `sendmmsg` returns, or until the io_uring completion arrives).
+pub(crate) unsafe fn set_gso_cmsg(hdr: &mut libc::msghdr, cmsg: *mut GsoCmsg, seg: u16) {
+    hdr.msg_control = cmsg as *mut libc::c_void;
+    hdr.msg_controllen = GSO_CMSG_SPACE as _;
+    // SAFETY: the control buffer is 8-aligned and at least GSO_CMSG_SPACE bytes (the caller
+    // guarantees it is writable), so CMSG_FIRSTHDR returns its start and the cmsg's data has
+    // room for a u16.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+    }
+}
+
+/// Make `hdr` a plain message (no control data).
+pub(crate) fn clear_cmsg(hdr: &mut libc::msghdr) {
+    hdr.msg_control = std::ptr::null_mut();
+    hdr.msg_controllen = 0;
 }
 
 pub(crate) fn sockaddr_of(
@@ -229,9 +329,162 @@ pub(crate) fn sockaddr_of(
     }
 }
 
+/// What both drivers' GSO tests share: a mixed batch to three receivers and the checks.
+#[cfg(test)]
+pub(crate) mod gso_tests {
+    use super::*;
+
+    /// A driver's socket on 127.0.0.1.
+    pub(crate) fn socket() -> UdpSocket {
+        bind_udp("127.0.0.1:0".parse().unwrap()).unwrap()
+    }
+
+    /// A socket with SO_NO_CHECK (no UDP checksum): the kernel refuses GSO sends on it with
+    /// EINVAL, the way a device without checksum offload would.
+    pub(crate) fn no_check_socket() -> UdpSocket {
+        let s = socket();
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a valid pointer.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        s
+    }
+
+    fn receiver() -> UdpSocket {
+        let s = socket();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// A datagram whose bytes say who it is for and its place in that receiver's sequence.
+    fn datagram(rx: usize, seq: usize, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|k| (rx * 7 + seq * 13 + k * 31) as u8)
+            .collect()
+    }
+
+    /// Several destinations; equal-size runs, short last segments, lone datagrams, interleaving,
+    /// a run past 64 segments and one past 64 KB, an empty datagram. Returns the batch and what
+    /// each receiver should get, in order.
+    fn mixed_batch(dst: &[SocketAddr; 3]) -> (Vec<Outgoing>, [Vec<Vec<u8>>; 3]) {
+        let plan: &[(usize, usize, usize)] = &[
+            // (receiver, count, length); a count > 1 repeats the length
+            (0, 5, 1200),
+            (0, 1, 700),
+            (1, 1, 300),
+            (2, 70, 200),
+            (2, 1, 13),
+            (0, 3, 500),
+            (0, 1, 900),
+            (1, 2, 1200),
+            (0, 1, 64),
+            (1, 1, 64),
+            (0, 1, 64),
+            (2, 60, 1200),
+            (1, 1, 0),
+            (1, 3, 1000),
+        ];
+        let mut out = Vec::new();
+        let mut want: [Vec<Vec<u8>>; 3] = Default::default();
+        for &(rx, count, len) in plan {
+            for _ in 0..count {
+                let d = datagram(rx, want[rx].len(), len);
+                want[rx].push(d.clone());
+                out.push(Outgoing {
+                    dst: dst[rx],
+                    data: d,
+                });
+            }
+        }
+        (out, want)
+    }
+
+    /// Send the mixed batch through `driver`; every receiver must get exactly its datagrams, in
+    /// order, byte for byte, and the stats must count them (`expect_gso`: as 8 GSO messages).
+    pub(crate) fn send_mixed(driver: &mut dyn UdpDriver, expect_gso: bool) {
+        let rxs = [receiver(), receiver(), receiver()];
+        let dst = [0, 1, 2].map(|i| rxs[i].local_addr().unwrap());
+        let (mut out, want) = mixed_batch(&dst);
+        let total = out.len();
+        assert_eq!(driver.send_batch(&mut out), total);
+        assert!(out.is_empty());
+        let mut buf = vec![0u8; 70_000];
+        for (i, rx) in rxs.iter().enumerate() {
+            for (k, w) in want[i].iter().enumerate() {
+                let (n, from) = rx
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("receiver {i}, datagram {k}: {e}"));
+                assert_eq!(from, driver.local_addr());
+                assert_eq!(&buf[..n], &w[..], "receiver {i}, datagram {k}");
+            }
+            rx.set_nonblocking(true).unwrap();
+            assert!(
+                rx.recv_from(&mut buf).is_err(),
+                "receiver {i}: extra datagram"
+            );
+        }
+        // io_uring counts sends at their completions: reap them.
+        let t0 = std::time::Instant::now();
+        while driver.stats().tx_datagrams + driver.stats().tx_dropped < total as u64
+            && t0.elapsed() < Duration::from_secs(2)
+        {
+            driver
+                .poll(Some(Duration::from_millis(5)), &mut |_, _| {})
+                .unwrap();
+        }
+        let s = driver.stats();
+        assert_eq!(s.tx_datagrams, total as u64, "{s:?}");
+        assert_eq!(s.tx_dropped, 0, "{s:?}");
+        if expect_gso {
+            // 5+1, 70 → 64+6+1 (13 B is shorter: it closes the second run), 3+…, 2, 60 → 54+6,
+            // 3: every multi-datagram message above.
+            assert_eq!(s.tx_gso_messages, 8, "{s:?}");
+        } else {
+            assert_eq!(s.tx_gso_messages, 0, "{s:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn og(dst: SocketAddr, len: usize) -> Outgoing {
+        Outgoing {
+            dst,
+            data: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn gso_run_follows_the_kernel_rule() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        // Equal sizes, then a shorter last one closes the run.
+        let v = [og(a, 100), og(a, 100), og(a, 40), og(a, 40)];
+        assert_eq!(gso_run(&v), 3);
+        // A longer one or another destination ends it.
+        assert_eq!(gso_run(&[og(a, 100), og(a, 101)]), 1);
+        assert_eq!(gso_run(&[og(a, 100), og(a, 100), og(b, 100)]), 2);
+        // Empty datagrams go alone.
+        assert_eq!(gso_run(&[og(a, 0), og(a, 0)]), 1);
+        assert_eq!(gso_run(&[og(a, 10), og(a, 0)]), 1);
+        // Segment and byte limits.
+        let v: Vec<_> = (0..100).map(|_| og(a, 100)).collect();
+        assert_eq!(gso_run(&v), GSO_MAX_SEGMENTS);
+        let v: Vec<_> = (0..100).map(|_| og(a, 1200)).collect();
+        assert_eq!(gso_run(&v), GSO_MAX_BYTES / 1200);
+        assert_eq!(gso_run(&[og(a, 40_000), og(a, 40_000)]), 1);
+    }
 
     fn roundtrip(req: IoRequest) {
         let a = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -296,7 +549,7 @@ mod tests {
     #[test]
     fn uring_driver_moves_datagrams_or_auto_falls_back() {
         let a = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        match uring::UringDriver::new(a) {
+        match uring::UringDriver::new(a, true) {
             Ok(_) => roundtrip(IoRequest::Uring),
             Err(e) => {
                 eprintln!("io_uring unavailable here ({e}); checking the auto fallback");

@@ -265,11 +265,11 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
     // 1 (ours) + 3 viewers' str0m send/NACK history, all pointing at one buffer.
     assert!(after.iter().all(|&n| n == 4), "strong counts {after:?}");
     // Each viewer's packets of the frame are consecutive, equal-size but the last: one UDP GSO
-    // message per viewer (what the epoll driver's grouping relies on).
+    // message per viewer (what the drivers' GSO grouping relies on).
     let mut runs = Vec::new();
     let mut i = 0;
     while i < core.out.len() {
-        let n = crate::io::epoll::gso_run(&core.out[i..]);
+        let n = crate::io::gso_run(&core.out[i..]);
         runs.push((core.out[i].dst, n));
         i += n;
     }
