@@ -67,8 +67,7 @@ pub fn webrtc_ingest(data: &[u8]) {
     let _ = crate::ingest::whip::check_offer(&offer);
     let rids = crate::ingest::whip::simulcast_rids(&offer);
     let _ = crate::egress::sfu::session::offer_mids(&offer);
-    let mut set = LayerSet::new(rids);
-    set.set_keyframe_interval(Some(std::time::Duration::from_millis(500)));
+    let mut set = LayerSet::new(rids, Some(std::time::Duration::from_millis(500)));
     let mut now = std::time::Instant::now();
     for au in aus.split(|&b| b == 0xF7) {
         let Some((&sel, au)) = au.split_first() else {
@@ -87,6 +86,6 @@ pub fn webrtc_ingest(data: &[u8]) {
         }
         set.want_keyframes(sel as u32, now);
         let _ = set.due_requests(now);
-        let _ = set.next_request_at();
+        let _ = set.next_request_at(now);
     }
 }

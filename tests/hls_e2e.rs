@@ -696,20 +696,6 @@ fn delta_update_with_hls_skip() {
     assert!(bl.has_part(m, p));
 }
 
-/// Download EXT-X-MAP + one segment of `stream`, concatenate them and run ffprobe on the file.
-fn probe_segment(server: &Server, stream: &str, pl: &Playlist, seg: &Segment) -> serde_json::Value {
-    let map = pl.map_uri.as_ref().expect("EXT-X-MAP");
-    let init = server.get_media(stream, map);
-    assert_eq!(init.status, 200, "EXT-X-MAP {map}");
-    let media = server.get_media(stream, &seg.uri);
-    assert_eq!(media.status, 200, "segment {}", seg.uri);
-    let file = server.dir.path().join(format!("probe-{}.mp4", seg.msn));
-    let mut bytes = init.body;
-    bytes.extend_from_slice(&media.body);
-    std::fs::write(&file, &bytes).unwrap();
-    ffprobe_count_frames(&file)
-}
-
 /// The README's first command: `deltacast serve --demo` publishes a live `demo` stream with no
 /// encoder, and what it serves decodes.
 #[test]
@@ -718,7 +704,7 @@ fn demo_stream_plays_without_an_encoder() {
     let server = Server::start_with("demo", "", "", "", &["--demo"]);
     let pl = server.wait_segments("demo", 2, Duration::from_secs(40));
     let seg = pl.segments.last().unwrap().clone();
-    let probe = probe_segment(&server, "demo", &pl, &seg);
+    let probe = server.probe_segment("demo", &pl, &seg);
     let streams = probe["streams"].as_array().expect("ffprobe streams");
     let video = streams
         .iter()

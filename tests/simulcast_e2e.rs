@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, require_tool, Server};
-use whep_common::{Bottleneck, WhepClient};
+use common::{probe_stream, require_tool, Server};
+use whep_common::{udp_candidate_port, Bottleneck, WhepClient};
 use whip_common::{make_video, sps_of, WhipPublisher};
 
 fn config(io: &str) -> String {
@@ -113,22 +113,9 @@ fn simulcast_suite(io: &str) {
     // ── LL-HLS carries the best layer ──
     let pl = server.wait_segments("live", 1, Duration::from_secs(20));
     let seg = pl.segments.last().unwrap().clone();
-    let init = server.get_media("live", &pl.map_uri.clone().expect("EXT-X-MAP"));
-    let media = server.get_media("live", &seg.uri);
-    assert_eq!((init.status, media.status), (200, 200));
-    let file = dir.join("simulcast-probe.mp4");
-    let mut bytes = init.body.clone();
-    bytes.extend_from_slice(&media.body);
-    std::fs::write(&file, &bytes).unwrap();
-    let probe = ffprobe_count_frames(&file);
+    let probe = server.probe_segment("live", &pl, &seg);
     println!("LL-HLS segment: {probe}");
-    let v = probe["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["codec_type"] == "video")
-        .expect("video stream in the segment")
-        .clone();
+    let v = probe_stream(&probe, "video").expect("video stream in the segment");
     assert_eq!(
         (v["width"].as_u64(), v["height"].as_u64()),
         (Some(640), Some(360))
@@ -148,15 +135,9 @@ fn simulcast_suite(io: &str) {
         WhepClient::connect_through(http, "live", |sfu| Some(Bottleneck::start(sfu, 400, 150)))
             .unwrap_or_else(|r| panic!("WHEP (bottleneck): {r:?}"));
     let link = link.expect("bottleneck started");
-    let publisher_port = publisher
-        .answer
-        .lines()
-        .find(|l| l.starts_with("a=candidate:") && l.contains(" udp "))
-        .and_then(|l| l.split_whitespace().nth(5))
-        .expect("publisher's candidate")
-        .to_string();
+    let publisher_port = udp_candidate_port(&publisher.answer).expect("publisher's candidate");
     assert_ne!(
-        fast.server_port().to_string(),
+        fast.server_port(),
         publisher_port,
         "the viewers should sit on the other worker than the publisher"
     );

@@ -19,7 +19,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, free_port, require_tool, Ffmpeg, Playlist, Server};
+use common::{
+    ffprobe_count_frames, free_port, probe_stream, require_tool, Ffmpeg, Playlist, Server,
+};
 use serde_json::{json, Value};
 
 /// Browser tests share two cores with the server and ffmpeg: run them one at a time.
@@ -1153,32 +1155,16 @@ fn chromium_publishes_simulcast_over_whip() {
     // LL-HLS carries the best layer.
     let pl = s.wait_segments("live", 2, Duration::from_secs(30));
     let seg = pl.segments.last().unwrap().clone();
-    let init = s.get_media("live", &pl.map_uri.clone().expect("EXT-X-MAP"));
-    let media = s.get_media("live", &seg.uri);
-    let file = s.dir.path().join("chromium-simulcast.mp4");
-    let mut bytes = init.body.clone();
-    bytes.extend_from_slice(&media.body);
-    std::fs::write(&file, &bytes).unwrap();
-    let probe = ffprobe_count_frames(&file);
+    let probe = s.probe_segment("live", &pl, &seg);
     eprintln!("LL-HLS of the Chromium program: {probe}");
-    let v = probe["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["codec_type"] == "video")
-        .expect("video in the HLS segment")
-        .clone();
+    let v = probe_stream(&probe, "video").expect("video in the HLS segment");
     assert_eq!(
         v["width"].as_u64(),
         Some(top),
         "HLS is the widest layer: {probe}"
     );
     assert!(
-        probe["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["codec_type"] == "audio"),
+        probe_stream(&probe, "audio").is_some(),
         "Chromium's Opus reaches LL-HLS: {probe}"
     );
 
@@ -1216,12 +1202,7 @@ fn chromium_publishes_simulcast_over_whip() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let probe = ffprobe_count_frames(&flv);
-    let w = probe["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["codec_type"] == "video")
-        .and_then(|x| x["width"].as_u64());
+    let w = probe_stream(&probe, "video").and_then(|x| x["width"].as_u64());
     assert_eq!(w, Some(top), "RTMP carries the widest layer: {probe}");
     let keys = common::run_bounded(
         Command::new("ffprobe")

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, free_port, require_tool, Server};
+use common::{ffprobe_count_frames, free_port, probe_stream, require_tool, Server};
 use whep_common::{request, WhepClient};
 use whip_common::{make_media, vp8_offer, whip_offer, TcpWhepClient, WhipPublisher};
 
@@ -174,20 +174,8 @@ fn whip_suite(io: &str) {
     // ── LL-HLS of the WHIP program decodes ──
     let pl = server.wait_segments("live", 1, Duration::from_secs(20));
     let seg = pl.segments.last().unwrap().clone();
-    let map = pl.map_uri.clone().expect("EXT-X-MAP");
-    let init = server.get_media("live", &map);
-    assert_eq!(init.status, 200, "init segment");
-    let m = server.get_media("live", &seg.uri);
-    assert_eq!(m.status, 200, "segment {}", seg.uri);
-    let file = server.dir.path().join("whip-probe.mp4");
-    let mut bytes = init.body.clone();
-    bytes.extend_from_slice(&m.body);
-    std::fs::write(&file, &bytes).unwrap();
-    let probe = ffprobe_count_frames(&file);
-    let streams = probe["streams"].as_array().expect("ffprobe streams");
-    let v = streams
-        .iter()
-        .find(|s| s["codec_type"] == "video")
+    let probe = server.probe_segment("live", &pl, &seg);
+    let v = probe_stream(&probe, "video")
         .unwrap_or_else(|| panic!("no video in the LL-HLS segment: {probe}"));
     assert_eq!(v["codec_name"], "h264", "{probe}");
     let frames: f64 = v["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap();

@@ -76,21 +76,18 @@ pub struct LayerSet {
 
 impl LayerSet {
     /// `expected`: how many rids the offer's simulcast attribute lists (0 without simulcast).
-    pub fn new(expected: usize) -> Self {
+    /// `keyframe_interval`: see [`LayerSet::keyframe_interval`]; `None` or zero: never ask on a
+    /// schedule.
+    pub fn new(expected: usize, keyframe_interval: Option<Duration>) -> Self {
         Self {
             layers: Vec::new(),
             primary: None,
             primary_codec: None,
             expected,
             first_frame: None,
-            keyframe_interval: None,
+            keyframe_interval: keyframe_interval.filter(|d| !d.is_zero()),
             primary_key_at: None,
         }
-    }
-
-    /// See [`LayerSet::keyframe_interval`]; `None` or zero: never ask on a schedule.
-    pub fn set_keyframe_interval(&mut self, every: Option<Duration>) {
-        self.keyframe_interval = every.filter(|d| !d.is_zero());
     }
 
     /// When layer 0 is due for a scheduled keyframe.
@@ -264,15 +261,16 @@ impl LayerSet {
         out
     }
 
-    /// When the next rate-limited request may go out (None: nothing pending).
-    pub fn next_request_at(&self) -> Option<Instant> {
+    /// When the next rate-limited request may go out (None: nothing pending); `due` stands for
+    /// "at once" (any instant not in the future), so this code never reads the clock.
+    pub fn next_request_at(&self, due: Instant) -> Option<Instant> {
         let asked = self
             .layers
             .iter()
             .filter(|l| l.key_wanted || l.h264.wants_keyframe())
             .map(|l| {
                 l.last_key_request
-                    .map_or_else(Instant::now, |t| t + KEYFRAME_REQUEST_INTERVAL)
+                    .map_or(due, |t| t + KEYFRAME_REQUEST_INTERVAL)
             })
             .min();
         // The schedule, but never sooner than the rate limit allows for layer 0.
@@ -324,7 +322,7 @@ mod tests {
 
     #[test]
     fn single_rid_is_the_primary_from_its_first_keyframe() {
-        let mut s = LayerSet::new(0);
+        let mut s = LayerSet::new(0, None);
         let t = Instant::now();
         let i = s.slot(None).unwrap();
         match s.place(i, &au(true, Some(params(320, 240))), t) {
@@ -341,7 +339,7 @@ mod tests {
 
     #[test]
     fn rids_rank_by_area_and_layer_zero_waits_for_all_offered() {
-        let mut s = LayerSet::new(3);
+        let mut s = LayerSet::new(3, None);
         let t = Instant::now();
         let l = s.slot(rid("l")).unwrap();
         let h = s.slot(rid("h")).unwrap();
@@ -381,7 +379,7 @@ mod tests {
 
     #[test]
     fn settle_time_lets_a_partial_set_start() {
-        let mut s = LayerSet::new(3);
+        let mut s = LayerSet::new(3, None);
         let t = Instant::now();
         let m = s.slot(rid("m")).unwrap();
         assert_eq!(
@@ -397,7 +395,7 @@ mod tests {
 
     #[test]
     fn layer_zero_moves_only_on_a_keyframe_and_when_the_top_rid_stops() {
-        let mut s = LayerSet::new(2);
+        let mut s = LayerSet::new(2, None);
         let t = Instant::now();
         let h = s.slot(rid("h")).unwrap();
         let l = s.slot(rid("l")).unwrap();
@@ -450,15 +448,14 @@ mod tests {
 
     #[test]
     fn layer_zero_gets_a_keyframe_request_on_schedule() {
-        let mut s = LayerSet::new(0);
-        s.set_keyframe_interval(Some(Duration::from_secs(2)));
+        let mut s = LayerSet::new(0, Some(Duration::from_secs(2)));
         let t = Instant::now();
         let i = s.slot(None).unwrap();
         s.place(i, &au(true, Some(params(320, 240))), t);
         s.layer_mut(i).h264 = started_assembler();
         assert!(s.due_requests(t + Duration::from_secs(1)).is_empty());
         assert_eq!(
-            s.next_request_at(),
+            s.next_request_at(t),
             Some(t + Duration::from_secs(2)),
             "next scheduled request"
         );

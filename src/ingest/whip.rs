@@ -489,7 +489,7 @@ impl WhipSession {
             publisher,
             video_mid,
             audio_mid,
-            video: LayerSet::new(0),
+            video: LayerSet::new(0, None),
             opus_set: false,
             t0: None,
             audio_clock: None,
@@ -594,7 +594,7 @@ impl WhipSession {
         if self.keyframe_flag.pending() {
             return Some(self.created);
         }
-        self.video.next_request_at()
+        self.video.next_request_at(self.created)
     }
 
     pub fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
@@ -794,15 +794,10 @@ impl WhipSession {
         self.audio_mid = audio;
     }
 
-    /// Ask the publisher for a keyframe when none came for `ms` (0: only when needed).
-    pub fn set_keyframe_interval(&mut self, ms: u64) {
-        self.video
-            .set_keyframe_interval(Some(Duration::from_millis(ms)));
-    }
-
-    /// How many simulcast rids the offer announced for its video (0: none).
-    pub fn set_simulcast(&mut self, rids: usize) {
-        self.video = LayerSet::new(rids);
+    /// Video set-up from the offer: how many simulcast rids it announced (0: none), and how
+    /// long without a keyframe before the publisher is asked for one (0: only when needed).
+    pub fn set_video(&mut self, rids: usize, keyframe_interval_ms: u64) {
+        self.video = LayerSet::new(rids, Some(Duration::from_millis(keyframe_interval_ms)));
     }
 }
 
@@ -889,8 +884,7 @@ pub fn create_session(
     let flag = Arc::new(KeyframeFlag::default());
     let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
     session.set_mids(video, audio);
-    session.set_simulcast(simulcast_rids(offer));
-    session.set_keyframe_interval(sfu.cfg.whip_keyframe_interval_ms);
+    session.set_video(simulcast_rids(offer), sfu.cfg.whip_keyframe_interval_ms);
     sfu.sessions.insert(SessionInfo {
         viewer: id,
         worker: worker.index,

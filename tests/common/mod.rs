@@ -343,6 +343,35 @@ impl Server {
         let path = resolve(&Self::playlist_path(stream), uri);
         self.get(&path)
     }
+
+    /// Download EXT-X-MAP + one segment of `stream`, concatenate them and run ffprobe on the
+    /// file.
+    pub fn probe_segment(&self, stream: &str, pl: &Playlist, seg: &Segment) -> serde_json::Value {
+        let map = pl.map_uri.as_ref().expect("EXT-X-MAP");
+        let init = self.get_media(stream, map);
+        assert_eq!(init.status, 200, "EXT-X-MAP {map}");
+        let media = self.get_media(stream, &seg.uri);
+        assert_eq!(media.status, 200, "segment {}", seg.uri);
+        let file = self
+            .dir
+            .path()
+            .join(format!("probe-{stream}-{}.mp4", seg.msn));
+        let mut bytes = init.body;
+        bytes.extend_from_slice(&media.body);
+        std::fs::write(&file, &bytes).unwrap();
+        ffprobe_count_frames(&file)
+    }
+}
+
+/// The first stream of `codec_type` ("video", "audio") in an ffprobe answer.
+pub fn probe_stream<'a>(
+    probe: &'a serde_json::Value,
+    codec_type: &str,
+) -> Option<&'a serde_json::Value> {
+    probe["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["codec_type"] == codec_type)
 }
 
 impl Drop for Server {

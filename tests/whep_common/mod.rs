@@ -138,6 +138,14 @@ pub fn offer(
     (rtc, sock, local, o.to_sdp_string(), pending)
 }
 
+/// The port of the first UDP candidate in an SDP (the relay worker's port in an answer).
+pub fn udp_candidate_port(sdp: &str) -> Option<u16> {
+    sdp.lines()
+        .find(|l| l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP ")))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .and_then(|p| p.parse().ok())
+}
+
 /// The SPS NAL unit (without start code) of an Annex-B access unit.
 pub fn annexb_sps(data: &[u8]) -> Option<Vec<u8>> {
     let mut starts = Vec::new();
@@ -274,12 +282,7 @@ impl WhepClient {
         if r.status != 201 {
             return Err(r);
         }
-        let port = r
-            .body
-            .lines()
-            .find(|l| l.starts_with("a=candidate:") && (l.contains(" udp ") || l.contains(" UDP ")))
-            .and_then(|l| l.split_whitespace().nth(5))
-            .and_then(|p| p.parse::<u16>().ok());
+        let port = udp_candidate_port(&r.body);
         let mut sdp_answer = r.body.clone();
         let bottleneck = port.and_then(|p| link(SocketAddr::from(([127, 0, 0, 1], p))));
         if let (Some(b), Some(p)) = (&bottleneck, port) {
@@ -321,12 +324,7 @@ impl WhepClient {
 
     /// The worker's UDP port from the answer's candidates.
     pub fn server_port(&self) -> u16 {
-        self.answer
-            .lines()
-            .find(|l| l.starts_with("a=candidate:"))
-            .and_then(|l| l.split_whitespace().nth(5))
-            .and_then(|p| p.parse().ok())
-            .expect("candidate with a port in the answer")
+        udp_candidate_port(&self.answer).expect("candidate with a port in the answer")
     }
 
     pub fn first_keyframe(&self) -> Option<&GotFrame> {

@@ -443,35 +443,9 @@ impl WorkerCore {
         }
     }
 
-    /// The candidate address a datagram from `src` arrived on, as str0m knows it.
-    fn local_for(&self, src: SocketAddr) -> SocketAddr {
-        self.local
-            .iter()
-            .find(|a| {
-                a.is_ipv4() == src.is_ipv4() && a.ip().is_loopback() == src.ip().is_loopback()
-            })
-            .or_else(|| self.local.iter().find(|a| a.is_ipv4() == src.is_ipv4()))
-            .or(self.local.first())
-            .copied()
-            .unwrap_or(src)
-    }
-
     /// Network input: find the viewer (STUN USERNAME, else the source address) and feed it.
     pub fn on_datagram(&mut self, src: SocketAddr, data: &[u8], now: Instant) {
         self.on_packet(Protocol::Udp, src, data, now)
-    }
-
-    /// The passive ICE-TCP candidate a packet from `src` arrived on.
-    fn local_tcp_for(&self, src: SocketAddr) -> SocketAddr {
-        self.local_tcp
-            .iter()
-            .find(|a| {
-                a.is_ipv4() == src.is_ipv4() && a.ip().is_loopback() == src.ip().is_loopback()
-            })
-            .or_else(|| self.local_tcp.iter().find(|a| a.is_ipv4() == src.is_ipv4()))
-            .or(self.local_tcp.first())
-            .copied()
-            .unwrap_or(src)
     }
 
     /// [`WorkerCore::on_datagram`] for UDP or for one RFC 4571 frame from an ICE-TCP peer.
@@ -479,9 +453,9 @@ impl WorkerCore {
         self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
         let tcp = proto == Protocol::Tcp;
         let dst = if tcp {
-            self.local_tcp_for(src)
+            local_for(&self.local_tcp, src)
         } else {
-            self.local_for(src)
+            local_for(&self.local, src)
         };
         let id = if let Some(ufrag) = stun_local_ufrag(data) {
             match self.by_ufrag.get(ufrag) {
@@ -695,6 +669,18 @@ impl WorkerCore {
             self.remove_publisher(id, why);
         }
     }
+}
+
+/// Which of our candidate addresses (UDP or ICE-TCP) a packet from `src` arrived on, as str0m
+/// knows it: same family and scope (loopback or not), else same family, else the first.
+fn local_for(candidates: &[SocketAddr], src: SocketAddr) -> SocketAddr {
+    candidates
+        .iter()
+        .find(|a| a.is_ipv4() == src.is_ipv4() && a.ip().is_loopback() == src.ip().is_loopback())
+        .or_else(|| candidates.iter().find(|a| a.is_ipv4() == src.is_ipv4()))
+        .or(candidates.first())
+        .copied()
+        .unwrap_or(src)
 }
 
 /// Send what the core has queued: ICE-TCP peers' datagrams to their connection threads, the
