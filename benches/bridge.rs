@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use deltacast::media::bridge::{AacConfig, Bridge, BridgeConfig, OpusConfig};
+use deltacast::media::bridge::{libopus, AacConfig, Bridge, BridgeConfig, OpusConfig};
 use deltacast::media::codec::aac::parse_asc;
 use deltacast::media::{Codec, Frame, OpusParams, TrackKind};
 
@@ -73,8 +73,8 @@ fn aac_input(rate: u32) -> (Codec, Vec<Frame>) {
 /// `SECS` seconds of 20 ms Opus stereo packets (96 kbit/s, as a browser would send music).
 fn opus_input() -> (Codec, Vec<Frame>) {
     let mut enc =
-        opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio).unwrap();
-    enc.set_bitrate(opus::Bitrate::Bits(96_000)).unwrap();
+        libopus::Encoder::new(48_000, libopus::Channels::Stereo, libopus::Application::Audio).unwrap();
+    enc.set_bitrate(96_000).unwrap();
     let pcm = program(48_000, 48_000 * SECS);
     let mut out = vec![0u8; 1500];
     let frames = pcm

@@ -6,6 +6,7 @@ use crate::media::frame::{Frame, TrackKind, CLOCK_HZ};
 use crate::media::track::{AacParams, OpusParams};
 
 use super::fdk::AacDecoder;
+use super::libopus;
 use super::resample::Resample;
 use super::timeline::{Step, Timeline};
 use super::{
@@ -31,7 +32,7 @@ pub struct AacToOpus {
     skip: Option<usize>,
     /// Resampler to 48 kHz when the decoder's output rate is not 48 kHz.
     resampler: Option<Resample>,
-    encoder: opus::Encoder,
+    encoder: libopus::Encoder,
     params: OpusParams,
     timeline: Timeline,
     stats: BridgeStats,
@@ -77,15 +78,15 @@ impl AacToOpus {
         check_aac_input(input)?;
         let decoder = open_decoder(input, config.channels)?;
         let channels = if config.channels == 1 {
-            opus::Channels::Mono
+            libopus::Channels::Mono
         } else {
-            opus::Channels::Stereo
+            libopus::Channels::Stereo
         };
-        let codec = |e: opus::Error| BridgeError::Codec(format!("libopus: {e}"));
+        let codec = |e: libopus::Error| BridgeError::Codec(format!("libopus: {e}"));
         let mut encoder =
-            opus::Encoder::new(48_000, channels, opus::Application::Audio).map_err(codec)?;
+            libopus::Encoder::new(48_000, channels, libopus::Application::Audio).map_err(codec)?;
         encoder
-            .set_bitrate(opus::Bitrate::Bits(config.bitrate as i32))
+            .set_bitrate(config.bitrate as i32)
             .map_err(codec)?;
         encoder
             .set_complexity(i32::from(config.complexity))

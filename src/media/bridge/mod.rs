@@ -36,6 +36,7 @@
 
 mod aac_to_opus;
 mod fdk;
+pub mod libopus;
 mod opus_to_aac;
 mod resample;
 mod timeline;

@@ -7,6 +7,7 @@ use crate::media::codec::aac::parse_asc;
 use crate::media::frame::{Frame, TrackKind, CLOCK_HZ};
 use crate::media::track::{AacParams, OpusParams};
 
+use super::libopus;
 use super::resample::Resample;
 use super::timeline::{Step, Timeline};
 use super::{f32_to_i16, AacConfig, BridgeError, BridgeStats};
@@ -22,7 +23,7 @@ const PLC_STEP: usize = 120;
 pub struct OpusToAac {
     config: AacConfig,
     input: OpusParams,
-    decoder: opus::Decoder,
+    decoder: libopus::Decoder,
     resampler: Option<Resample>,
     encoder: Encoder,
     params: AacParams,
@@ -63,11 +64,11 @@ impl OpusToAac {
             )));
         }
         let channels = if config.channels == 1 {
-            opus::Channels::Mono
+            libopus::Channels::Mono
         } else {
-            opus::Channels::Stereo
+            libopus::Channels::Stereo
         };
-        let decoder = opus::Decoder::new(48_000, channels)
+        let decoder = libopus::Decoder::new(48_000, channels)
             .map_err(|e| BridgeError::Codec(format!("libopus: {e}")))?;
         let encoder = open_encoder(&config)?;
         let info = encoder
@@ -127,7 +128,7 @@ impl OpusToAac {
             return;
         }
         self.stats.frames_in += 1;
-        let samples = match opus::packet::get_nb_samples(&frame.data, 48_000) {
+        let samples = match libopus::packet::get_nb_samples(&frame.data, 48_000) {
             Ok(n) if (1..=MAX_OPUS_SAMPLES).contains(&n) && !frame.data.is_empty() => n,
             _ => {
                 self.stats.decode_errors += 1;

@@ -175,7 +175,7 @@ fn rtp_times(packets: &[Bytes], base: i64) -> Vec<Frame> {
         .iter()
         .map(|p| {
             let f = audio_frame(base + t * 90_000 / 48_000, p.clone());
-            t += opus::packet::get_nb_samples(p, 48_000).unwrap() as i64;
+            t += libopus::packet::get_nb_samples(p, 48_000).unwrap() as i64;
             f
         })
         .collect()
@@ -202,7 +202,7 @@ fn write_ogg_opus(channels: u8, frames: &[Frame]) -> Vec<u8> {
         .unwrap();
     let mut granule = u64::from(PRE_SKIP);
     for (i, f) in frames.iter().enumerate() {
-        granule += opus::packet::get_nb_samples(&f.data, 48_000).unwrap() as u64;
+        granule += libopus::packet::get_nb_samples(&f.data, 48_000).unwrap() as u64;
         let end = if i + 1 == frames.len() {
             ogg::PacketWriteEndInfo::EndStream
         } else if i % 50 == 49 {
@@ -369,7 +369,7 @@ fn aac_48000_mono_to_opus_stereo_and_mono() {
         assert_continuous(&out, &[1800]);
         assert_eq!(bridge.stats().decode_errors, 0);
         for f in &out {
-            let n = opus::packet::get_nb_channels(&f.data).unwrap() as u8;
+            let n = libopus::packet::get_nb_channels(&f.data).unwrap() as u8;
             assert_eq!(n, channels);
         }
         let pcm = ffmpeg_decode(
