@@ -72,8 +72,12 @@ fn aac_input(rate: u32) -> (Codec, Vec<Frame>) {
 
 /// `SECS` seconds of 20 ms Opus stereo packets (96 kbit/s, as a browser would send music).
 fn opus_input() -> (Codec, Vec<Frame>) {
-    let mut enc =
-        libopus::Encoder::new(48_000, libopus::Channels::Stereo, libopus::Application::Audio).unwrap();
+    let mut enc = libopus::Encoder::new(
+        48_000,
+        libopus::Channels::Stereo,
+        libopus::Application::Audio,
+    )
+    .unwrap();
     enc.set_bitrate(96_000).unwrap();
     let pcm = program(48_000, 48_000 * SECS);
     let mut out = vec![0u8; 1500];

@@ -85,9 +85,7 @@ impl AacToOpus {
         let codec = |e: libopus::Error| BridgeError::Codec(format!("libopus: {e}"));
         let mut encoder =
             libopus::Encoder::new(48_000, channels, libopus::Application::Audio).map_err(codec)?;
-        encoder
-            .set_bitrate(config.bitrate as i32)
-            .map_err(codec)?;
+        encoder.set_bitrate(config.bitrate as i32).map_err(codec)?;
         encoder
             .set_complexity(i32::from(config.complexity))
             .map_err(codec)?;

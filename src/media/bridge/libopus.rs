@@ -21,6 +21,12 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The empty argument list of a ctl request that takes none (the crate's macro for this case
+/// does not expand outside the crate).
+fn no_args() -> ffi::varargs::VarArgs<'static> {
+    ffi::varargs::VarArgs(Vec::new())
+}
+
 fn check(code: i32) -> Result<usize, Error> {
     if code < 0 {
         Err(Error(code))
@@ -82,7 +88,19 @@ impl Encoder {
 
     pub fn reset_state(&mut self) -> Result<(), Error> {
         // SAFETY: `st` is live; OPUS_RESET_STATE takes no argument.
-        check(unsafe { ffi::opus_encoder_ctl!(self.st, ffi::OPUS_RESET_STATE) }).map(drop)
+        check(unsafe { ffi::opus_encoder_ctl_impl(self.st, ffi::OPUS_RESET_STATE, no_args()) })
+            .map(drop)
+    }
+
+    /// As [`Encoder::encode_float`], for 16-bit samples.
+    pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, Error> {
+        if pcm.len() % self.channels != 0 || out.is_empty() {
+            return Err(Error(ffi::OPUS_BAD_ARG));
+        }
+        let frame = (pcm.len() / self.channels) as i32;
+        let cap = out.len().min(i32::MAX as usize) as i32;
+        // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
+        check(unsafe { ffi::opus_encode(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap) })
     }
 
     /// Encode one frame of interleaved samples (2.5–60 ms at 48 kHz) into `out`; returns its size.
@@ -131,7 +149,12 @@ impl Decoder {
     /// Decode `packet` into interleaved `out` (sized for the samples wanted); an empty packet asks
     /// for concealment (PLC), `fec` decodes the in-band redundancy of the packet before this one.
     /// Returns the samples per channel written.
-    pub fn decode_float(&mut self, packet: &[u8], out: &mut [f32], fec: bool) -> Result<usize, Error> {
+    pub fn decode_float(
+        &mut self,
+        packet: &[u8],
+        out: &mut [f32],
+        fec: bool,
+    ) -> Result<usize, Error> {
         let frame = (out.len() / self.channels).min(i32::MAX as usize) as i32;
         if frame == 0 || packet.len() > i32::MAX as usize {
             return Err(Error(ffi::OPUS_BAD_ARG));
@@ -156,7 +179,8 @@ impl Decoder {
 
     pub fn reset_state(&mut self) -> Result<(), Error> {
         // SAFETY: `st` is live; OPUS_RESET_STATE takes no argument.
-        check(unsafe { ffi::opus_decoder_ctl!(self.st, ffi::OPUS_RESET_STATE) }).map(drop)
+        check(unsafe { ffi::opus_decoder_ctl_impl(self.st, ffi::OPUS_RESET_STATE, no_args()) })
+            .map(drop)
     }
 }
 
