@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use unsafe_libopus as ffi;
+use unsafe_libopus as unsafe_ffi;
 
 /// A libopus error code with libopus's own text for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct Error(pub i32);
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(ffi::opus_strerror(self.0))
+        f.write_str(unsafe_ffi::opus_strerror(self.0))
     }
 }
 
@@ -23,8 +23,8 @@ impl std::error::Error for Error {}
 
 /// The empty argument list of a ctl request that takes none (the crate's macro for this case
 /// does not expand outside the crate).
-fn no_args() -> ffi::varargs::VarArgs<'static> {
-    ffi::varargs::VarArgs(Vec::new())
+fn no_args() -> unsafe_ffi::varargs::VarArgs<'static> {
+    unsafe_ffi::varargs::VarArgs(Vec::new())
 }
 
 fn check(code: i32) -> Result<usize, Error> {
@@ -48,7 +48,7 @@ pub enum Application {
 }
 
 pub struct Encoder {
-    st: *mut ffi::OpusEncoder,
+    st: *mut unsafe_ffi::OpusEncoder,
     channels: usize,
 }
 
@@ -59,12 +59,13 @@ unsafe impl Send for Encoder {}
 impl Encoder {
     pub fn new(rate: u32, channels: Channels, app: Application) -> Result<Self, Error> {
         let app = match app {
-            Application::Audio => ffi::OPUS_APPLICATION_AUDIO,
+            Application::Audio => unsafe_ffi::OPUS_APPLICATION_AUDIO,
         };
         let mut err = 0;
         // SAFETY: arguments are validated by libopus; a null return comes with an error code.
-        let st = unsafe { ffi::opus_encoder_create(rate as i32, channels as i32, app, &mut err) };
-        if st.is_null() || err != ffi::OPUS_OK {
+        let st =
+            unsafe { unsafe_ffi::opus_encoder_create(rate as i32, channels as i32, app, &mut err) };
+        if st.is_null() || err != unsafe_ffi::OPUS_OK {
             return Err(Error(if err == 0 { -7 } else { err }));
         }
         Ok(Encoder {
@@ -75,44 +76,48 @@ impl Encoder {
 
     fn ctl(&mut self, request: i32, value: i32) -> Result<(), Error> {
         // SAFETY: `st` is live; these requests take one i32 by value.
-        check(unsafe { ffi::opus_encoder_ctl!(self.st, request, value) }).map(drop)
+        check(unsafe { unsafe_ffi::opus_encoder_ctl!(self.st, request, value) }).map(drop)
     }
 
     pub fn set_bitrate(&mut self, bits_per_second: i32) -> Result<(), Error> {
-        self.ctl(ffi::OPUS_SET_BITRATE_REQUEST, bits_per_second)
+        self.ctl(unsafe_ffi::OPUS_SET_BITRATE_REQUEST, bits_per_second)
     }
 
     pub fn set_complexity(&mut self, complexity: i32) -> Result<(), Error> {
-        self.ctl(ffi::OPUS_SET_COMPLEXITY_REQUEST, complexity)
+        self.ctl(unsafe_ffi::OPUS_SET_COMPLEXITY_REQUEST, complexity)
     }
 
     pub fn reset_state(&mut self) -> Result<(), Error> {
         // SAFETY: `st` is live; OPUS_RESET_STATE takes no argument.
-        check(unsafe { ffi::opus_encoder_ctl_impl(self.st, ffi::OPUS_RESET_STATE, no_args()) })
-            .map(drop)
+        check(unsafe {
+            unsafe_ffi::opus_encoder_ctl_impl(self.st, unsafe_ffi::OPUS_RESET_STATE, no_args())
+        })
+        .map(drop)
     }
 
     /// As [`Encoder::encode_float`], for 16-bit samples.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, Error> {
-        if pcm.len() % self.channels != 0 || out.is_empty() {
-            return Err(Error(ffi::OPUS_BAD_ARG));
-        }
-        let frame = (pcm.len() / self.channels) as i32;
-        let cap = out.len().min(i32::MAX as usize) as i32;
-        // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
-        check(unsafe { ffi::opus_encode(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap) })
-    }
-
-    /// Encode one frame of interleaved samples (2.5–60 ms at 48 kHz) into `out`; returns its size.
-    pub fn encode_float(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, Error> {
-        if pcm.len() % self.channels != 0 || out.is_empty() {
-            return Err(Error(ffi::OPUS_BAD_ARG));
+        if !pcm.len().is_multiple_of(self.channels) || out.is_empty() {
+            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
         }
         let frame = (pcm.len() / self.channels) as i32;
         let cap = out.len().min(i32::MAX as usize) as i32;
         // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
         check(unsafe {
-            ffi::opus_encode_float(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap)
+            unsafe_ffi::opus_encode(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap)
+        })
+    }
+
+    /// Encode one frame of interleaved samples (2.5–60 ms at 48 kHz) into `out`; returns its size.
+    pub fn encode_float(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, Error> {
+        if !pcm.len().is_multiple_of(self.channels) || out.is_empty() {
+            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
+        }
+        let frame = (pcm.len() / self.channels) as i32;
+        let cap = out.len().min(i32::MAX as usize) as i32;
+        // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
+        check(unsafe {
+            unsafe_ffi::opus_encode_float(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap)
         })
     }
 }
@@ -120,12 +125,12 @@ impl Encoder {
 impl Drop for Encoder {
     fn drop(&mut self) {
         // SAFETY: created by opus_encoder_create, destroyed once.
-        unsafe { ffi::opus_encoder_destroy(self.st) }
+        unsafe { unsafe_ffi::opus_encoder_destroy(self.st) }
     }
 }
 
 pub struct Decoder {
-    st: *mut ffi::OpusDecoder,
+    st: *mut unsafe_ffi::OpusDecoder,
     channels: usize,
 }
 
@@ -136,8 +141,8 @@ impl Decoder {
     pub fn new(rate: u32, channels: Channels) -> Result<Self, Error> {
         let mut err = 0;
         // SAFETY: arguments are validated by libopus; a null return comes with an error code.
-        let st = unsafe { ffi::opus_decoder_create(rate as i32, channels as i32, &mut err) };
-        if st.is_null() || err != ffi::OPUS_OK {
+        let st = unsafe { unsafe_ffi::opus_decoder_create(rate as i32, channels as i32, &mut err) };
+        if st.is_null() || err != unsafe_ffi::OPUS_OK {
             return Err(Error(if err == 0 { -7 } else { err }));
         }
         Ok(Decoder {
@@ -157,7 +162,7 @@ impl Decoder {
     ) -> Result<usize, Error> {
         let frame = (out.len() / self.channels).min(i32::MAX as usize) as i32;
         if frame == 0 || packet.len() > i32::MAX as usize {
-            return Err(Error(ffi::OPUS_BAD_ARG));
+            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
         }
         let data = if packet.is_empty() {
             std::ptr::null()
@@ -166,7 +171,7 @@ impl Decoder {
         };
         // SAFETY: `data` is null (PLC) or `packet.len()` bytes; `out` holds `frame * channels`.
         check(unsafe {
-            ffi::opus_decode_float(
+            unsafe_ffi::opus_decode_float(
                 self.st,
                 data,
                 packet.len() as i32,
@@ -179,39 +184,45 @@ impl Decoder {
 
     pub fn reset_state(&mut self) -> Result<(), Error> {
         // SAFETY: `st` is live; OPUS_RESET_STATE takes no argument.
-        check(unsafe { ffi::opus_decoder_ctl_impl(self.st, ffi::OPUS_RESET_STATE, no_args()) })
-            .map(drop)
+        check(unsafe {
+            unsafe_ffi::opus_decoder_ctl_impl(self.st, unsafe_ffi::OPUS_RESET_STATE, no_args())
+        })
+        .map(drop)
     }
 }
 
 impl Drop for Decoder {
     fn drop(&mut self) {
         // SAFETY: created by opus_decoder_create, destroyed once.
-        unsafe { ffi::opus_decoder_destroy(self.st) }
+        unsafe { unsafe_ffi::opus_decoder_destroy(self.st) }
     }
 }
 
 /// Queries on an Opus packet's TOC, without decoding.
 pub mod packet {
-    use super::{check, ffi, Error};
+    use super::{check, unsafe_ffi, Error};
 
     /// Samples per channel the packet decodes to at `rate`.
     pub fn get_nb_samples(packet: &[u8], rate: u32) -> Result<usize, Error> {
         if packet.is_empty() || packet.len() > i32::MAX as usize {
-            return Err(Error(ffi::OPUS_BAD_ARG));
+            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
         }
         // SAFETY: reads at most `packet.len()` bytes.
         check(unsafe {
-            ffi::opus_packet_get_nb_samples(packet.as_ptr(), packet.len() as i32, rate as i32)
+            unsafe_ffi::opus_packet_get_nb_samples(
+                packet.as_ptr(),
+                packet.len() as i32,
+                rate as i32,
+            )
         })
     }
 
     pub fn get_nb_channels(packet: &[u8]) -> Result<usize, Error> {
         if packet.is_empty() {
-            return Err(Error(ffi::OPUS_BAD_ARG));
+            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
         }
         // SAFETY: reads the first byte only, which exists.
-        check(unsafe { ffi::opus_packet_get_nb_channels(packet.as_ptr()) })
+        check(unsafe { unsafe_ffi::opus_packet_get_nb_channels(packet.as_ptr()) })
     }
 }
 
