@@ -12,7 +12,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::packetizer::H264Packetizer;
-use super::session::{choose_video, offer_mids};
+use super::session::choose_video;
+use crate::webrtc::offer::mids as offer_mids;
 use super::worker::{stun_local_ufrag, Timing, WorkerCore};
 use super::*;
 
