@@ -13,7 +13,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
@@ -593,6 +593,41 @@ fn page_assets_and_playback_api() {
     let r = s.get("/web/hls.min.js");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("npm ci --prefix web"), "{}", r.text());
+}
+
+/// Without `npm ci --prefix web`, `/web/hls.min.js` is a 503 that says what to do, and shows
+/// neither the server's file paths nor its configuration (the log has those).
+#[test]
+fn missing_hls_js_answer_names_no_server_path() {
+    let empty = tempfile::Builder::new()
+        .prefix("no-npm-web-dir-")
+        .tempdir()
+        .unwrap();
+    let dir = empty.path().display().to_string();
+    let s = start_server(
+        "no-npm-path",
+        &format!("[web]\ndir = {dir:?}\n[sfu]\nenabled = false\n"),
+    );
+    let r = s.get("/web/hls.min.js");
+    let body = r.text();
+    eprintln!("503 body: {body}");
+    assert_eq!(r.status, 503, "{body}");
+    assert!(r.header("retry-after").is_some());
+    assert!(body.contains("npm ci --prefix web"), "says what to do: {body}");
+    for leak in [
+        dir.as_str(),
+        "no-npm-web-dir-",
+        "node_modules",
+        "web.dir",
+        "No such file",
+        "os error",
+    ] {
+        assert!(!body.contains(leak), "the 503 body shows `{leak}`: {body}");
+    }
+    assert!(
+        s.log_text().contains(&dir),
+        "the log names the path the operator must fix"
+    );
 }
 
 // ───────────────────────────── tests: LL-HLS ─────────────────────────────
