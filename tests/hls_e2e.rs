@@ -823,7 +823,11 @@ fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
         assert!(Instant::now() < deadline, "part {m}.{} never came", p + 1);
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("origin has {m}.{} {:?} after the return", p + 1, t.elapsed());
+    eprintln!(
+        "origin has {m}.{} {:?} after the return",
+        p + 1,
+        t.elapsed()
+    );
     let r = held.join().unwrap();
     eprintln!(
         "the request held across the return: {} after {:.1} s",

@@ -434,7 +434,10 @@ fn api_shows_publisher_addresses_to_admins_only() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let admin_view = loop {
-        let v = json(&get("/api/v1/streams/good", Some(&format!("Bearer {token}"))));
+        let v = json(&get(
+            "/api/v1/streams/good",
+            Some(&format!("Bearer {token}")),
+        ));
         if v["last_error"].is_string() || Instant::now() > deadline {
             break v;
         }
@@ -473,7 +476,10 @@ fn api_shows_publisher_addresses_to_admins_only() {
             assert_eq!(one["state"], "publishing", "{one}");
             assert!(one["tracks"].is_array(), "public fields stay: {one}");
             for k in ["publisher", "last_error"] {
-                assert!(one.get(k).is_none(), "{path} with {auth:?} shows '{k}': {one}");
+                assert!(
+                    one.get(k).is_none(),
+                    "{path} with {auth:?} shows '{k}': {one}"
+                );
             }
             assert!(
                 !r.text().contains("127.0.0.1"),
@@ -483,7 +489,10 @@ fn api_shows_publisher_addresses_to_admins_only() {
         }
     }
     // Any case of the scheme makes an admin read.
-    let v = json(&get("/api/v1/streams/good", Some(&format!("bearer {token}"))));
+    let v = json(&get(
+        "/api/v1/streams/good",
+        Some(&format!("bearer {token}")),
+    ));
     assert!(v["publisher"].is_string(), "{v}");
 }
 
@@ -506,7 +515,12 @@ fn admin_api_takes_the_bearer_scheme_in_any_case() {
     };
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let r = get(Some(&format!("{scheme} {token}")));
-        assert_eq!(r.status, 200, "admin-only GET with '{scheme}': {}", r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "admin-only GET with '{scheme}': {}",
+            r.text()
+        );
     }
     assert_eq!(get(None).status, 401);
     assert_eq!(get(Some(&format!("Basic {token}"))).status, 401);

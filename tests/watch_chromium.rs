@@ -613,7 +613,10 @@ fn missing_hls_js_answer_names_no_server_path() {
     eprintln!("503 body: {body}");
     assert_eq!(r.status, 503, "{body}");
     assert!(r.header("retry-after").is_some());
-    assert!(body.contains("npm ci --prefix web"), "says what to do: {body}");
+    assert!(
+        body.contains("npm ci --prefix web"),
+        "says what to do: {body}"
+    );
     for leak in [
         dir.as_str(),
         "no-npm-web-dir-",

@@ -231,7 +231,11 @@ fn suite(io: &str) {
     );
     assert_eq!(r.status, 404, "PATCH of a WHEP session via {as_whip}");
     let r = request(http, "DELETE", &as_whip, &[], b"");
-    assert_eq!(r.status, 404, "DELETE of a WHEP session via {as_whip}: {}", r.body);
+    assert_eq!(
+        r.status, 404,
+        "DELETE of a WHEP session via {as_whip}: {}",
+        r.body
+    );
 
     // A never noticed.
     let n = a.frames.len();

@@ -405,7 +405,11 @@ fn whip_bad_requests_get_rfc_status_codes() {
         &[sdp, ("Authorization", "bearer livekey")],
         good2.as_bytes(),
     );
-    assert_eq!(r.status, 201, "good offer after the refused ones: {}", r.body);
+    assert_eq!(
+        r.status, 201,
+        "good offer after the refused ones: {}",
+        r.body
+    );
     let loc = r.header("location").unwrap().to_string();
     assert_eq!(request(http, "DELETE", &loc, &[], b"").status, 200);
     server.wait_state("live", "idle", Duration::from_secs(5));

@@ -222,8 +222,7 @@ pub fn check(offer: &str, role: Role) -> Result<Offer, OfferError> {
         }
         seen.push(m);
     }
-    let sdp =
-        SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
+    let sdp = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Malformed(e.to_string()))?;
 
     // ICE credentials (session level, or per m-line as browsers write them).
     let all = || std::iter::once(&session).chain(media.iter());
@@ -459,7 +458,11 @@ mod tests {
         check(&ufrag("a+/b"), Role::Viewer).unwrap();
         check(&pwd(&"p".repeat(22)), Role::Viewer).unwrap();
         check(&pwd(&"p".repeat(256)), Role::Viewer).unwrap();
-        for bad in [ufrag("abc"), ufrag(&"u".repeat(257)), ufrag(&"u".repeat(5000))] {
+        for bad in [
+            ufrag("abc"),
+            ufrag(&"u".repeat(257)),
+            ufrag(&"u".repeat(5000)),
+        ] {
             let m = malformed(check(&bad, Role::Viewer));
             assert!(m.contains("ice-ufrag") && m.len() < 200, "{m}");
         }
@@ -509,7 +512,10 @@ mod tests {
 
     #[test]
     fn mids_are_bounded() {
-        let sdp = format!("a=mid:0\r\na=mid:\r\na=mid:{}\r\na=mid:v\r\n", "x".repeat(40));
+        let sdp = format!(
+            "a=mid:0\r\na=mid:\r\na=mid:{}\r\na=mid:v\r\n",
+            "x".repeat(40)
+        );
         assert_eq!(mids(&sdp), ["0", "v"]);
     }
 }

@@ -178,7 +178,10 @@ pub fn assert_offer_checks(
         .expect("a fingerprint in the offer")
         .to_string();
     let (_, digest) = fp.split_once(' ').unwrap();
-    for weak in [format!("md5 {}", &digest[..47]), format!("sha-1 {}", &digest[..59])] {
+    for weak in [
+        format!("md5 {}", &digest[..47]),
+        format!("sha-1 {}", &digest[..59]),
+    ] {
         let r = post(&with_attr(good, "fingerprint", &weak));
         assert_eq!(r.status, 422, "{path}: {weak}: {}", r.body);
         assert!(r.body.contains("sha-256"), "422 says why: {}", r.body);
@@ -190,7 +193,13 @@ pub fn assert_offer_checks(
         ("ice-pwd", "p".repeat(257)),
     ] {
         let r = post(&with_attr(good, attr, &value));
-        assert_eq!(r.status, 400, "{path}: {attr} of {} chars: {}", value.len(), r.body);
+        assert_eq!(
+            r.status,
+            400,
+            "{path}: {attr} of {} chars: {}",
+            value.len(),
+            r.body
+        );
         assert!(r.body.contains(attr) && r.body.len() < 300, "{}", r.body);
     }
 }

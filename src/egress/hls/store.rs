@@ -710,7 +710,11 @@ mod tests {
         // Segments 0..=2 complete (2 closed early by the idle); the publisher may come back.
         assert!(!w.live && !w.ended);
         assert_eq!(w.readiness(2, Some(0)), Readiness::Ready);
-        assert_eq!(w.readiness(3, Some(0)), Readiness::Wait, "not there while idle");
+        assert_eq!(
+            w.readiness(3, Some(0)),
+            Readiness::Wait,
+            "not there while idle"
+        );
         assert_eq!(w.readiness(3, None), Readiness::Wait);
         assert!(matches!(w.readiness(5, None), Readiness::TooFar(_)));
         assert!(matches!(w.readiness(5000, Some(0)), Readiness::TooFar(_)));

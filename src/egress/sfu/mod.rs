@@ -46,8 +46,8 @@ use str0m::{Candidate, IceCreds, Rtc};
 use crate::config::SfuConfig;
 use crate::io::{DriverKind, IoRequest, Waker};
 use crate::media::{Registry, StreamState, TrackKind};
-use packetizer::RtpPayload;
 use crate::webrtc::offer::{self, OfferError, Role};
+use packetizer::RtpPayload;
 use session::{choose_audio, choose_video, AudioOut, VideoOut};
 
 /// Capacity of the registry sink feeding the router (frames of all streams).
