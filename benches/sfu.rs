@@ -31,12 +31,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use deltacast::egress::sfu::packetizer::{H264Packetizer, RtpPayload};
-use deltacast::egress::sfu::session::{choose_video, offer_mids};
+use deltacast::egress::sfu::session::choose_video;
 use deltacast::egress::sfu::worker::{Timing, WorkerCore};
 use deltacast::egress::sfu::{
     build_viewer_rtc, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared,
 };
 use deltacast::media::TrackKind;
+use deltacast::webrtc::offer::mids as offer_mids;
 use str0m::change::SdpAnswer;
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, KeyingMaterial,

@@ -64,9 +64,11 @@ pub fn webrtc_ingest(data: &[u8]) {
         None => (data, &[][..]),
     };
     let offer = String::from_utf8_lossy(offer);
-    let _ = crate::ingest::whip::check_offer(&offer);
+    for role in [crate::webrtc::Role::Publisher, crate::webrtc::Role::Viewer] {
+        let _ = crate::webrtc::offer::check(&offer, role);
+    }
     let rids = crate::ingest::whip::simulcast_rids(&offer);
-    let _ = crate::egress::sfu::session::offer_mids(&offer);
+    let _ = crate::webrtc::offer::mids(&offer);
     let mut set = LayerSet::new(rids, Some(std::time::Duration::from_millis(500)));
     let mut now = std::time::Instant::now();
     for au in aus.split(|&b| b == 0xF7) {

@@ -13,3 +13,4 @@ pub mod io;
 pub mod media;
 pub mod metrics;
 pub mod provider;
+pub mod webrtc;

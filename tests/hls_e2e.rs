@@ -732,3 +732,123 @@ fn demo_stream_plays_without_an_encoder() {
     assert!(v["tracks"].as_array().is_some_and(|t| t.len() == 2), "{v}");
     server.assert_advancing("demo", Duration::from_secs(5), "while the demo runs");
 }
+
+/// Blocking reloads through the nginx cache of docs/CDN.md while the publisher is away and after
+/// it returns: no answer without the asked-for part is cached past the playlist TTL (the origin
+/// holds the request, then 503 `no-store`), so once the origin has the part the cache never
+/// serves a playlist without it; far-future requests are 400, live and idle.
+#[test]
+fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
+    use common::nginx::Nginx;
+    require_tool("ffmpeg");
+    // Default segments (2 s): a blocking answer may be cached 6 × 2 s, a hold lasts 3 × 2 s.
+    let server = Server::start("cdn-idle", "[sfu]\nenabled = false\n");
+    let stream = "cam9";
+    let mut ff = Ffmpeg::publish("cdn-idle-1", &server.rtmp_url(stream));
+    server.wait_segments(stream, 2, Duration::from_secs(40));
+    let n = Nginx::start(server.http);
+    let path = Server::playlist_path(stream);
+    let via_cdn = |query: &str| n.get(&format!("{path}?{query}"));
+    // Every playlist the cache hands out for `_HLS_msn=m&_HLS_part=p`, checked the same way.
+    let check = |r: &Resp, m: u64, p: u64, when: &str| {
+        if r.status == 200 {
+            let pl = Playlist::parse(&r.text()).unwrap();
+            assert!(
+                pl.has_part(m, p),
+                "{when}: the cache ({:?}, {:?}) served a playlist without part {m}.{p} for a \
+                 request that asked for it:\n{}",
+                r.header("x-cache-status"),
+                r.header("cache-control"),
+                r.text()
+            );
+        } else {
+            assert_eq!(r.status, 503, "{when}: {} {}", r.status, r.text());
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{when}");
+            assert_ne!(r.header("x-cache-status"), Some("HIT"), "{when}");
+        }
+    };
+
+    // Live: too far ahead → 400 at once (well past last MSN + 2, so a segment that starts
+    // meanwhile cannot turn it into a legitimate wait).
+    let live = server.playlist(stream);
+    let (m, _) = live.next_part();
+    for q in [format!("_HLS_msn={}", m + 10), "_HLS_msn=5000".to_string()] {
+        let r = via_cdn(&q);
+        assert_eq!(r.status, 400, "live, {q}: {}", r.text());
+    }
+
+    // The publisher goes away; the stream may come back.
+    ff.kill();
+    server.wait_state(stream, "idle", Duration::from_secs(10));
+    let idle = server.playlist(stream);
+    assert!(idle.preload_hint.is_none(), "{}", idle.text);
+    let (m, p) = idle.next_part();
+    let td = idle.target_duration.unwrap();
+    for q in [format!("_HLS_msn={}", m + 3), "_HLS_msn=5000".to_string()] {
+        let r = via_cdn(&q);
+        assert_eq!(r.status, 400, "idle, {q}: {}", r.text());
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let q = format!("_HLS_msn={m}&_HLS_part={p}");
+    let r = via_cdn(&q);
+    eprintln!(
+        "idle, {q} through the cache: {} after {:.1} s ({:?})",
+        r.status,
+        r.elapsed.as_secs_f64(),
+        r.header("cache-control")
+    );
+    check(&r, m, p, "while the publisher is away");
+    assert!(
+        r.elapsed <= Duration::from_secs_f64(3.0 * td + 2.0),
+        "held {:?}, longer than 3 target durations",
+        r.elapsed
+    );
+
+    // The publisher returns while a viewer waits on the part that is to come.
+    let held = {
+        let addr = n.addr;
+        let url = format!("{path}?{q}");
+        std::thread::spawn(move || {
+            common::http_get(addr, &url, Duration::from_secs(20)).expect("blocking GET")
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let _ff2 = Ffmpeg::publish("cdn-idle-2", &server.rtmp_url(stream));
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(30);
+    loop {
+        if server.playlist(stream).has_part(m, p + 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "part {m}.{} never came", p + 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "origin has {m}.{} {:?} after the return",
+        p + 1,
+        t.elapsed()
+    );
+    let r = held.join().unwrap();
+    eprintln!(
+        "the request held across the return: {} after {:.1} s",
+        r.status,
+        r.elapsed.as_secs_f64()
+    );
+    check(&r, m, p, "held across the return");
+    // From now on every viewer asking for those parts gets them, from the cache or not.
+    for round in 0..5 {
+        for part in [p, p + 1] {
+            let q = format!("_HLS_msn={m}&_HLS_part={part}");
+            let r = via_cdn(&q);
+            assert_eq!(r.status, 200, "after the return, {q}: {}", r.text());
+            check(&r, m, part, &format!("after the return, round {round}"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Far future still 400 now that it is live again.
+    let (m2, _) = server.playlist(stream).next_part();
+    let r = via_cdn(&format!("_HLS_msn={}", m2 + 10));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let log = n.log_lines();
+    eprintln!("cache log:\n{}", log.join("\n"));
+}

@@ -403,3 +403,126 @@ fn second_publisher_on_a_live_stream_is_refused() {
     let err = v["last_error"].to_string().to_ascii_lowercase();
     eprintln!("API after the refused second publisher: last_error {err}");
 }
+
+/// Public API reads do not show where publishers connect from: the publisher's IP:port and
+/// `last_error` (which names a refused publisher's address) are for admins only. The admin token
+/// works with the Bearer scheme in any case, on reads and on admin-only calls.
+#[test]
+fn api_shows_publisher_addresses_to_admins_only() {
+    require_tool("ffmpeg");
+    let token = "adm-5ecret-t0ken";
+    let server = Server::start_with(
+        "api-admin",
+        &format!("admin_token = \"{token}\""),
+        "",
+        STREAMS,
+        &[],
+    );
+    let _good = Ffmpeg::publish("api-admin-good", &server.rtmp_url("goodkey"));
+    server.wait_state("good", "publishing", Duration::from_secs(15));
+    // A second publisher on the live stream is refused: its address goes into last_error.
+    let mut second = Ffmpeg::publish("api-admin-second", &server.rtmp_url("goodkey"));
+    let _ = second.wait_exit(Duration::from_secs(15));
+    let get = |path: &str, auth: Option<&str>| {
+        let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        http_request_with(server.http, "GET", path, &h, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    let json = |r: &Resp| -> serde_json::Value {
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admin_view = loop {
+        let v = json(&get(
+            "/api/v1/streams/good",
+            Some(&format!("Bearer {token}")),
+        ));
+        if v["last_error"].is_string() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "admin sees publisher {} and last_error {}",
+        admin_view["publisher"], admin_view["last_error"]
+    );
+    assert!(
+        admin_view["publisher"]
+            .as_str()
+            .is_some_and(|p| p.contains("127.0.0.1")),
+        "{admin_view}"
+    );
+    assert!(
+        admin_view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1")),
+        "the refused publisher is in last_error: {admin_view}"
+    );
+    for auth in [None, Some("Bearer wrong"), Some("Basic YWRtaW4=")] {
+        for path in ["/api/v1/streams/good", "/api/v1/streams"] {
+            let r = get(path, auth);
+            let v = json(&r);
+            let one = if v.is_array() {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == "good")
+                    .cloned()
+                    .unwrap_or_else(|| panic!("good not listed: {v}"))
+            } else {
+                v
+            };
+            assert_eq!(one["state"], "publishing", "{one}");
+            assert!(one["tracks"].is_array(), "public fields stay: {one}");
+            for k in ["publisher", "last_error"] {
+                assert!(
+                    one.get(k).is_none(),
+                    "{path} with {auth:?} shows '{k}': {one}"
+                );
+            }
+            assert!(
+                !r.text().contains("127.0.0.1"),
+                "{path} with {auth:?} names an address: {}",
+                r.text()
+            );
+        }
+    }
+    // Any case of the scheme makes an admin read.
+    let v = json(&get(
+        "/api/v1/streams/good",
+        Some(&format!("bearer {token}")),
+    ));
+    assert!(v["publisher"].is_string(), "{v}");
+}
+
+/// The admin token's `Authorization` scheme is case-insensitive (RFC 9110 §11.1), as on WHIP.
+#[test]
+fn admin_api_takes_the_bearer_scheme_in_any_case() {
+    let token = "adm-5ecret-t0ken";
+    let server = Server::start_with(
+        "api-bearer",
+        &format!("admin_token = \"{token}\""),
+        "",
+        STREAMS,
+        &[],
+    );
+    let get = |auth: Option<&str>| {
+        let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let path = "/api/v1/streams/good/ingest";
+        http_request_with(server.http, "GET", path, &h, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = get(Some(&format!("{scheme} {token}")));
+        assert_eq!(
+            r.status,
+            200,
+            "admin-only GET with '{scheme}': {}",
+            r.text()
+        );
+    }
+    assert_eq!(get(None).status, 401);
+    assert_eq!(get(Some(&format!("Basic {token}"))).status, 401);
+    assert_eq!(get(Some("bearer wrong")).status, 403);
+}

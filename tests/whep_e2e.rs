@@ -1,8 +1,9 @@
 //! WHEP end to end: ffmpeg publishes RTMP to the real binary; str0m clients play over WebRTC
 //! (ICE + DTLS + SRTP on 127.0.0.1) and must see H.264 keyframes; time to first frame is printed.
 //! Bad input (garbage UDP on the worker port, malformed / empty SDP, offers without H.264, unknown
-//! streams, wrong content types, PATCH preconditions) gets the spec's status codes while another
-//! viewer keeps receiving. The suite runs once per UDP driver (epoll, io_uring).
+//! streams, wrong content types, PATCH preconditions, offers that send, weak fingerprints, bad
+//! ICE credentials, a session addressed through the WHIP path) gets the spec's status codes while
+//! another viewer keeps receiving. The suite runs once per UDP driver (epoll, io_uring).
 
 mod common;
 mod whep_common;
@@ -123,6 +124,16 @@ fn suite(io: &str) {
     assert_eq!(r.status, 406, "offer without H.264: {}", r.body);
     assert!(r.body.contains("H.264"), "406 says why: {}", r.body);
     let (_r, _s, _l, good, _p) = offer(false);
+    // The offer check shared with WHIP: a WHEP offer receives, a sha-256 fingerprint, RFC 8839
+    // ICE credentials.
+    whep_common::assert_offer_checks(
+        http,
+        "/whep/show",
+        &ct,
+        &good,
+        "recvonly",
+        &["sendonly", "inactive"],
+    );
     let r = request(http, "POST", "/whep/nosuch", &ct, good.as_bytes());
     assert_eq!(r.status, 404, "unknown stream: {}", r.body);
     let r = request(http, "POST", "/whep/later", &ct, good.as_bytes());
@@ -209,6 +220,22 @@ fn suite(io: &str) {
         cand.as_bytes(),
     );
     assert_eq!(r.status, 404, "PATCH unknown session");
+    // A WHEP session is not reachable through the WHIP path (separate namespaces).
+    let as_whip = a.location.replacen("/whep/", "/whip/", 1);
+    let r = request(
+        http,
+        "PATCH",
+        &as_whip,
+        &[sf, ("If-Match", &etag)],
+        cand.as_bytes(),
+    );
+    assert_eq!(r.status, 404, "PATCH of a WHEP session via {as_whip}");
+    let r = request(http, "DELETE", &as_whip, &[], b"");
+    assert_eq!(
+        r.status, 404,
+        "DELETE of a WHEP session via {as_whip}: {}",
+        r.body
+    );
 
     // A never noticed.
     let n = a.frames.len();

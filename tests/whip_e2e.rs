@@ -155,6 +155,32 @@ fn whip_suite(io: &str) {
         a.audio_frames
     );
 
+    // ── WHIP and WHEP session URLs are separate namespaces ──
+    let pub_as_whep = publisher.location.replacen("/whip/", "/whep/", 1);
+    let viewer_as_whip = a.location.replacen("/whep/", "/whip/", 1);
+    let sf = ("Content-Type", "application/trickle-ice-sdpfrag");
+    let cand = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+    let r = request(
+        http,
+        "PATCH",
+        &pub_as_whep,
+        &[sf, ("If-Match", &publisher.etag)],
+        cand.as_bytes(),
+    );
+    assert_eq!(r.status, 404, "PATCH of the WHIP session via {pub_as_whep}");
+    for loc in [&pub_as_whep, &viewer_as_whip] {
+        let r = request(http, "DELETE", loc, &[], b"");
+        assert_eq!(r.status, 404, "DELETE via the other path {loc}: {}", r.body);
+    }
+    let n = a.frames.len();
+    a.run(Duration::from_secs(1), |_| false);
+    assert!(
+        a.frames.len() >= n + 15,
+        "publisher and viewer untouched by the cross-path DELETEs: {n} → {}",
+        a.frames.len()
+    );
+    assert_eq!(server.api_stream("live").unwrap()["state"], "publishing");
+
     // ── a viewer's PLI reaches the WHIP publisher ──
     let before = publisher.stats.keyframe_requests.load(Ordering::Relaxed);
     let mid = str0m::media::Mid::from(video_mid(&a.answer).as_str());
@@ -244,8 +270,6 @@ fn whip_suite(io: &str) {
     );
 
     // ── PATCH preconditions, then DELETE: the stream goes idle ──
-    let sf = ("Content-Type", "application/trickle-ice-sdpfrag");
-    let cand = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
     let loc = publisher.location.clone();
     let r = request(http, "PATCH", &loc, &[sf], cand.as_bytes());
     assert_eq!(r.status, 428, "PATCH without If-Match");
@@ -361,6 +385,34 @@ fn whip_bad_requests_get_rfc_status_codes() {
         "406 says why: {}",
         r.body
     );
+    // The offer check shared with WHEP: a WHIP offer sends (a recvonly one must not take the
+    // stream), a sha-256 fingerprint, RFC 8839 ICE credentials.
+    whep_common::assert_offer_checks(
+        http,
+        "/whip/live",
+        &[sdp, auth],
+        &good,
+        "sendonly",
+        &["recvonly", "inactive"],
+    );
+    // Lowercase scheme: the scheme is case-insensitive; the good offer is still accepted after
+    // the refused ones (none of them took the stream).
+    let (_rtc2, _s2, _l2, good2, _p2) = whip_offer(true);
+    let r = request(
+        http,
+        "POST",
+        "/whip/live",
+        &[sdp, ("Authorization", "bearer livekey")],
+        good2.as_bytes(),
+    );
+    assert_eq!(
+        r.status, 201,
+        "good offer after the refused ones: {}",
+        r.body
+    );
+    let loc = r.header("location").unwrap().to_string();
+    assert_eq!(request(http, "DELETE", &loc, &[], b"").status, 200);
+    server.wait_state("live", "idle", Duration::from_secs(5));
     // Hostile SDP: no fingerprint, duplicate MIDs, thousands of m-lines. A clear 4xx, never 5xx.
     let no_fp: String = good
         .lines()

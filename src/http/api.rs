@@ -1,10 +1,12 @@
 //! The JSON API under /api/v1: stream state for operators and pages; mutating calls need the
-//! admin token (or, with none configured, a loopback peer).
+//! admin token (or, with none configured, a loopback peer). Reads are public, but what only an
+//! operator should see (the publisher's address, `last_error`, which names refused publishers'
+//! addresses) is shown to admins only.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -13,9 +15,17 @@ use super::AppState;
 use crate::config::constant_time_eq;
 use crate::media::Stream;
 
-fn stream_json(state: &AppState, s: &Stream) -> Value {
+/// Stream fields that name publishers' addresses: admins only.
+const ADMIN_FIELDS: [&str; 2] = ["publisher", "last_error"];
+
+fn stream_json(state: &AppState, s: &Stream, admin: bool) -> Value {
     let st = s.status();
     let mut v = serde_json::to_value(&st).unwrap_or_else(|_| json!({}));
+    if let (false, Value::Object(m)) = (admin, &mut v) {
+        for k in ADMIN_FIELDS {
+            m.remove(k);
+        }
+    }
     let mut hls_viewers = 0;
     let hls = state.hls.get(s.name()).map(|hs| {
         let w = hs.window.read();
@@ -67,19 +77,30 @@ fn stream_json(state: &AppState, s: &Stream) -> Value {
     v
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
+pub async fn list(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Json<Value> {
+    let admin = authorize(&state, peer, &headers).is_ok();
     let v: Vec<Value> = state
         .registry
         .list()
         .iter()
-        .map(|s| stream_json(&state, s))
+        .map(|s| stream_json(&state, s, admin))
         .collect();
     Json(Value::Array(v))
 }
 
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+pub async fn get(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let admin = authorize(&state, peer, &headers).is_ok();
     match state.registry.get(&name) {
-        Some(s) => Json(stream_json(&state, &s)).into_response(),
+        Some(s) => Json(stream_json(&state, &s, admin)).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such stream"),
     }
 }
@@ -106,11 +127,7 @@ pub(crate) fn authorize(
             "no admin_token configured: mutating calls are accepted from loopback only",
         ));
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    match super::bearer(headers) {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong admin token")),
         None => Err(error(

@@ -123,14 +123,14 @@ pub async fn playlist(
                     return unavailable(&state, "stream is offline");
                 }
             } else {
-                // With ENDLIST (or an idle stream) blocking parameters are ignored.
+                // Live and idle streams hold a blocking request until its part exists (an idle
+                // stream's publisher may return); only an ended one ignores the parameters.
                 let ready = match d.msn {
                     None => Readiness::Ready,
-                    Some(_) if w.ended || !w.live => Readiness::Ready,
                     Some(m) => w.readiness(m, d.part),
                 };
                 match ready {
-                    Readiness::Ready => {
+                    Readiness::Ready | Readiness::Ended => {
                         let body = w.playlist(d.skip);
                         if waited {
                             // Time from the part landing in the window to this answer.
@@ -144,9 +144,11 @@ pub async fn playlist(
                             header::CONTENT_TYPE,
                             HeaderValue::from_static(PLAYLIST_TYPE),
                         );
-                        // A blocking response's URL is unique to the state it waited for, so a CDN
-                        // may keep it; the plain playlist changes every part.
-                        let cc = if d.msn.is_some() {
+                        // A blocking response's URL names the state it waited for, so a CDN may
+                        // keep the answer that holds it for longer. Anything else (the plain
+                        // playlist, an ended stream's answer without the part) may change soon:
+                        // never cached past the playlist TTL.
+                        let cc = if d.msn.is_some() && ready == Readiness::Ready {
                             format!("public, max-age={}", 6 * target)
                         } else {
                             format!("public, max-age={}", state.cfg.hls.playlist_max_age_s)
@@ -165,7 +167,12 @@ pub async fn playlist(
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return plain(&state, StatusCode::NOT_FOUND, "stream removed"),
             Err(_) => {
-                return unavailable(&state, "the requested part did not arrive in time");
+                let why = if hs.window.read().live {
+                    "the requested part did not arrive in time"
+                } else {
+                    "the stream's publisher is away: the requested part did not arrive in time"
+                };
+                return unavailable(&state, why);
             }
         }
     }

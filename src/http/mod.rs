@@ -35,6 +35,17 @@ pub struct AppState {
     pub providers: Arc<crate::provider::ProviderRegistry>,
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header, if any. The scheme is case-insensitive
+/// (RFC 9110 §11.1): `bearer` and `BEARER` work too.
+pub(crate) fn bearer(h: &axum::http::HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 async fn metrics(State(state): State<AppState>) -> Response<Body> {
     let text = state.metrics.render(
         &state.registry,

@@ -115,16 +115,17 @@ pub async fn asset(State(state): State<AppState>, Path(file): Path<String>) -> R
     match read {
         Ok(bytes) => respond(StatusCode::OK, JS, "public, max-age=300", Body::from(bytes)),
         Err(e) => {
+            // The path and the error are for the operator's log; the public answer says what
+            // to do without showing the server's layout or configuration.
             tracing::error!(side = "internal", file = %path.display(), error = %e,
-                "watch page: hls.js is not installed");
+                "watch page: {file} is not installed: run `npm ci --prefix web` in the \
+                 directory that web.dir names");
             let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "{file} is not installed on this server ({}: {e}). Run `npm ci --prefix web` in \
-                     the deltacast directory (web.dir = \"{}\"); the watch page needs it for LL-HLS \
-                     playback.",
-                    path.display(),
-                    state.cfg.web.dir.display()
+                    "{file} is not installed on this server, so the watch page cannot play \
+                     LL-HLS. The server's operator can install it with `npm ci --prefix web` \
+                     in the deltacast directory; the server log names the file it looked for."
                 ),
             );
             r.headers_mut()

@@ -3,8 +3,12 @@
 //! - `POST /whep/{stream}` with `application/sdp` → 201, `Location: /whep/{stream}/{session}`,
 //!   `ETag`, the SDP answer (ICE-lite host candidates of the least-loaded SFU worker), `Link`
 //!   headers for configured ICE servers. 415 wrong content type, 400 malformed SDP, 406 no H.264
-//!   in the offer (or a stream whose video is not H.264), 404 unknown stream, 409 + Retry-After
-//!   for a known stream without a publisher, 503 + Retry-After when full or the SFU is off.
+//!   in the offer (or a stream whose video is not H.264), 422 an offer that does not receive or
+//!   has a fingerprint weaker than sha-256 (the shared check: [`crate::webrtc::offer`]), 404
+//!   unknown stream, 409 + Retry-After for a known stream without a publisher, 503 +
+//!   Retry-After when full or the SFU is off.
+//! - Session URLs of WHEP viewers and WHIP publishers are separate namespaces: a WHEP path never
+//!   reaches a publisher's session, nor the other way round.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
 //!   (428 without, 412 stale) → 204. The server is ICE-lite, so client candidates need no action;
 //!   an ICE restart (new ufrag/pwd) is refused with 422 (create a new session instead).
@@ -20,7 +24,8 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::egress::sfu::{SfuHandle, WhepError};
+use crate::egress::sfu::{SessionInfo, SfuHandle, WhepError};
+use crate::webrtc::Role;
 
 pub(super) const SDP: &str = "application/sdp";
 pub(super) const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -31,8 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/whep/{stream}", post(create).options(options_resource))
         .route(
             "/whep/{stream}/{session}",
-            axum::routing::patch(patch)
-                .delete(remove)
+            axum::routing::patch(patch_viewer)
+                .delete(remove_viewer)
                 .options(options_session),
         )
 }
@@ -164,9 +169,10 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
     let msg = e.to_string();
     match e {
         WhepError::BadSdp(_) => reply(state, StatusCode::BAD_REQUEST, msg),
-        WhepError::NoH264 | WhepError::StreamNotH264(_) => {
+        WhepError::NoH264 | WhepError::Unsupported(_) | WhepError::StreamNotH264(_) => {
             reply(state, StatusCode::NOT_ACCEPTABLE, msg)
         }
+        WhepError::Setup(_) => reply(state, StatusCode::UNPROCESSABLE_ENTITY, msg),
         WhepError::UnknownStream(_) | WhepError::NoSession => {
             reply(state, StatusCode::NOT_FOUND, msg)
         }
@@ -176,45 +182,69 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
     }
 }
 
-pub(super) async fn patch(
+/// Session `id` of `stream` as the `role`'s path sees it: WHEP URLs reach viewers only, WHIP
+/// URLs publishers only.
+fn find_session(state: &AppState, role: Role, stream: &str, id: &str) -> Option<SessionInfo> {
+    sfu(state)?
+        .session(id)
+        .filter(|s| s.stream == stream && s.role == role)
+}
+
+async fn patch_viewer(
     State(state): State<AppState>,
     Path((stream, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let Some(sfu) = sfu(&state) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
+    patch(&state, Role::Viewer, &stream, &session, &headers, &body)
+}
+
+async fn remove_viewer(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+) -> Response<Body> {
+    remove(&state, Role::Viewer, &stream, &session)
+}
+
+/// PATCH of a WHEP or WHIP session URL (trickle ICE; ICE restarts refused).
+pub(super) fn patch(
+    state: &AppState,
+    role: Role,
+    stream: &str,
+    session: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response<Body> {
+    let Some(s) = find_session(state, role, stream, session) else {
+        return reply(state, StatusCode::NOT_FOUND, "no such session");
     };
-    let Some(s) = sfu.session(&session).filter(|s| s.stream == stream) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
-    };
-    if !content_type_is(&headers, SDPFRAG) {
+    if !content_type_is(headers, SDPFRAG) {
         return reply(
-            &state,
+            state,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "PATCH bodies must be Content-Type: application/trickle-ice-sdpfrag",
         );
     }
     let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
         return reply(
-            &state,
+            state,
             StatusCode::PRECONDITION_REQUIRED,
             "If-Match is required",
         );
     };
-    let frag = String::from_utf8_lossy(&body);
+    let frag = String::from_utf8_lossy(body);
     let restart = frag.lines().any(|l| l.starts_with("a=ice-ufrag:"))
         && frag.lines().any(|l| l.starts_with("a=ice-pwd:"));
     if if_match.trim() == "*" {
         if restart {
             return reply(
-                &state,
+                state,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "ICE restart is not supported; DELETE this session and POST a new offer",
             );
         }
     } else if if_match.trim() != s.etag {
-        return reply(&state, StatusCode::PRECONDITION_FAILED, "stale ETag");
+        return reply(state, StatusCode::PRECONDITION_FAILED, "stale ETag");
     }
     // ICE-lite: the peer's checks find us; its candidates need no action here.
     let mut r = Response::new(Body::empty());
@@ -226,19 +256,14 @@ pub(super) async fn patch(
     r
 }
 
-pub(super) async fn remove(
-    State(state): State<AppState>,
-    Path((stream, session)): Path<(String, String)>,
-) -> Response<Body> {
-    let Some(sfu) = sfu(&state) else {
-        return reply(&state, StatusCode::NOT_FOUND, "no such session");
-    };
-    match sfu.session(&session).filter(|s| s.stream == stream) {
-        Some(_) => match sfu.delete(&session) {
-            Ok(()) => reply(&state, StatusCode::OK, "session ended"),
-            Err(e) => error_response(&state, e),
+/// DELETE of a WHEP or WHIP session URL.
+pub(super) fn remove(state: &AppState, role: Role, stream: &str, session: &str) -> Response<Body> {
+    match (sfu(state), find_session(state, role, stream, session)) {
+        (Some(sfu), Some(_)) => match sfu.delete(session) {
+            Ok(()) => reply(state, StatusCode::OK, "session ended"),
+            Err(e) => error_response(state, e),
         },
-        None => reply(&state, StatusCode::NOT_FOUND, "no such session"),
+        _ => reply(state, StatusCode::NOT_FOUND, "no such session"),
     }
 }
 

@@ -6,7 +6,9 @@
 //!   servers. The key resolves like an RTMP key ([`crate::config::Config::lookup_key`]); in open
 //!   mode the key is the stream name. 401 (+ `WWW-Authenticate`) without a bearer token, 403 for
 //!   a key that does not publish this stream, 415 wrong content type, 400 malformed SDP, 406 an
-//!   offer without H.264 video, 409 a stream that already has a publisher, 503 SFU off / full.
+//!   offer without H.264 video, 422 an offer that does not send or has a fingerprint weaker than
+//!   sha-256 (the check shared with WHEP: [`crate::webrtc::offer`]), 409 a stream that already
+//!   has a publisher, 503 SFU off / full.
 //! - `PATCH /whip/{stream}/{session}` (`application/trickle-ice-sdpfrag`): If-Match required
 //!   (428 without, 412 stale) → 204; an ICE restart is refused with 422.
 //! - `DELETE` → 200: the publisher leaves and the stream goes idle. `OPTIONS` → 204 with CORS.
@@ -33,34 +35,41 @@ use crate::ingest::whip::WhipError;
 // Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
 // gives both one shape): one implementation, in `whep`.
 use super::whep::{
-    content_type_is, cors, ice_links, options_resource, options_session, patch, remove, reply,
-    retry_after, sfu, SDP, SDPFRAG,
+    content_type_is, cors, ice_links, options_resource, options_session, reply, retry_after, sfu,
+    SDP, SDPFRAG,
 };
+use crate::webrtc::Role;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/whip/{stream}", post(create).options(options_resource))
         .route(
             "/whip/{stream}/{session}",
-            axum::routing::patch(patch)
-                .delete(remove)
+            axum::routing::patch(patch_publisher)
+                .delete(remove_publisher)
                 .options(options_session),
         )
 }
 
-/// The bearer token of a request, if any (`Authorization: Bearer KEY`).
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+async fn patch_publisher(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    super::whep::patch(&state, Role::Publisher, &stream, &session, &headers, &body)
+}
+
+async fn remove_publisher(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+) -> Response<Body> {
+    super::whep::remove(&state, Role::Publisher, &stream, &session)
 }
 
 /// Does the request's key allow publishing `stream`? `Some`: the refusal to send.
 fn refuse(state: &AppState, headers: &HeaderMap, stream: &str) -> Option<Response<Body>> {
-    let Some(key) = bearer(headers) else {
+    let Some(key) = super::bearer(headers) else {
         let mut r = reply(
             state,
             StatusCode::UNAUTHORIZED,
@@ -206,6 +215,7 @@ fn error_response(state: &AppState, e: WhipError) -> Response<Body> {
     match e {
         WhipError::BadSdp(_) | WhipError::BadName(_) => reply(state, StatusCode::BAD_REQUEST, msg),
         WhipError::Unsupported(_) => reply(state, StatusCode::NOT_ACCEPTABLE, msg),
+        WhipError::Setup(_) => reply(state, StatusCode::UNPROCESSABLE_ENTITY, msg),
         WhipError::AlreadyPublishing(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
         WhipError::NoSession => reply(state, StatusCode::NOT_FOUND, msg),
         WhipError::Disabled | WhipError::Full => {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use str0m::change::SdpOffer;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -36,12 +35,10 @@ use crate::egress::sfu::session::DropReason;
 use crate::io::Outgoing;
 use crate::media::codec::h264::{parse_avcc, H264Error, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
 use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
+use crate::webrtc::offer::{self, OfferError, Role};
 
 /// Largest access unit accepted from a publisher (a bigger one is dropped).
 const MAX_AU_BYTES: usize = 8 << 20;
-/// Most m-lines a WHIP offer may have (one video, one audio, and room for data channels or
-/// extra tracks that are left inactive).
-const MAX_MLINES: usize = 16;
 
 /// Why a WHIP request failed; the HTTP layer maps these to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +47,9 @@ pub enum WhipError {
     BadSdp(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The offer asks for a setup this server does not do (direction, fingerprint hash).
+    #[error("{0}")]
+    Setup(String),
     #[error("stream '{0}' already has a live publisher")]
     AlreadyPublishing(String),
     #[error("stream name '{0}' is not valid")]
@@ -64,6 +64,16 @@ pub enum WhipError {
     Internal(String),
 }
 
+impl From<OfferError> for WhipError {
+    fn from(e: OfferError) -> Self {
+        match e {
+            OfferError::Malformed(m) => WhipError::BadSdp(m),
+            OfferError::UnsupportedMedia(m) => WhipError::Unsupported(m),
+            OfferError::UnsupportedSetup(m) => WhipError::Setup(m),
+        }
+    }
+}
+
 impl From<PublishError> for WhipError {
     fn from(e: PublishError) -> Self {
         match e {
@@ -72,98 +82,6 @@ impl From<PublishError> for WhipError {
             PublishError::UnknownKey => WhipError::Internal("unknown key".into()),
         }
     }
-}
-
-/// What an offer carries, checked before any session state is created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfferCheck {
-    pub h264: bool,
-    pub opus: bool,
-    /// Video codecs offered (for the 406 message).
-    pub video_codecs: Vec<String>,
-}
-
-/// Check a WHIP offer: it must parse, and carry H.264 video (Opus audio is optional).
-pub fn check_offer(offer: &str) -> Result<(SdpOffer, OfferCheck), WhipError> {
-    if offer.trim().is_empty() {
-        return Err(WhipError::BadSdp("empty body".into()));
-    }
-    // str0m accepts duplicate MIDs (two m-lines would share one id); refuse them, and offers
-    // with more m-lines than a publisher has any use for.
-    let mut mids: Vec<&str> = Vec::new();
-    let mut mlines = 0usize;
-    for l in offer.lines().map(str::trim_end) {
-        if l.starts_with("m=") {
-            mlines += 1;
-        } else if let Some(m) = l.strip_prefix("a=mid:") {
-            if mids.contains(&m) {
-                return Err(WhipError::BadSdp(format!("duplicate a=mid:{m}")));
-            }
-            mids.push(m);
-        }
-    }
-    if mlines > MAX_MLINES {
-        return Err(WhipError::BadSdp(format!(
-            "{mlines} m-lines; a WHIP offer has at most {MAX_MLINES}"
-        )));
-    }
-    let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| WhipError::BadSdp(e.to_string()))?;
-    let mut kind = "";
-    let mut video_codecs = Vec::new();
-    let mut h264 = false;
-    let mut opus = false;
-    for l in offer.lines().map(str::trim_end) {
-        if let Some(m) = l.strip_prefix("m=") {
-            kind = if m.starts_with("video") {
-                "video"
-            } else if m.starts_with("audio") {
-                "audio"
-            } else {
-                ""
-            };
-        } else if let Some(r) = l.strip_prefix("a=rtpmap:") {
-            let codec = r
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.split('/').next())
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            match kind {
-                "video" => {
-                    if codec == "H264" {
-                        h264 = true;
-                    }
-                    if !["RTX", "RED", "ULPFEC", "FLEXFEC-03"].contains(&codec.as_str())
-                        && !video_codecs.contains(&codec)
-                        && video_codecs.len() < 16
-                    {
-                        video_codecs.push(codec);
-                    }
-                }
-                "audio" if codec == "OPUS" => opus = true,
-                _ => {}
-            }
-        }
-    }
-    if !h264 {
-        let offered = if video_codecs.is_empty() {
-            "no video".to_string()
-        } else {
-            video_codecs.join(", ")
-        };
-        return Err(WhipError::Unsupported(format!(
-            "the offer has no H.264 video (offered: {offered}); this server ingests H.264 video \
-             with optional Opus audio, because video is relayed without transcoding"
-        )));
-    }
-    Ok((
-        parsed,
-        OfferCheck {
-            h264,
-            opus,
-            video_codecs,
-        },
-    ))
 }
 
 /// A publisher's `Rtc`: ICE-lite, frame mode (str0m depacketizes), the node's DTLS certificate,
@@ -841,17 +759,11 @@ pub fn create_session(
 ) -> Result<WhipCreated, WhipError> {
     use crate::egress::sfu::{ControlMsg, PublisherHook, SessionInfo};
     use crossbeam_channel::TrySendError;
-    let (parsed, _check) = check_offer(offer)?;
+    let checked = offer::check(offer, Role::Publisher)?;
     if !crate::media::stream::valid_stream_name(stream) {
         return Err(WhipError::BadName(stream.into()));
     }
-    let mids: Vec<String> = offer
-        .lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .filter(|m| !m.is_empty() && m.len() <= 32)
-        .map(|m| m.to_string())
-        .take(64)
-        .collect();
+    let mids = checked.mids;
     let worker = sfu
         .workers
         .iter()
@@ -862,7 +774,7 @@ pub fn create_session(
     add_candidates(&mut rtc, &worker.candidates, &worker.tcp_candidates);
     let answer = rtc
         .sdp_api()
-        .accept_offer(parsed)
+        .accept_offer(checked.sdp)
         .map_err(|e| WhipError::BadSdp(e.to_string()))?;
     let (video, audio) = media_mids(&rtc, &mids);
     if video.is_none() {
@@ -887,6 +799,7 @@ pub fn create_session(
     session.set_video(simulcast_rids(offer), sfu.cfg.whip_keyframe_interval_ms);
     sfu.sessions.insert(SessionInfo {
         viewer: id,
+        role: Role::Publisher,
         worker: worker.index,
         stream: stream.into(),
         token,
@@ -1001,33 +914,6 @@ mod tests {
         ] {
             let _ = a.push(junk);
         }
-    }
-
-    #[test]
-    fn offers_without_h264_are_refused_with_a_reason() {
-        let vp8 = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
-            a=group:BUNDLE 0\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
-            a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef01234567\r\n\
-            m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=setup:actpass\r\n\
-            a=rtpmap:96 VP8/90000\r\na=ssrc:1 cname:x\r\n";
-        match check_offer(vp8) {
-            Err(WhipError::Unsupported(m)) => {
-                assert!(m.contains("VP8") && m.contains("H.264"), "{m}")
-            }
-            Err(WhipError::BadSdp(e)) => panic!("the VP8 offer should parse: {e}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(check_offer(""), Err(WhipError::BadSdp(_))));
-        let dup = vp8.replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 H264/90000")
-            + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=rtpmap:96 H264/90000\r\n";
-        match check_offer(&dup) {
-            Err(WhipError::BadSdp(m)) => assert!(m.contains("duplicate"), "{m}"),
-            other => panic!("duplicate MIDs: {other:?}"),
-        }
-        assert!(matches!(
-            check_offer("v=0\r\nnot sdp\r\n"),
-            Err(WhipError::BadSdp(_))
-        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared harness for the end-to-end tests with real peers: the `deltacast` binary on free
-//! loopback ports, ffmpeg publishers, a small HTTP/1.1 client that measures time, and an LL-HLS
-//! media playlist parser.
+//! loopback ports, ffmpeg publishers, nginx as a CDN ([`nginx`]), a small HTTP/1.1 client that
+//! measures time, and an LL-HLS media playlist parser.
 //!
 //! Every wait is bounded; every child process is killed when its handle drops; when a test panics,
 //! the logs of the server and of the publishers it started are printed.
@@ -8,6 +8,8 @@
 //! Tests that need ffmpeg or ffprobe fail (never skip) when the tool is missing.
 
 #![allow(dead_code)]
+
+pub mod nginx;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -138,6 +138,72 @@ pub fn offer(
     (rtc, sock, local, o.to_sdp_string(), pending)
 }
 
+/// `sdp` with the value of every `a={attr}:` line set to `value` (bad-offer tests).
+pub fn with_attr(sdp: &str, attr: &str, value: &str) -> String {
+    let prefix = format!("a={attr}:");
+    sdp.lines()
+        .map(|l| {
+            if l.starts_with(&prefix) {
+                format!("{prefix}{value}\r\n")
+            } else {
+                format!("{l}\r\n")
+            }
+        })
+        .collect()
+}
+
+/// POST offers that break the shared offer check to `path` (`/whep/S` or `/whip/S`, with the
+/// `headers` that path needs), starting from a `good` offer of that role: a direction the role
+/// cannot use (`wrong_direction`, e.g. `a=sendonly` for WHEP) and a weak fingerprint get 422,
+/// ICE credentials outside RFC 8839 get 400, each with a reason.
+pub fn assert_offer_checks(
+    http: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    good: &str,
+    direction: &str,
+    wrong_directions: &[&str],
+) {
+    let post = |sdp: &str| request(http, "POST", path, headers, sdp.as_bytes());
+    for wrong in wrong_directions {
+        let bad = good.replace(&format!("a={direction}\r\n"), &format!("a={wrong}\r\n"));
+        assert_ne!(bad, good, "the offer has no a={direction}");
+        let r = post(&bad);
+        assert_eq!(r.status, 422, "{path}: a={wrong} offer: {}", r.body);
+        assert!(r.body.contains(wrong), "422 says why: {}", r.body);
+    }
+    let fp = good
+        .lines()
+        .find_map(|l| l.strip_prefix("a=fingerprint:"))
+        .expect("a fingerprint in the offer")
+        .to_string();
+    let (_, digest) = fp.split_once(' ').unwrap();
+    for weak in [
+        format!("md5 {}", &digest[..47]),
+        format!("sha-1 {}", &digest[..59]),
+    ] {
+        let r = post(&with_attr(good, "fingerprint", &weak));
+        assert_eq!(r.status, 422, "{path}: {weak}: {}", r.body);
+        assert!(r.body.contains("sha-256"), "422 says why: {}", r.body);
+    }
+    for (attr, value) in [
+        ("ice-ufrag", "u".repeat(5000)),
+        ("ice-ufrag", "abc".to_string()),
+        ("ice-pwd", "p".repeat(21)),
+        ("ice-pwd", "p".repeat(257)),
+    ] {
+        let r = post(&with_attr(good, attr, &value));
+        assert_eq!(
+            r.status,
+            400,
+            "{path}: {attr} of {} chars: {}",
+            value.len(),
+            r.body
+        );
+        assert!(r.body.contains(attr) && r.body.len() < 300, "{}", r.body);
+    }
+}
+
 /// The port of the first UDP candidate in an SDP (the relay worker's port in an answer).
 pub fn udp_candidate_port(sdp: &str) -> Option<u16> {
     sdp.lines()

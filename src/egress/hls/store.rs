@@ -60,8 +60,14 @@ impl StoreConfig {
 /// Answer to "is what this blocking request waits for there yet?".
 #[derive(Debug, PartialEq, Eq)]
 pub enum Readiness {
+    /// The playlist holds the asked-for segment or part: answer now.
     Ready,
+    /// Not yet (live, or idle with a publisher that may return): hold the request.
     Wait,
+    /// The stream ended (EXT-X-ENDLIST): the blocking parameters are ignored and the playlist is
+    /// answered as it is, without the asked-for part.
+    Ended,
+    /// Beyond what the spec lets a client ask for (400 at once, live or idle).
     TooFar(&'static str),
 }
 
@@ -202,7 +208,17 @@ impl Window {
     }
 
     /// Blocking reload: is playlist state (msn, part) reached? `part` counts from 0.
+    ///
+    /// An idle stream (publisher away, may return) answers like a live one: its next part comes
+    /// when the publisher does, so a request for it waits (and the hold ends in 503), and the
+    /// far-future limits still apply. Only an ended stream ignores the blocking parameters.
     pub fn readiness(&self, msn: u64, part: Option<u64>) -> Readiness {
+        if self.ended {
+            return match self.reached(msn, part) {
+                true => Readiness::Ready,
+                false => Readiness::Ended,
+            };
+        }
         let last = self.last_msn();
         if msn > last.saturating_add(2) {
             return Readiness::TooFar("_HLS_msn is more than two segments beyond the playlist");
@@ -215,25 +231,33 @@ impl Window {
                 return Readiness::TooFar("_HLS_part is beyond the advance part limit");
             }
         }
+        if self.reached(msn, part) {
+            Readiness::Ready
+        } else {
+            Readiness::Wait
+        }
+    }
+
+    /// Does the playlist hold segment `msn` (complete) or its part `part`, or anything later?
+    fn reached(&self, msn: u64, part: Option<u64>) -> bool {
         if msn < self.media_sequence {
-            return Readiness::Ready;
+            return true;
         }
         for seg in self.segments.iter().rev() {
             if seg.msn > msn && !seg.parts.is_empty() {
-                return Readiness::Ready;
+                return true;
             }
             if seg.msn == msn {
                 return match part {
-                    None if seg.complete => Readiness::Ready,
-                    Some(p) if (seg.parts.len() as u64) > p => Readiness::Ready,
-                    _ => Readiness::Wait,
+                    None => seg.complete,
+                    Some(p) => (seg.parts.len() as u64) > p,
                 };
             }
             if seg.msn < msn {
                 break;
             }
         }
-        Readiness::Wait
+        false
     }
 
     fn find(&self, msn: u64) -> Option<&Segment> {
@@ -670,6 +694,40 @@ mod tests {
         let held = w.bytes_held();
         feed(&mut w, 50);
         assert_eq!(w.bytes_held(), held, "memory must stay flat");
+    }
+
+    #[test]
+    fn idle_stream_holds_blocking_requests_and_keeps_the_limits() {
+        let mut w = Window::new(cfg(), "g".into());
+        w.apply(&Output::Init {
+            version: 1,
+            data: Bytes::from_static(b"init"),
+        });
+        feed(&mut w, 2);
+        w.apply(&part(true, false));
+        w.apply(&Output::Idle);
+        w.render();
+        // Segments 0..=2 complete (2 closed early by the idle); the publisher may come back.
+        assert!(!w.live && !w.ended);
+        assert_eq!(w.readiness(2, Some(0)), Readiness::Ready);
+        assert_eq!(
+            w.readiness(3, Some(0)),
+            Readiness::Wait,
+            "not there while idle"
+        );
+        assert_eq!(w.readiness(3, None), Readiness::Wait);
+        assert!(matches!(w.readiness(5, None), Readiness::TooFar(_)));
+        assert!(matches!(w.readiness(5000, Some(0)), Readiness::TooFar(_)));
+        // The publisher returns: the held part appears.
+        w.apply(&part(true, false));
+        w.render();
+        assert_eq!(w.readiness(3, Some(0)), Readiness::Ready);
+        // Ended: the blocking parameters are ignored, far future included.
+        w.apply(&Output::Ended);
+        w.render();
+        assert_eq!(w.readiness(3, Some(0)), Readiness::Ready);
+        assert_eq!(w.readiness(4, Some(0)), Readiness::Ended);
+        assert_eq!(w.readiness(5000, None), Readiness::Ended);
     }
 
     #[test]

@@ -41,14 +41,14 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
-use str0m::change::SdpOffer;
 use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::config::SfuConfig;
 use crate::io::{DriverKind, IoRequest, Waker};
 use crate::media::{Registry, StreamState, TrackKind};
+use crate::webrtc::offer::{self, OfferError, Role};
 use packetizer::RtpPayload;
-use session::{choose_audio, choose_video, offer_mids, AudioOut, VideoOut};
+use session::{choose_audio, choose_video, AudioOut, VideoOut};
 
 /// Capacity of the registry sink feeding the router (frames of all streams).
 pub const SINK_CAPACITY: usize = 4096;
@@ -121,6 +121,8 @@ pub struct NewViewer {
 #[derive(Clone, Debug)]
 pub struct SessionInfo {
     pub viewer: u64,
+    /// A WHEP viewer or a WHIP publisher: each signaling path sees only its own sessions.
+    pub role: Role,
     pub worker: usize,
     pub stream: String,
     /// The secret half of the session URL.
@@ -264,6 +266,12 @@ pub enum WhepError {
     BadSdp(String),
     #[error("the offer has no H.264 (packetization-mode=1) video; this server sends H.264 only")]
     NoH264,
+    /// The offer's media cannot be served (406).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The offer asks for a setup this server does not do: direction, fingerprint hash (422).
+    #[error("{0}")]
+    Setup(String),
     #[error("stream '{0}' does not exist")]
     UnknownStream(String),
     #[error("stream '{0}' has no publisher right now")]
@@ -276,6 +284,16 @@ pub enum WhepError {
     NoSession,
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<OfferError> for WhepError {
+    fn from(e: OfferError) -> Self {
+        match e {
+            OfferError::Malformed(m) => WhepError::BadSdp(m),
+            OfferError::UnsupportedMedia(m) => WhepError::Unsupported(m),
+            OfferError::UnsupportedSetup(m) => WhepError::Setup(m),
+        }
+    }
 }
 
 /// The SFU as the rest of the process sees it.
@@ -422,27 +440,9 @@ impl SfuHandle {
 
     /// WHEP POST: answer `offer` for `stream` on the least-loaded worker.
     pub fn create_session(&self, stream: &str, offer: &str) -> Result<Created, WhepError> {
-        if offer.trim().is_empty() {
-            return Err(WhepError::BadSdp("empty body".into()));
-        }
-        let parsed =
-            SdpOffer::from_sdp_string(offer).map_err(|e| WhepError::BadSdp(e.to_string()))?;
-        let mids = offer_mids(offer);
-        // str0m accepts duplicate MIDs; a viewer has no use for more than a few m-lines.
-        let m_lines = offer.lines().filter(|l| l.starts_with("m=")).count();
-        if m_lines > 16 {
-            return Err(WhepError::BadSdp(format!("{m_lines} m-lines (16 at most)")));
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = mids.iter().find(|m| !seen.insert(m.as_str())) {
-            return Err(WhepError::BadSdp(format!("duplicate a=mid:{dup}")));
-        }
-        let has_h264 = offer
-            .lines()
-            .any(|l| l.starts_with("a=rtpmap:") && l.to_ascii_uppercase().contains(" H264/90000"));
-        if !has_h264 {
-            return Err(WhepError::NoH264);
-        }
+        let offer::Offer {
+            sdp: parsed, mids, ..
+        } = offer::check(offer, Role::Viewer)?;
         let Some(s) = self.registry.get(stream) else {
             return Err(WhepError::UnknownStream(stream.into()));
         };
@@ -495,6 +495,7 @@ impl SfuHandle {
         let etag = format!("\"{:016x}\"", rand::random::<u64>());
         self.sessions.insert(SessionInfo {
             viewer: id,
+            role: Role::Viewer,
             worker: worker.index,
             stream: stream.into(),
             token,

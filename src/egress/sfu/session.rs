@@ -559,7 +559,7 @@ pub fn choose_layer(current: u8, estimate: u64, rates: &[u64]) -> u8 {
 
 /// Pick the H.264 payload type for the stream from what the offer negotiated: packetization-mode
 /// 1, the stream's profile if offered (else any; `level-asymmetry-allowed` decoders take it).
-/// `mids` are the offer's m-line ids (see [`offer_mids`]).
+/// `mids` are the offer's m-line ids (see [`crate::webrtc::offer::mids`]).
 pub fn choose_video(rtc: &Rtc, mids: &[String], profile_idc: Option<u8>) -> Option<VideoOut> {
     use str0m::format::Codec;
     let mut best: Option<(u8, VideoOut)> = None;
@@ -614,14 +614,4 @@ pub fn choose_audio(rtc: &Rtc, mids: &[String]) -> Option<AudioOut> {
         }
     }
     None
-}
-
-/// The `a=mid:` values of an SDP, in order.
-pub fn offer_mids(sdp: &str) -> Vec<String> {
-    sdp.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
-        .filter(|m| !m.is_empty() && m.len() <= 32)
-        .map(|m| m.to_string())
-        .take(64)
-        .collect()
 }

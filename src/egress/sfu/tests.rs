@@ -12,9 +12,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 use super::packetizer::H264Packetizer;
-use super::session::{choose_video, offer_mids};
+use super::session::choose_video;
 use super::worker::{stun_local_ufrag, Timing, WorkerCore};
 use super::*;
+use crate::webrtc::offer::mids as offer_mids;
 
 const SFU: &str = "10.0.0.1:8189";
 
