@@ -120,7 +120,11 @@ impl ServerConfig {
             return Err("config: server.max_request_bytes must be within 4096..=16777216".into());
         }
         for (key, v, max) in [
-            ("header_read_timeout_ms", self.header_read_timeout_ms, 600_000),
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                600_000,
+            ),
             ("idle_timeout_ms", self.idle_timeout_ms, 3_600_000),
             ("body_read_timeout_ms", self.body_read_timeout_ms, 600_000),
         ] {
@@ -131,8 +135,7 @@ impl ServerConfig {
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err("config: server.max_connections must be within 1..=1000000".into());
         }
-        if self.max_connections_per_ip == 0 || self.max_connections_per_ip > self.max_connections
-        {
+        if self.max_connections_per_ip == 0 || self.max_connections_per_ip > self.max_connections {
             return Err(
                 "config: server.max_connections_per_ip must be within 1..=max_connections".into(),
             );
@@ -658,9 +661,15 @@ mod tests {
         .unwrap();
         assert_eq!(c.server.max_connections, 50);
         for (bad, word) in [
-            ("[server]\nheader_read_timeout_ms = 0\n", "header_read_timeout_ms"),
+            (
+                "[server]\nheader_read_timeout_ms = 0\n",
+                "header_read_timeout_ms",
+            ),
             ("[server]\nidle_timeout_ms = 99\n", "idle_timeout_ms"),
-            ("[server]\nbody_read_timeout_ms = 600001\n", "body_read_timeout_ms"),
+            (
+                "[server]\nbody_read_timeout_ms = 600001\n",
+                "body_read_timeout_ms",
+            ),
             ("[server]\nmax_connections = 0\n", "max_connections"),
             (
                 "[server]\nmax_connections = 10\nmax_connections_per_ip = 11\n",

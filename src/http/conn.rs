@@ -86,7 +86,7 @@ pub fn open_files_limit() -> Option<u64> {
     };
     // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur as u64)
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
 }
 
 /// Counters of the listener, rendered into /metrics.
@@ -539,10 +539,7 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -625,8 +622,7 @@ impl ConnCtx {
         if body.is_end_stream() {
             return Ok(Request::from_parts(parts, Body::empty()));
         }
-        match tokio::time::timeout(self.limits.body_read, Limited::new(body, limit).collect())
-            .await
+        match tokio::time::timeout(self.limits.body_read, Limited::new(body, limit).collect()).await
         {
             Ok(Ok(c)) => Ok(Request::from_parts(parts, Body::from(c.to_bytes()))),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {

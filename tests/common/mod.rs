@@ -96,12 +96,7 @@ impl Server {
 
     /// [`Server::start_with`] with the server's open-files limit (RLIMIT_NOFILE, soft and hard)
     /// set to `nofile`, as an operator's `LimitNOFILE=` would.
-    pub fn start_with_nofile(
-        label: &str,
-        server_extra: &str,
-        rest: &str,
-        nofile: u64,
-    ) -> Server {
+    pub fn start_with_nofile(label: &str, server_extra: &str, rest: &str, nofile: u64) -> Server {
         Self::start_inner(label, server_extra, "", rest, &[], Some(nofile))
     }
 
