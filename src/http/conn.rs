@@ -43,7 +43,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -403,14 +402,18 @@ const NO_DEADLINE: u64 = u64::MAX;
 /// The connection's phase and the deadline that goes with it. Everything runs on the
 /// connection's task (hyper polls the socket, the service and the body there), so the atomics
 /// carry no contention; they only make the state shareable.
+///
+/// Phase changes never wake the watchdog: it wakes at least every `tick` (the shorter of the
+/// header and idle timeouts), and every deadline a phase change sets is at least `tick` away, so
+/// the watchdog is always awake before any deadline it has not seen yet.
 struct Clock {
     base: Instant,
     header: Duration,
     idle: Duration,
+    tick: Duration,
     phase: AtomicU8,
     /// Milliseconds after `base`; `NO_DEADLINE` while a handler runs.
     deadline_ms: AtomicU64,
-    changed: Notify,
 }
 
 impl Clock {
@@ -419,9 +422,9 @@ impl Clock {
             base: Instant::now(),
             header,
             idle,
+            tick: header.min(idle),
             phase: AtomicU8::new(Phase::Head as u8),
             deadline_ms: AtomicU64::new(header.as_millis() as u64),
-            changed: Notify::new(),
         }
     }
 
@@ -434,8 +437,9 @@ impl Clock {
         }
     }
 
+    /// Milliseconds after `base`, rounded up so a deadline is never earlier than asked.
     fn ms_from_now(&self, d: Duration) -> u64 {
-        (self.base.elapsed() + d).as_millis() as u64
+        (self.base.elapsed() + d).as_millis() as u64 + 1
     }
 
     fn enter(&self, phase: Phase) {
@@ -446,7 +450,6 @@ impl Clock {
         };
         self.phase.store(phase as u8, Ordering::Relaxed);
         self.deadline_ms.store(dl, Ordering::Relaxed);
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: the first byte of a new request starts its head deadline.
@@ -456,8 +459,7 @@ impl Clock {
         }
     }
 
-    /// Bytes left: a response making progress pushes its deadline out (no wake-up needed, the
-    /// watchdog re-reads the deadline when the old one passes).
+    /// Bytes left: a response making progress pushes its deadline out.
     fn on_write(&self) {
         if self.phase() == Phase::Responding {
             self.deadline_ms
@@ -467,20 +469,21 @@ impl Clock {
 
     /// Resolves with the phase whose deadline passed.
     async fn expired(&self) -> Phase {
+        let sleep = tokio::time::sleep(self.tick);
+        tokio::pin!(sleep);
         loop {
             let dl = self.deadline_ms.load(Ordering::Relaxed);
-            if dl == NO_DEADLINE {
-                self.changed.notified().await;
-                continue;
+            let now = Instant::now();
+            let mut wake = now + self.tick;
+            if dl != NO_DEADLINE {
+                let at = self.base + Duration::from_millis(dl);
+                if now >= at {
+                    return self.phase();
+                }
+                wake = wake.min(at);
             }
-            let at = self.base + Duration::from_millis(dl);
-            if Instant::now() >= at {
-                return self.phase();
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(at) => {}
-                _ = self.changed.notified() => {}
-            }
+            sleep.as_mut().reset(wake);
+            sleep.as_mut().await;
         }
     }
 }
