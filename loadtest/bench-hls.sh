@@ -10,10 +10,15 @@ cargo build --release --bin deltacast --bin deltacast-loadtest >/dev/null
 http=127.0.0.1:18080
 ulimit -n 65536 || true
 # Pin the relay to core 0 and the load generators to core 1, so they do not share a core.
-taskset -c 0 target/release/deltacast serve --demo --http $http --rtmp 127.0.0.1:11935 \
-  2>/tmp/deltacast-bench.log &
+# Every load client comes from 127.0.0.1: lift the per-address cap (1,000 by default) above
+# the held clients plus wrk's connections.
+cfg=$(mktemp --suffix=.toml)
+printf '[server]\nmax_connections_per_ip = %d\nmax_connections = %d\n' \
+  $((held + 1000)) $((held + 1000)) >"$cfg"
+taskset -c 0 target/release/deltacast serve --config "$cfg" --demo --http $http \
+  --rtmp 127.0.0.1:11935 2>/tmp/deltacast-bench.log &
 relay=$!
-trap 'kill $relay 2>/dev/null || true' EXIT
+trap 'kill $relay 2>/dev/null || true; rm -f "$cfg"' EXIT
 for _ in $(seq 50); do curl -sf "http://$http/hls/demo/index.m3u8" >/dev/null && break; sleep 0.2; done
 sleep 3
 part=$(curl -sf "http://$http/hls/demo/index.m3u8" | grep -o 'URI="[^"]*part[^"]*"' | grep -v PRELOAD | head -1 | cut -d'"' -f2)

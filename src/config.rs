@@ -96,8 +96,52 @@ pub struct ServerConfig {
     pub admin_token: String,
     /// Worker threads of the HTTP control-plane runtime.
     pub http_threads: usize,
-    /// Largest HTTP request head/body accepted, in bytes.
+    /// Largest HTTP request head (431 beyond) and body (413 beyond, before it is read), in bytes.
     pub max_request_bytes: usize,
+    /// A request head (request line + headers) must arrive in full within this time of the
+    /// connection opening, or of its first byte on a kept-alive connection; else it is closed.
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request for this long is closed. A response that makes no
+    /// progress towards a client that stopped reading for this long is dropped too.
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive in full within this time of its head (408 otherwise).
+    pub body_read_timeout_ms: u64,
+    /// Most HTTP connections open at once (further ones get a minimal 503 and are closed). Never
+    /// more than half the open-files limit, so HTTP cannot starve RTMP, WebRTC and files.
+    pub max_connections: usize,
+    /// Most HTTP connections open at once from one client address (IPv6: one /64). A CDN origin
+    /// sees many connections from few edge addresses: raise it there if needed.
+    pub max_connections_per_ip: usize,
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(4_096..=16 << 20).contains(&self.max_request_bytes) {
+            return Err("config: server.max_request_bytes must be within 4096..=16777216".into());
+        }
+        for (key, v, max) in [
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                600_000,
+            ),
+            ("idle_timeout_ms", self.idle_timeout_ms, 3_600_000),
+            ("body_read_timeout_ms", self.body_read_timeout_ms, 600_000),
+        ] {
+            if !(100..=max).contains(&v) {
+                return Err(format!("config: server.{key} must be within 100..={max}"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("config: server.max_connections must be within 1..=1000000".into());
+        }
+        if self.max_connections_per_ip == 0 || self.max_connections_per_ip > self.max_connections {
+            return Err(
+                "config: server.max_connections_per_ip must be within 1..=max_connections".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -324,6 +368,13 @@ impl Default for ServerConfig {
             admin_token: String::new(),
             http_threads: 2,
             max_request_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            // Above the keep-alive timeout of CDNs and proxies in front (60 s at most for
+            // CloudFront and nginx), so the origin is not the side closing a reused connection.
+            idle_timeout_ms: 75_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -425,6 +476,7 @@ impl Config {
                     .map_err(|e| format!("config: streams.{}: provider: {e}", s.name))?;
             }
         }
+        self.server.validate()?;
         self.web.validate()?;
         self.sfu.validate()?;
         let mut dest_ids = std::collections::HashSet::new();
@@ -590,6 +642,41 @@ mod tests {
                 "[web]\ndefault_provider = { kind = \"external\", ingest_url = \"rtmp://x/a/k\", playback_url = \"https://x/p\" }\n",
                 "external",
             ),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(e.contains(word), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_limits() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.header_read_timeout_ms, 10_000);
+        assert_eq!(c.server.idle_timeout_ms, 75_000);
+        assert_eq!(c.server.max_connections_per_ip, 1_000);
+        let c = Config::from_toml(
+            "[server]\nheader_read_timeout_ms = 2000\nidle_timeout_ms = 5000\n\
+             body_read_timeout_ms = 3000\nmax_connections = 50\nmax_connections_per_ip = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections, 50);
+        for (bad, word) in [
+            (
+                "[server]\nheader_read_timeout_ms = 0\n",
+                "header_read_timeout_ms",
+            ),
+            ("[server]\nidle_timeout_ms = 99\n", "idle_timeout_ms"),
+            (
+                "[server]\nbody_read_timeout_ms = 600001\n",
+                "body_read_timeout_ms",
+            ),
+            ("[server]\nmax_connections = 0\n", "max_connections"),
+            (
+                "[server]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
+                "max_connections_per_ip",
+            ),
+            ("[server]\nmax_request_bytes = 100\n", "max_request_bytes"),
+            ("[server]\nidle_timeout = 5\n", "idle_timeout"),
         ] {
             let e = Config::from_toml(bad).unwrap_err();
             assert!(e.contains(word), "{bad}: {e}");

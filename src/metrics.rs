@@ -31,6 +31,8 @@ pub struct Metrics {
     hls_other: AtomicU64,
     hls_held: AtomicI64,
     pub packager: Arc<PackagerStats>,
+    /// The HTTP listener's connections, caps and timeouts.
+    pub http: crate::http::conn::HttpStats,
     /// Seconds from a part landing in the window to a held playlist request being answered.
     block_release: Histogram,
 }
@@ -50,6 +52,7 @@ impl Default for Metrics {
             hls_other: AtomicU64::new(0),
             hls_held: AtomicI64::new(0),
             packager: Arc::default(),
+            http: Default::default(),
             block_release: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
             ]),
@@ -229,6 +232,7 @@ impl Metrics {
         );
 
         push.encode_metrics(&mut r);
+        self.http.encode(&mut r);
 
         if let Some(sfu) = sfu {
             render_sfu(&mut r, sfu);

@@ -1,6 +1,7 @@
 //! The one HTTP listener (HLS origin, API, metrics, health) on its own small tokio runtime.
 
 pub mod api;
+pub mod conn;
 pub mod hls;
 pub mod playback_api;
 pub mod push_api;
@@ -8,7 +9,6 @@ pub mod watch;
 pub mod whep;
 pub mod whip;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -112,8 +112,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve until the process ends.
+/// Serve until the process ends, under the connection policy of [`conn`] (caps, deadlines,
+/// bounded heads and bodies).
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await
+    let limits = conn::Limits::new(&state.cfg.server, conn::open_files_limit());
+    let metrics = state.metrics.clone();
+    conn::serve(listener, router(state), metrics, limits).await;
+    Ok(())
 }

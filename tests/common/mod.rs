@@ -93,6 +93,23 @@ impl Server {
         rest: &str,
         args: &[&str],
     ) -> Server {
+        Self::start_inner(label, server_extra, rtmp_extra, rest, args, None)
+    }
+
+    /// [`Server::start_with`] with the server's open-files limit (RLIMIT_NOFILE, soft and hard)
+    /// set to `nofile`, as an operator's `LimitNOFILE=` would.
+    pub fn start_with_nofile(label: &str, server_extra: &str, rest: &str, nofile: u64) -> Server {
+        Self::start_inner(label, server_extra, "", rest, &[], Some(nofile))
+    }
+
+    fn start_inner(
+        label: &str,
+        server_extra: &str,
+        rtmp_extra: &str,
+        rest: &str,
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> Server {
         let bin = env!("CARGO_BIN_EXE_deltacast");
         let mut last_err = String::new();
         // The free-port trick can race with another test; retry with fresh ports.
@@ -120,6 +137,22 @@ impl Server {
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().unwrap())
                 .stderr(log_file);
+            if let Some(n) = nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let r = libc::rlimit {
+                            rlim_cur: n as libc::rlim_t,
+                            rlim_max: n as libc::rlim_t,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
             let child = cmd
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
@@ -573,13 +606,29 @@ pub fn http_request_with(
     timeout: Duration,
 ) -> io::Result<Resp> {
     let start = Instant::now();
-    let deadline = start + timeout;
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_nodelay(true)?;
+    exchange(&mut s, method, path, headers, false, start, timeout)
+}
+
+/// One request/response on an open connection (HTTP/1.1 keep-alive unless `close`), bounded by
+/// `timeout` for each read and in total; `start` is when the answer's `elapsed` counts from.
+pub fn exchange(
+    s: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    close: bool,
+    start: Instant,
+    timeout: Duration,
+) -> io::Result<Resp> {
+    let deadline = start + timeout;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let addr = s.peer_addr()?;
+    let conn = if close { "close" } else { "keep-alive" };
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: deltacast-e2e\r\nConnection: close\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: deltacast-e2e\r\nConnection: {conn}\r\n"
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
