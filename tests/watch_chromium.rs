@@ -1018,7 +1018,10 @@ fn plays_over_ll_hls_when_webrtc_is_off() {
     );
     let took = t.elapsed();
     let live_at = b.event_time("state", "live").unwrap_or(f64::NAN);
-    eprintln!("LL-HLS playing {took:?} after open (page: {live_at:.0} ms after navigation)");
+    eprintln!(
+        "LL-HLS playing {took:?} after open (page: {live_at:.0} ms after navigation)\n{}",
+        timeline(&mut b)
+    );
     assert!(took < Duration::from_secs(6), "{took:?}");
     b.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS");
     let st = b.state();
@@ -1575,7 +1578,6 @@ struct StartFigures {
     first_path: String,
     first_via: String,
     decided_ms: f64,
-    decided_path: String,
     reason: String,
 }
 
@@ -1597,7 +1599,6 @@ fn open_and_time(b: &mut Browser, url: &str, want: &str) -> StartFigures {
         first_path: s(&st["firstFrame"]["path"]),
         first_via: s(&st["firstFrame"]["via"]),
         decided_ms: st["decision"]["ms"].as_f64().unwrap(),
-        decided_path: s(&st["decision"]["path"]),
         reason: s(&st["decision"]["reason"]),
     }
 }

@@ -775,7 +775,8 @@ async function startHls(url) {
       hls.on(Hls.Events.MANIFEST_LOADED, startStep('manifest'));
       hls.on(Hls.Events.FRAG_LOADING, startStep('loading'));
       hls.on(Hls.Events.FRAG_BUFFERED, startStep('buffered'));
-      video.addEventListener('seeked', () => { if (!leg.framed && alive(leg)) log('hls-seeked', video.currentTime); }, { once: true });
+
+      video.addEventListener('seeked', () => alive(leg) && !leg.framed && log('hls-seeked', video.currentTime), { once: true });
       hls.on(Hls.Events.LEVEL_LOADED, (_e, data) => {
         if (data.stats && data.stats.loaded) dc.hlsBytes += data.stats.loaded;
       });
