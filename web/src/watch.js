@@ -3,15 +3,16 @@
 // URL comes from the playback API; this file names no provider, host or CDN.
 //
 // Start (a race, both legs at once, each in its own <video>; #rtc is stacked above #video):
-//   playback document ──┬─► WebRTC leg (#rtc): WHEP POST (its round trip is the RTT estimate),
-//                       │     ICE, DTLS, first frame
+//   playback document ──┬─► WebRTC leg (#rtc): WHEP POST, ICE, DTLS, first frame
+//                       │     (the RTT estimate: see estimateRtt)
 //                       └─► LL-HLS leg (#video): hls.js (preloaded by the HTML), playlist,
 //                             init segment, first part, first frame
 //   - whichever presents a frame first is on screen (first-frame time);
 //   - a WebRTC frame decides for WebRTC: #rtc covers #video at that frame (no gap: its frame is
 //     already decoded), the sound moves to #rtc, hls.js is destroyed (no more HLS requests);
 //   - WebRTC is cut early, deciding for LL-HLS, when no ICE candidate pair answers within
-//     max(ICE_MIN_MS, ICE_RTT_FACTOR × RTT) of the answer, or DTLS does not complete within
+//     max(ICE_MIN_MS, ICE_RTT_FACTOR × RTT) of the answer (and ICE_MIN_CHECKS checks were sent
+//     unanswered), or DTLS does not complete within
 //     max(DTLS_MIN_MS, DTLS_RTT_FACTOR × RTT) of ICE; ICE/DTLS failure, a refused POST or no
 //     frame within webrtc_timeout_ms cut it too. A cut is remembered in sessionStorage (not a
 //     409: that only says the stream has no publisher) and the next start skips WebRTC.
@@ -30,10 +31,11 @@ const HLS_STALL_MS = 8000;
 // Early cut of a WebRTC attempt. Chromium starts its connectivity checks as soon as the answer is
 // applied and repeats them every ~50 ms, so a reachable ICE-lite server answers within about one
 // RTT; DTLS needs two more round trips. The floors absorb a busy client (scheduling, a cold
-// network thread) and a POST round trip that understates the path RTT.
+// network thread) and a round trip that understates the path RTT.
 const ICE_MIN_MS = 500;
 const ICE_RTT_FACTOR = 4;
-const DTLS_MIN_MS = 500;
+const ICE_MIN_CHECKS = 5;
+const DTLS_MIN_MS = 1000; // DTLS is CPU work on both ends: a busy client needs longer
 const DTLS_RTT_FACTOR = 4;
 // A first frame presented (requestVideoFrameCallback) is the measure; 'loadeddata' stands in
 // where that callback never comes (no support, or a browser that does not paint the element).
@@ -430,17 +432,24 @@ async function iceChecks(pc) {
   return out;
 }
 
-// The WHEP POST's round trip from its resource timing (request sent → first response byte): the
-// network and the server's work, without the time this page's busy main thread took to notice
-// the answer. Where timing is not exposed (a cross-origin WHEP URL without
-// Timing-Allow-Origin, a full buffer), the round trip measured here stands in.
-function postRtt(url, tPost, measured) {
-  const entries = performance.getEntriesByName(url, 'resource');
+// Round trip of a request from its resource timing (request sent → first response byte), null
+// where not exposed (cross-origin without Timing-Allow-Origin, no entry).
+function timedRtt(url, since = 0) {
+  const entries = performance.getEntriesByName(url, 'resource').filter((e) => e.startTime >= since);
   const e = entries[entries.length - 1];
-  const rtt = e && e.startTime >= tPost - 1 && e.responseStart > 0 && e.requestStart > 0
-    ? e.responseStart - e.requestStart
-    : measured;
-  return Math.max(1, Math.round(rtt));
+  return e && e.responseStart > 0 && e.requestStart > 0 ? e.responseStart - e.requestStart : null;
+}
+
+// The RTT the early cut scales with: the smaller of the WHEP POST's and the playback document's
+// round trips. Both are upper bounds (each includes the server's work; a WHEP POST creates a
+// session, which a busy server may take long over); resource timing leaves out the time this
+// page's busy main thread took to notice the answers. Where timing is not exposed, the POST
+// round trip measured here stands in.
+function estimateRtt(url, tPost, measured) {
+  const post = timedRtt(url, tPost - 1);
+  const doc = timedRtt(new URL(`api/v1/streams/${encodeURIComponent(stream)}/playback`, root).href);
+  const rtts = [post ?? measured, doc].filter((v) => v !== null);
+  return Math.max(1, Math.round(Math.min(...rtts)));
 }
 
 async function startWebRtc(url, pb) {
@@ -517,7 +526,7 @@ async function startWebRtc(url, pb) {
   try {
     await prepared.ready;
     if (!alive(leg)) return;
-    // The POST's round trip is the RTT estimate the early cut scales with (see postRtt).
+    // The POST's round trip is one RTT estimate of the early cut (see estimateRtt).
     const tPost = performance.now();
     const r = await fetch(url, {
       method: 'POST',
@@ -538,7 +547,7 @@ async function startWebRtc(url, pb) {
     if (ice.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: ice });
     const answer = await r.text();
     if (!alive(leg)) return;
-    rtt = postRtt(url, tPost, rtt);
+    rtt = estimateRtt(url, tPost, rtt);
     dc.rttMs = rtt;
     await pc.setRemoteDescription({ type: 'answer', sdp: answer });
     if (!alive(leg)) return;
@@ -552,17 +561,24 @@ async function startWebRtc(url, pb) {
 
   // Decide early: a reachable server answers a check within about one RTT. A firewall that drops
   // UDP silently gives no error at all; without this the attempt would wait for the timeout.
+  // Time alone is not evidence: a starved browser may have sent one check by then (and not yet
+  // read an answer), so the cut also wants ICE_MIN_CHECKS checks sent and none answered.
   const iceBound = Math.max(ICE_MIN_MS, ICE_RTT_FACTOR * rtt);
   dc.iceBoundMs = iceBound;
-  timers.push(setTimeout(async () => {
+  const checkIce = async () => {
     if (!alive(leg) || leg.iceAt || leg.framed) return;
     const checks = await iceChecks(pc).catch(() => ({ sent: 0, answered: 0, succeeded: false }));
     if (!alive(leg) || leg.iceAt || leg.framed) return;
     log('webrtc-ice-checks', { ...checks, ms: since() });
     if (checks.answered || checks.succeeded) return; // under way: the DTLS bound and timeout follow
+    if (checks.sent < ICE_MIN_CHECKS) {
+      timers.push(setTimeout(checkIce, 100));
+      return;
+    }
     webrtcFailed(leg, `no ICE candidate pair answered within ${iceBound} ms of the answer ` +
       `(RTT ${rtt} ms, ${checks.sent} checks sent)`);
-  }, iceBound));
+  };
+  timers.push(setTimeout(checkIce, iceBound));
 
   let lastFrames = 0;
   let lastProgress = performance.now();
@@ -871,7 +887,7 @@ function debugLine() {
   lines.push(`first     ${ff ? `${ff.ms} ms · ${ff.path}` : '–'}`);
   const d = dc.decision;
   lines.push(`decided   ${d ? `${d.path} at ${d.ms} ms · ${d.reason}` : legs.webrtc ? 'WebRTC connecting…' : '–'}`);
-  if (dc.rttMs !== null) lines.push(`rtt       ${dc.rttMs} ms (WHEP POST) · ICE bound ${dc.iceBoundMs ?? '–'} ms`);
+  if (dc.rttMs !== null) lines.push(`rtt       ${dc.rttMs} ms · ICE bound ${dc.iceBoundMs ?? '–'} ms`);
   if (dc.path === 'webrtc') {
     lines.push(`frames    ${dc.framesDecoded}${dc.webrtcFirstFrameMs !== null ? ` (first after ${dc.webrtcFirstFrameMs} ms)` : ''}`);
   } else if (dc.path === 'hls') {
@@ -892,7 +908,7 @@ if (debug) {
 // ───────────────────────────── go ─────────────────────────────
 
 // Resource timing keeps 250 entries by default and LL-HLS makes several requests a second: make
-// room, so a later WHEP POST can still be timed (postRtt).
+// room, so a later WHEP POST can still be timed (estimateRtt).
 performance.addEventListener('resourcetimingbufferfull', () => performance.clearResourceTimings());
 window.addEventListener('pagehide', () => {
   stopAll('page closed');
