@@ -919,7 +919,11 @@ if (!stream) {
 } else {
   document.title = `${stream} · live`;
   const nav = performance.getEntriesByType('navigation')[0];
-  log('script', nav ? { html: Math.round(nav.responseEnd) } : undefined);
+  const res = (name) => {
+    const e = performance.getEntriesByType('resource').find((r) => r.name.endsWith(name));
+    return e ? [Math.round(e.startTime), Math.round(e.responseEnd)] : null;
+  };
+  log('script', nav ? { html: Math.round(nav.responseEnd), interactive: Math.round(nav.domInteractive), js: res('watch.js'), css: res('watch.css'), hlsjs: res('hls.min.js') } : undefined);
   setState('starting');
   pollLoop();
   warmUp();
