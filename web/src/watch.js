@@ -14,8 +14,9 @@
 //     max(ICE_MIN_MS, ICE_RTT_FACTOR × RTT) of the answer (and ICE_MIN_CHECKS checks were sent
 //     unanswered), or DTLS does not complete within
 //     max(DTLS_MIN_MS, DTLS_RTT_FACTOR × RTT) of ICE; ICE/DTLS failure, a refused POST or no
-//     frame within webrtc_timeout_ms cut it too. A cut is remembered in sessionStorage (not a
-//     409: that only says the stream has no publisher) and the next start skips WebRTC.
+//     frame within webrtc_timeout_ms cut it too. A cut is remembered in sessionStorage and the
+//     next start skips WebRTC (not after a 409, which only says the stream has no publisher,
+//     nor after the DTLS bound, as STUN got through).
 // Mid-stream (as before): no new WebRTC frame for freeze_ms, or the connection fails/closes →
 //   LL-HLS starts, the last WebRTC picture stays until LL-HLS has one.
 // The playback document is polled: offline → players stop, "offline" shown; back → start again;
@@ -35,7 +36,7 @@ const HLS_STALL_MS = 8000;
 const ICE_MIN_MS = 500;
 const ICE_RTT_FACTOR = 4;
 const ICE_MIN_CHECKS = 5;
-const DTLS_MIN_MS = 1000; // DTLS is CPU work on both ends: a busy client needs longer
+const DTLS_MIN_MS = 1500; // DTLS is CPU work on both ends: a busy server or client needs longer
 const DTLS_RTT_FACTOR = 4;
 // A first frame presented (requestVideoFrameCallback) is the measure; 'loadeddata' stands in
 // where that callback never comes (no support, or a browser that does not paint the element).
@@ -511,7 +512,9 @@ async function startWebRtc(url, pb) {
     const bound = Math.max(DTLS_MIN_MS, DTLS_RTT_FACTOR * (dc.rttMs || 0));
     timers.push(setTimeout(() => {
       if (alive(leg) && !leg.framed && pc.connectionState !== 'connected') {
-        webrtcFailed(leg, `no DTLS within ${bound} ms of ICE (RTT ${dc.rttMs} ms)`);
+        // Not remembered: STUN got through, so the path works; a slow handshake more likely
+        // means a busy server, and the next page load tries WebRTC again.
+        webrtcFailed(leg, `no DTLS within ${bound} ms of ICE (RTT ${dc.rttMs} ms)`, false);
       }
     }, bound));
   };
