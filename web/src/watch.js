@@ -526,6 +526,7 @@ async function startWebRtc(url, pb) {
   };
 
   let rtt;
+  let answeredAt = 0;
   try {
     await prepared.ready;
     if (!alive(leg)) return;
@@ -554,7 +555,8 @@ async function startWebRtc(url, pb) {
     dc.rttMs = rtt;
     await pc.setRemoteDescription({ type: 'answer', sdp: answer });
     if (!alive(leg)) return;
-    log('webrtc-answer', { ms: since(), rtt });
+    answeredAt = since();
+    log('webrtc-answer', { ms: answeredAt, rtt });
   } catch (e) {
     if (!alive(leg)) return;
     // 409: the stream has no publisher right now; that says nothing about WebRTC here.
@@ -578,8 +580,8 @@ async function startWebRtc(url, pb) {
       timers.push(setTimeout(checkIce, 100));
       return;
     }
-    webrtcFailed(leg, `no ICE candidate pair answered within ${iceBound} ms of the answer ` +
-      `(RTT ${rtt} ms, ${checks.sent} checks sent)`);
+    webrtcFailed(leg, `no ICE candidate pair answered (${checks.sent} checks, ` +
+      `${since() - answeredAt} ms after the answer; RTT ${rtt} ms)`);
   };
   timers.push(setTimeout(checkIce, iceBound));
 
