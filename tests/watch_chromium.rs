@@ -3,8 +3,10 @@
 //! provider switch to a CDN (the nginx config of docs/CDN.md in front of the origin).
 //!
 //! Needs: `node`, Debian's `chromium` (or `DELTACAST_CHROMIUM`), `npm ci --prefix web`
-//! (playwright-core and hls.js), ffmpeg, and nginx for the CDN tests. A missing tool fails the
-//! test with the command that installs it; nothing is skipped.
+//! (playwright-core and hls.js), ffmpeg, nginx for the CDN tests, and root with `ip` (iproute2)
+//! and `nft` (nftables) for the first-frame test, which runs Chromium in a network namespace
+//! behind a firewall that drops UDP silently. A missing tool fails the test with the command
+//! that installs it; nothing is skipped.
 //!
 //! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
 //! assertion live here. Screenshots go to `test-artifacts/watch/`.
