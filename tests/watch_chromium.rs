@@ -3,8 +3,10 @@
 //! provider switch to a CDN (the nginx config of docs/CDN.md in front of the origin).
 //!
 //! Needs: `node`, Debian's `chromium` (or `DELTACAST_CHROMIUM`), `npm ci --prefix web`
-//! (playwright-core and hls.js), ffmpeg, and nginx for the CDN tests. A missing tool fails the
-//! test with the command that installs it; nothing is skipped.
+//! (playwright-core and hls.js), ffmpeg, nginx for the CDN tests, and root with `ip` (iproute2)
+//! and `nft` (nftables) for the first-frame test, which runs Chromium in a network namespace
+//! behind a firewall that drops UDP silently. A missing tool fails the test with the command
+//! that installs it; nothing is skipped.
 //!
 //! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
 //! assertion live here. Screenshots go to `test-artifacts/watch/`.
@@ -12,11 +14,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::nginx::Nginx;
@@ -102,6 +105,11 @@ struct Browser {
 
 impl Browser {
     fn launch(label: &str) -> Browser {
+        Self::launch_in(label, None)
+    }
+
+    /// Chromium (and its driver) inside `netns` when given (`ip netns exec`), else on the host.
+    fn launch_in(label: &str, netns: Option<&NetNs>) -> Browser {
         require_browser_tools();
         let profile = tempfile::Builder::new()
             .prefix(&format!("chromium-{label}-"))
@@ -110,7 +118,15 @@ impl Browser {
         let user_data = profile.path().join("user-data");
         std::fs::create_dir_all(&user_data).unwrap();
         let stderr_log = profile.path().join("driver.log");
-        let mut child = Command::new("node")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, "node"]);
+                c
+            }
+            None => Command::new("node"),
+        };
+        let mut child = cmd
             .arg(manifest_dir().join("tests/web/driver.mjs"))
             .env("USER_DATA_DIR", &user_data)
             .env("CHROMIUM", chromium_path())
@@ -435,6 +451,253 @@ fn require_whep(server: &Server, stream: &str) {
     );
 }
 
+// ───────────────────────────── network namespace and a silent firewall ─────────────────────────────
+
+/// Runs `prog args…` (bounded), panicking with its stderr when it fails.
+fn net_cmd(prog: &str, args: &[&str]) -> String {
+    let (st, out, err) =
+        common::run_bounded(Command::new(prog).args(args), Duration::from_secs(20));
+    assert!(
+        st.success(),
+        "`{prog} {}` failed ({st}): {err}",
+        args.join(" ")
+    );
+    out
+}
+
+/// The namespace tests need root, `ip` (iproute2) and `nft` (nftables): fail, never skip.
+fn require_netns_tools() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "the watch-page firewall test creates a network namespace (ip netns, veth, nftables) and \
+         must run as root (scripts/test runs it in the test container as root)"
+    );
+    for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "`{tool}` is required by the watch-page firewall test: apt-get install -y {pkg}"
+        );
+    }
+}
+
+/// A network namespace joined to the host by a veth pair on a private /30
+/// (10.213.a.b+1 on the host, 10.213.a.b+2 inside). Removed on drop, panicking or not; a
+/// namespace left by a killed test run (its pid gone) is removed by the next run.
+struct NetNs {
+    name: String,
+    host_if: String,
+    host_ip: Ipv4Addr,
+    ns_ip: Ipv4Addr,
+}
+
+const NETNS_PREFIX: &str = "dctest-";
+
+impl NetNs {
+    fn create() -> NetNs {
+        require_netns_tools();
+        Self::reap_stale();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 60;
+        let (a, b) = ((pid % 250) as u8, (n * 4) as u8);
+        let host_ip = Ipv4Addr::new(10, 213, a, b + 1);
+        let ns_ip = Ipv4Addr::new(10, 213, a, b + 2);
+        let addrs = net_cmd("ip", &["-o", "-4", "addr", "show"]);
+        assert!(
+            !addrs.contains(&format!(" {host_ip}/")),
+            "{host_ip} is already on an interface here; remove it (ip addr) and rerun"
+        );
+        let ns = NetNs {
+            name: format!("{NETNS_PREFIX}{pid}-{n}"),
+            host_if: format!("dc{pid}h{n}"),
+            host_ip,
+            ns_ip,
+        };
+        let ns_if = format!("dc{pid}n{n}");
+        let (name, host_if) = (ns.name.as_str(), ns.host_if.as_str());
+        // `ns` exists from here on: a failing step below still removes what was made.
+        net_cmd("ip", &["netns", "add", name]);
+        net_cmd(
+            "ip",
+            &[
+                "link", "add", host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+        );
+        net_cmd("ip", &["link", "set", &ns_if, "netns", name]);
+        net_cmd(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/30"), "dev", host_if],
+        );
+        net_cmd("ip", &["link", "set", host_if, "up"]);
+        net_cmd(
+            "ip",
+            &[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{ns_ip}/30"),
+                "dev",
+                &ns_if,
+            ],
+        );
+        net_cmd("ip", &["-n", name, "link", "set", &ns_if, "up"]);
+        net_cmd("ip", &["-n", name, "link", "set", "lo", "up"]);
+        eprintln!("netns {name}: host {host_ip} ({host_if}) ⇄ {ns_ip} ({ns_if})");
+        ns
+    }
+
+    /// Namespaces of this test whose process is gone (a run killed before its guard ran).
+    fn reap_stale() {
+        let list = net_cmd("ip", &["netns", "list"]);
+        for line in list.lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(pid) = name
+                .strip_prefix(NETNS_PREFIX)
+                .and_then(|r| r.split('-').next())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("removing stale network namespace {name}");
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+
+    /// The corporate firewall: an input chain inside the namespace that drops every packet except
+    /// TCP from the relay's HTTP port. Sends still succeed (no ICMP, no reset); STUN answers,
+    /// DTLS and media, and ICE-TCP's SYN-ACK never arrive. The final rule counts what it drops.
+    fn drop_replies_except_http(&self, http_port: u16) {
+        let rules = format!(
+            "table inet deltacast_fw {{\n\
+             \x20 chain input {{\n\
+             \x20   type filter hook input priority filter; policy drop;\n\
+             \x20   iifname \"lo\" accept\n\
+             \x20   ip saddr {host} tcp sport {http_port} accept\n\
+             \x20   counter drop\n\
+             \x20 }}\n\
+             }}\n",
+            host = self.host_ip
+        );
+        let file = std::env::temp_dir().join(format!("{}.nft", self.name));
+        std::fs::write(&file, &rules).unwrap();
+        net_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "nft",
+                "-f",
+                &file.display().to_string(),
+            ],
+        );
+        let _ = std::fs::remove_file(&file);
+        eprintln!("netns {}: firewall on\n{rules}", self.name);
+    }
+
+    /// Packets the firewall's final rule dropped so far.
+    fn dropped_packets(&self) -> u64 {
+        let out = net_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "deltacast_fw",
+                "input",
+            ],
+        );
+        out.split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its end of the veth pair, and with it the host end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The relay's HTTP listener on another address: tests/common starts the relay on loopback, which
+/// a namespace cannot reach, so this forwards TCP from `listen_ip` to it (one thread per
+/// direction per connection; the browser opens a handful). Stops accepting on drop.
+struct TcpForward {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpForward {
+    fn start(listen_ip: Ipv4Addr, to: SocketAddr) -> TcpForward {
+        let l = TcpListener::bind((listen_ip, 0)).expect("bind the HTTP forwarder");
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(down) = conn else { continue };
+                let Ok(up) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
+                    continue;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                for (mut from, mut into) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        TcpForward {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpForward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 // ───────────────────────────── tests: HTTP surface ─────────────────────────────
 
 #[test]
@@ -460,6 +723,12 @@ fn page_assets_and_playback_api() {
     assert!(
         !html.contains("hall") && !html.contains("/hls/"),
         "the page names no stream or URL itself"
+    );
+    // The playback document is preloaded by a header; the markup stays the same for every stream.
+    let link = page.header("link").unwrap_or("");
+    assert!(
+        link.contains("<../api/v1/streams/hall/playback>") && link.contains("rel=preload"),
+        "Link: {link}"
     );
     assert_eq!(s.get("/watch/bad..%20name").status, 404);
     let js = s.get("/web/watch.js");
@@ -650,7 +919,10 @@ fn plays_over_ll_hls_when_webrtc_is_off() {
     );
     let took = t.elapsed();
     let live_at = b.event_time("state", "live").unwrap_or(f64::NAN);
-    eprintln!("LL-HLS playing {took:?} after open (page: {live_at:.0} ms after navigation)");
+    eprintln!(
+        "LL-HLS playing {took:?} after open (page: {live_at:.0} ms after navigation)\n{}",
+        timeline(&mut b)
+    );
     assert!(took < Duration::from_secs(6), "{took:?}");
     b.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS");
     let st = b.state();
@@ -870,10 +1142,11 @@ fn plays_over_webrtc_first_frame_within_1s() {
         "frames decoded over WebRTC",
     );
     let st = b.state();
-    let first = st["firstFrameMs"].as_f64().unwrap();
-    let since_nav = b.event_time("webrtc-first-frame", "").unwrap_or(f64::NAN);
+    let first = st["webrtcFirstFrameMs"].as_f64().unwrap();
+    let since_nav = st["firstFrameMs"].as_f64().unwrap_or(f64::NAN);
     eprintln!(
-        "WebRTC first frame {first} ms after the WHEP attempt started ({since_nav:.0} ms after navigation)"
+        "WebRTC first frame {first} ms after the WHEP attempt started (first frame of any path \
+         {since_nav:.0} ms after navigation)"
     );
     assert!(first <= 1000.0, "first frame after {first} ms: {st:#}");
     let f0 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
@@ -888,7 +1161,14 @@ fn plays_over_webrtc_first_frame_within_1s() {
     eprintln!("WebRTC audio packets received: {audio}");
     assert!(audio >= 25.0, "audio packets received over WebRTC: {audio}");
     assert_eq!(b.eval("__deltacast.path"), "webrtc");
-    assert!(b.requests("/hls/").is_empty(), "no HLS while WebRTC plays");
+    // LL-HLS was prepared in parallel and stopped at the first WebRTC frame.
+    let hls = b.requests("/hls/");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        hls,
+        b.requests("/hls/"),
+        "no HLS request while WebRTC plays"
+    );
     b.screenshot("webrtc.png");
 }
 
@@ -1190,3 +1470,210 @@ const WHIP_STATS_JS: &str = r#"(async () => {
   });
   return out;
 })()"#;
+
+// ───────────────────────────── tests: first frame by path ─────────────────────────────
+
+/// One page load, timed by the page's own clock (ms since navigation start).
+#[derive(Debug)]
+struct StartFigures {
+    first_ms: f64,
+    first_path: String,
+    first_via: String,
+    decided_ms: f64,
+    reason: String,
+}
+
+/// Opens `url` and waits until the page has shown a frame and decided its path (`want`).
+fn open_and_time(b: &mut Browser, url: &str, want: &str) -> StartFigures {
+    b.open(url);
+    b.expect(
+        &format!(
+            "__deltacast.firstFrame && __deltacast.decision && __deltacast.path === {want:?} \
+             && __deltacast.decision.path === {want:?}"
+        ),
+        Duration::from_secs(10),
+        &format!("a first frame, and the path decided for {want}"),
+    );
+    let st = b.state();
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    StartFigures {
+        first_ms: st["firstFrame"]["ms"].as_f64().unwrap(),
+        first_path: s(&st["firstFrame"]["path"]),
+        first_via: s(&st["firstFrame"]["via"]),
+        decided_ms: st["decision"]["ms"].as_f64().unwrap(),
+        reason: s(&st["decision"]["reason"]),
+    }
+}
+
+/// The page's event log, one `t ev detail` line each (t: ms since navigation).
+fn timeline(b: &mut Browser) -> String {
+    b.eval(
+        "__deltacast.events.map(e => `${String(e.t).padStart(6)} ${e.ev} ${e.detail === undefined ? '' : JSON.stringify(e.detail)}`).join('\\n')",
+    )
+    .as_str()
+    .unwrap_or("")
+    .to_string()
+}
+
+/// A single page load may be slowed by a busy machine; the median is held to the 1.0 s target.
+const SINGLE_RUN_MAX_MS: f64 = 2500.0;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The issue-13 scenario: Chromium in a network namespace, the relay on the host end of a veth
+/// pair, advertising that address in its ICE candidates. First with an open network (WebRTC must
+/// be the path that stays, and LL-HLS traffic must stop), then behind a firewall that silently
+/// drops every reply except TCP from the relay's HTTP port (LL-HLS, decided by the early ICE cut).
+/// Both must show a first frame within 1.0 s of navigation, with no user action, on the default
+/// LL-HLS part target (200 ms). Each case runs `DELTACAST_WATCH_RUNS` times (default 3), each with
+/// a fresh browser: the median must be ≤ 1.0 s and every run ≤ 2.5 s (this machine is shared;
+/// the page before issue 13 needed 3.1 s behind the firewall). The medians are printed
+/// (docs/BENCHMARKS.md).
+#[test]
+fn first_frame_within_1s_on_every_path() {
+    let _g = serial();
+    let ns = NetNs::create();
+    let rest = format!(
+        "{}\n[sfu]\nport_base = 0\nbind_ip = \"{ip}\"\nadvertise = [\"{ip}\"]\n",
+        web_toml(),
+        ip = ns.host_ip
+    );
+    let s = start_server("netns", &rest);
+    let _ff = publish(&s, "netns", "show");
+    require_whep(&s, "show");
+    let fwd = TcpForward::start(ns.host_ip, s.http);
+    let url = format!("http://{}/watch/show?debug=1", fwd.addr);
+    let runs: usize = std::env::var("DELTACAST_WATCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 21);
+    eprintln!("page {url} from {} (Chromium in {})", ns.ns_ip, ns.name);
+
+    // Open network: whichever path shows first, WebRTC stays and LL-HLS stops.
+    let mut open = Vec::new();
+    for run in 0..runs {
+        let mut b = Browser::launch_in(&format!("open-{run}"), Some(&ns));
+        let f = open_and_time(&mut b, &url, "webrtc");
+        eprintln!("open network, run {run}: {f:?}\n{}", timeline(&mut b));
+        let hls_then = b.requests("/hls/");
+        let hls_bytes = b.eval("__deltacast.hlsBytes");
+        assert!(
+            f.first_ms <= SINGLE_RUN_MAX_MS,
+            "open network: first frame {} ms after navigation: {f:?}\n{:#}",
+            f.first_ms,
+            b.state()
+        );
+        let f0 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let f1 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+        assert!(f1 - f0 >= 30.0, "WebRTC frames rising: {f0} → {f1}");
+        assert_eq!(b.eval("__deltacast.path"), "webrtc", "still on WebRTC");
+        let hls_now = b.requests("/hls/");
+        eprintln!(
+            "  LL-HLS before WebRTC won: {} requests, {hls_bytes} bytes (hls.js stats); \
+             2 s after: {} requests",
+            hls_then.len(),
+            hls_now.len()
+        );
+        assert_eq!(
+            hls_then, hls_now,
+            "no HLS request once WebRTC plays (before: {hls_then:#?})"
+        );
+        if run == 0 {
+            // One audible element: the sound follows the picture to #rtc; LL-HLS is detached.
+            b.eval("document.getElementById('unmute').click(), true");
+            b.expect(
+                "!__deltacast.muted",
+                Duration::from_secs(3),
+                "unmuted by the button",
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            let audible = b.eval(
+                "[...document.querySelectorAll('video')].filter(v => !v.muted && !v.paused).map(v => v.id)",
+            );
+            assert_eq!(audible, json!(["rtc"]), "exactly one audible player");
+            assert_eq!(
+                b.eval("document.getElementById('video').networkState"),
+                0,
+                "LL-HLS player detached (NETWORK_EMPTY)"
+            );
+            b.screenshot("netns-open-webrtc.png");
+        }
+        open.push(f);
+    }
+
+    // The corporate firewall: UDP (and ICE-TCP) answers are dropped without a trace.
+    ns.drop_replies_except_http(fwd.addr.port());
+    let mut walled = Vec::new();
+    for run in 0..runs {
+        let mut b = Browser::launch_in(&format!("firewall-{run}"), Some(&ns));
+        let f = open_and_time(&mut b, &url, "hls");
+        eprintln!("firewall, run {run}: {f:?}\n{}", timeline(&mut b));
+        assert!(
+            f.first_ms <= SINGLE_RUN_MAX_MS && f.first_path == "hls",
+            "firewall: first frame {} ms after navigation over {}: {f:?}\n{:#}",
+            f.first_ms,
+            f.first_path,
+            b.state()
+        );
+        assert!(
+            b.requests("/whep/").iter().any(|r| r.starts_with("POST")),
+            "WebRTC was tried"
+        );
+        assert!(
+            f.reason.starts_with("no ICE candidate pair answered"),
+            "decided by the early ICE cut, not a timeout: {f:?}"
+        );
+        b.assert_playing(
+            Duration::from_millis(1500),
+            0.8,
+            "LL-HLS behind the firewall",
+        );
+        if run == 0 {
+            let dbg = b.eval("document.getElementById('debug').textContent");
+            eprintln!("debug overlay:\n{}", dbg.as_str().unwrap_or(""));
+            let dbg = dbg.as_str().unwrap_or("");
+            assert!(
+                dbg.contains("first     ") && dbg.contains("decided   hls at"),
+                "overlay shows both timings: {dbg}"
+            );
+            b.screenshot("netns-firewall-hls.png");
+        }
+        walled.push(f);
+    }
+    let dropped = ns.dropped_packets();
+    assert!(
+        dropped > 0,
+        "the firewall dropped nothing: the test proved nothing"
+    );
+
+    let med = |v: &[StartFigures], f: fn(&StartFigures) -> f64| median(v.iter().map(f).collect());
+    let (open_first, walled_first) = (med(&open, |f| f.first_ms), med(&walled, |f| f.first_ms));
+    eprintln!(
+        "first frame by path, {runs} run(s), median ms since navigation:\n\
+         \x20 open network: first frame {:.0} ({} first), WebRTC decided {:.0}\n\
+         \x20 UDP silently dropped: first frame {:.0} (hls), LL-HLS decided {:.0} ({})\n\
+         \x20 firewall dropped {dropped} packets",
+        open_first,
+        open.iter()
+            .map(|f| format!("{}/{}", f.first_path, f.first_via))
+            .collect::<Vec<_>>()
+            .join(" "),
+        med(&open, |f| f.decided_ms),
+        walled_first,
+        med(&walled, |f| f.decided_ms),
+        walled[0].reason,
+    );
+    assert!(
+        open_first <= 1000.0,
+        "open network: median first frame {open_first} ms after navigation (want ≤ 1000)"
+    );
+    assert!(
+        walled_first <= 1000.0,
+        "UDP silently dropped: median first frame {walled_first} ms after navigation (want ≤ 1000)"
+    );
+}

@@ -1,23 +1,46 @@
-// deltacast watch page: WebRTC (WHEP) first, LL-HLS when WebRTC cannot deliver, with no click,
-// toggle or quality selector. Every URL comes from the playback API; this file names no provider,
-// host or CDN.
+// deltacast watch page: the first picture as soon as any path has one, WebRTC (WHEP) as the path
+// that stays whenever it works, LL-HLS otherwise, with no click, toggle or quality selector. Every
+// URL comes from the playback API; this file names no provider, host or CDN.
 //
-// Paths and switches:
-//   start ──► WebRTC (when the playback document offers WHEP and this tab has not seen it fail)
-//               ├─ no frame decoded within webrtc_timeout_ms (2.5 s) ──┐
-//               ├─ ICE/DTLS failed, connection closed               ──┤  remembered in
-//               ├─ no new frame for freeze_ms (2 s) while live       ──┤  sessionStorage
-//               └─ WHEP POST refused (except 409: not live)          ──┴─► LL-HLS (hls.js, low-latency
-//                                                                         mode; native HLS without MSE)
-//   the playback document is polled: offline → players stop, "offline" shown; back → start again;
-//   a changed HLS URL (provider switched) → HLS restarts on the new URL.
+// Start (a race, both legs at once, each in its own <video>; #rtc is stacked above #video):
+//   playback document ──┬─► WebRTC leg (#rtc): WHEP POST, ICE, DTLS, first frame
+//                       │     (the RTT estimate: see estimateRtt)
+//                       └─► LL-HLS leg (#video): hls.js (preloaded by the HTML), playlist,
+//                             init segment, first part, first frame
+//   - whichever presents a frame first is on screen (first-frame time);
+//   - a WebRTC frame decides for WebRTC: #rtc covers #video at that frame (no gap: its frame is
+//     already decoded), the sound moves to #rtc, hls.js is destroyed (no more HLS requests);
+//   - WebRTC is cut early, deciding for LL-HLS, when no ICE candidate pair answers within
+//     max(ICE_MIN_MS, ICE_RTT_FACTOR × RTT) of the answer (and ICE_MIN_CHECKS checks were sent
+//     unanswered), or DTLS does not complete within
+//     max(DTLS_MIN_MS, DTLS_RTT_FACTOR × RTT) of ICE; ICE/DTLS failure, a refused POST or no
+//     frame within webrtc_timeout_ms cut it too. A cut is remembered in sessionStorage and the
+//     next start skips WebRTC (not after a 409, which only says the stream has no publisher,
+//     nor after the DTLS bound, as STUN got through).
+// Mid-stream (as before): no new WebRTC frame for freeze_ms, or the connection fails/closes →
+//   LL-HLS starts, the last WebRTC picture stays until LL-HLS has one.
+// The playback document is polled: offline → players stop, "offline" shown; back → start again;
+// a changed HLS URL (provider switched) → HLS restarts on the new URL.
 //
-// Tests read window.__deltacast (path, state, counters, events).
+// Tests read window.__deltacast (path, state, first frame, decision, counters, events); every
+// time there is in ms since navigation start (performance.now()).
 
 const FAIL_KEY = 'deltacast.webrtc-failed';
 const POLL_LIVE_MS = 2000;
 const POLL_IDLE_MS = 1000;
 const HLS_STALL_MS = 8000;
+// Early cut of a WebRTC attempt. Chromium starts its connectivity checks as soon as the answer is
+// applied and repeats them every ~50 ms, so a reachable ICE-lite server answers within about one
+// RTT; DTLS needs two more round trips. The floors absorb a busy client (scheduling, a cold
+// network thread) and a round trip that understates the path RTT.
+const ICE_MIN_MS = 500;
+const ICE_RTT_FACTOR = 4;
+const ICE_MIN_CHECKS = 5;
+const DTLS_MIN_MS = 1500; // DTLS is CPU work on both ends: a busy server or client needs longer
+const DTLS_RTT_FACTOR = 4;
+// A first frame presented (requestVideoFrameCallback) is the measure; 'loadeddata' stands in
+// where that callback never comes (no support, or a browser that does not paint the element).
+const FRAME_FALLBACK_MS = 250;
 
 const params = new URLSearchParams(location.search);
 const debug = params.get('debug') === '1';
@@ -27,7 +50,8 @@ const stream = decodeURIComponent(location.pathname.split('/').filter(Boolean).p
 
 const $ = (id) => document.getElementById(id);
 const player = $('player');
-const video = $('video');
+const video = $('video'); // LL-HLS
+const rtc = $('rtc'); // WebRTC, stacked above #video
 const statusText = $('status-text');
 const notice = $('notice');
 const noticeTitle = $('notice-title');
@@ -35,9 +59,11 @@ const noticeText = $('notice-text');
 const unmute = $('unmute');
 const debugBox = $('debug');
 
+const sinceNav = () => Math.round(performance.now());
+
 const dc = {
   stream,
-  path: null, // 'webrtc' | 'hls' | null
+  path: null, // the path on screen: 'webrtc' | 'hls' | null
   state: 'starting', // 'starting' | 'live' | 'offline' | 'error'
   error: null,
   webrtcFailed: safeSession('get'),
@@ -45,20 +71,26 @@ const dc = {
   whepUrl: null,
   whepLocation: null,
   hlsUrl: null,
-  firstFrameMs: null, // WebRTC: from starting the attempt to the first decoded frame
+  firstFrame: null, // { ms (since navigation), path, via: 'frame' | 'loadeddata' }
+  firstFrameMs: null, // firstFrame.ms
+  decision: null, // { path, ms (since navigation), reason }: the path that stays
+  webrtcFirstFrameMs: null, // WebRTC: from starting the attempt to its first frame
+  rttMs: null, // WHEP POST round trip
+  iceBoundMs: null,
   framesDecoded: 0,
   audioPacketsReceived: 0,
   latency: null, // seconds (estimate, see debugLine)
   bitrate: null, // bits per second received
   hlsJs: null, // hls.js version when in use
+  hlsBytes: 0, // playlists, init and media bytes loaded by hls.js since the page opened
   switches: 0,
   events: [],
   playback: null,
   get currentTime() {
-    return video.currentTime;
+    return front().currentTime;
   },
   get muted() {
-    return video.muted;
+    return front().muted;
   },
 };
 window.__deltacast = dc;
@@ -74,7 +106,7 @@ function safeSession(op, value) {
 }
 
 function log(ev, detail) {
-  const e = { t: Math.round(performance.now()), ev };
+  const e = { t: sinceNav(), ev };
   if (detail !== undefined) e.detail = detail;
   dc.events.push(e);
   if (dc.events.length > 300) dc.events.shift();
@@ -84,6 +116,11 @@ function log(ev, detail) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ───────────────────────────── UI ─────────────────────────────
+
+// The element on screen: #rtc while WebRTC is the path, else #video.
+function front() {
+  return dc.path === 'webrtc' ? rtc : video;
+}
 
 function setState(state, message) {
   if (dc.state !== state) log('state', state);
@@ -118,96 +155,163 @@ function setPath(path) {
   if (dc.path !== path) {
     if (dc.path && path) dc.switches += 1;
     log('path', path);
+    // The sound follows the picture: only the element on screen may be audible, and it keeps the
+    // viewer's choice (muted or not). Both happen in this task, so no two tracks overlap.
+    const from = front();
+    const to = path === 'webrtc' ? rtc : video;
+    if (from !== to) {
+      const muted = from.muted;
+      from.muted = true;
+      to.muted = muted;
+      if (!muted) to.play().catch((e) => log('play-rejected', String(e)));
+    }
   }
   dc.path = path;
   player.dataset.path = path || '';
+  updateUnmute();
 }
 
 function updateUnmute() {
+  const el = front();
   const playing = dc.state === 'live' || dc.state === 'starting';
-  unmute.hidden = !(playing && (video.muted || video.paused));
-  unmute.querySelector('span').textContent = video.paused && !video.muted ? 'Tap to play' : 'Tap to unmute';
+  unmute.hidden = !(playing && (el.muted || el.paused));
+  unmute.querySelector('span').textContent = el.paused && !el.muted ? 'Tap to play' : 'Tap to unmute';
 }
 
 unmute.addEventListener('click', () => {
-  video.muted = false;
-  video.play().catch((e) => log('play-rejected', String(e)));
+  const el = front();
+  el.muted = false;
+  el.play().catch((e) => log('play-rejected', String(e)));
   updateUnmute();
 });
-video.addEventListener('volumechange', updateUnmute);
-video.addEventListener('pause', updateUnmute);
-video.addEventListener('playing', updateUnmute);
+for (const el of [video, rtc]) {
+  el.addEventListener('volumechange', updateUnmute);
+  el.addEventListener('pause', updateUnmute);
+  el.addEventListener('playing', updateUnmute);
+}
 
-function playMuted() {
+function playMuted(el) {
   // Autoplay rules: muted playback may start without a gesture; sound needs the unmute button.
-  const p = video.play();
-  if (p) p.catch((e) => log('autoplay-rejected', String(e)));
+  const p = el.play();
+  // AbortError: a stop or a new source interrupted this play(); nothing was refused.
+  if (p) p.catch((e) => e.name !== 'AbortError' && log('autoplay-rejected', String(e)));
   updateUnmute();
+}
+
+// Calls `cb(via)` once, when `el` presents its first video frame for `leg`.
+function watchFirstFrame(el, leg, cb) {
+  let done = false;
+  const rvfc = typeof el.requestVideoFrameCallback === 'function';
+  const fire = (via) => {
+    if (done) return;
+    done = true;
+    el.removeEventListener('loadeddata', onData);
+    el.removeEventListener('resize', onData);
+    if (alive(leg)) cb(via);
+  };
+  function onData() {
+    if (el.readyState < 2 || !el.videoWidth) return; // nothing to show yet, or audio only
+    if (rvfc) setTimeout(() => fire('loadeddata'), FRAME_FALLBACK_MS);
+    else fire('loadeddata');
+  }
+  if (rvfc) el.requestVideoFrameCallback(() => fire('frame'));
+  el.addEventListener('loadeddata', onData);
+  el.addEventListener('resize', onData);
+}
+
+function firstFrame(path, via) {
+  if (dc.firstFrame) return;
+  dc.firstFrame = { ms: sinceNav(), path, via };
+  dc.firstFrameMs = dc.firstFrame.ms;
+  log('first-frame', dc.firstFrame);
+}
+
+// The path that stays (WebRTC had a frame, or LL-HLS because WebRTC was cut or not tried).
+function decide(path, reason) {
+  dc.decision = { path, ms: sinceNav(), reason };
+  log('decision', dc.decision);
 }
 
 // ───────────────────────────── playback document ─────────────────────────────
 
+let playbackFetches = 0;
+
 async function fetchPlayback() {
   const url = new URL(`api/v1/streams/${encodeURIComponent(stream)}/playback`, root);
-  const r = await fetch(url, { cache: 'no-store' });
+  // The first one takes the response the page's Link header preloaded (a 'no-store' request
+  // would not); the server marks the document no-store, so no cache keeps it either way.
+  const first = playbackFetches++ === 0;
+  const r = await fetch(url, first ? {} : { cache: 'no-store' });
   if (r.status === 404) return { state: 'unknown', webrtc: null, hls: null };
   if (!r.ok) throw new Error(`playback API: HTTP ${r.status}`);
   return r.json();
 }
 
-// Every async step belongs to one attempt; a newer attempt (or a stop) bumps `gen`, and stale
-// work notices and quits.
-let gen = 0;
-let current = null;
+// The running legs; a leg's async steps check `alive(leg)` and quit once it is stopped or replaced.
+const legs = { webrtc: null, hls: null };
 
-function stopCurrent(why) {
-  gen += 1;
-  const c = current;
-  current = null;
-  if (c) {
-    log('stop', { path: c.kind, why });
-    try {
-      c.stop();
-    } catch (e) {
-      log('stop-error', String(e));
-    }
+function alive(leg) {
+  return legs[leg.kind] === leg;
+}
+
+function stopLeg(leg, why) {
+  if (!leg || !alive(leg)) return;
+  legs[leg.kind] = null;
+  log('stop', { path: leg.kind, why });
+  try {
+    leg.stop();
+  } catch (e) {
+    log('stop-error', String(e));
   }
+}
+
+function stopAll(why) {
+  stopLeg(legs.webrtc, why);
+  stopLeg(legs.hls, why);
+  if (rtc.srcObject) rtc.srcObject = null;
   dc.latency = null;
   dc.bitrate = null;
 }
 
 function start(pb) {
-  stopCurrent('start');
-  const g = gen;
-  if (pb.webrtc && pb.webrtc.whep && !dc.webrtcFailed) {
-    startWebRtc(pb.webrtc.whep, g, pb);
-  } else if (pb.hls) {
-    startHls(pb.hls, g);
-  } else {
+  stopAll('start');
+  dc.decision = null;
+  const whep = pb.webrtc && pb.webrtc.whep;
+  const tryWebrtc = !!whep && !dc.webrtcFailed;
+  if (!tryWebrtc && !pb.hls) {
     setPath(null);
     setState('error', 'the server offers no playback URL for this stream');
+    return;
+  }
+  // Both legs at once: LL-HLS gets ready (or shows) while WebRTC connects.
+  if (tryWebrtc) startWebRtc(whep, pb);
+  if (pb.hls) startHls(pb.hls);
+  if (!tryWebrtc) {
+    const w = takeWarm('webrtc');
+    if (w) w.pc.close();
+    decide('hls', whep ? `WebRTC failed earlier in this session (${dc.webrtcFailed})` : 'no WHEP offered');
   }
 }
 
 function onPlayback(pb) {
   dc.playback = pb;
   if (pb.state !== 'live' && pb.state !== 'starting') {
-    if (current) stopCurrent(`stream ${pb.state}`);
+    if (legs.webrtc || legs.hls) stopAll(`stream ${pb.state}`);
     setPath(null);
     setState('offline');
     return;
   }
-  if (!current) {
+  if (!legs.webrtc && !legs.hls) {
     if (dc.state === 'error') return;
     setState('starting');
     start(pb);
     return;
   }
-  if (current.kind === 'hls' && pb.hls && pb.hls !== current.url) {
-    log('hls-url-changed', { from: current.url, to: pb.hls });
-    stopCurrent('HLS URL changed');
-    startHls(pb.hls, gen);
-  } else if (current.kind === 'webrtc' && (!pb.webrtc || pb.webrtc.whep !== current.url)) {
+  if (legs.hls && pb.hls && pb.hls !== legs.hls.url) {
+    log('hls-url-changed', { from: legs.hls.url, to: pb.hls });
+    stopLeg(legs.hls, 'HLS URL changed');
+    startHls(pb.hls);
+  } else if (legs.webrtc && (!pb.webrtc || pb.webrtc.whep !== legs.webrtc.url)) {
     log('whep-url-changed');
     start(pb);
   }
@@ -222,6 +326,80 @@ async function pollLoop() {
     }
     await sleep(dc.state === 'live' ? POLL_LIVE_MS : POLL_IDLE_MS);
   }
+}
+
+// ───────────────────────────── warm start ─────────────────────────────
+
+// What needs no URL starts while the playback document is on its way: the WebRTC offer (a
+// PeerConnection with its two receivers) and hls.js with a MediaSource attached to #video. The
+// first start takes them; until then they wait (no traffic: nothing is sent before the POST).
+const warm = { webrtc: null, hls: null };
+
+function takeWarm(kind) {
+  const w = warm[kind];
+  warm[kind] = null;
+  return w;
+}
+
+function newPeerConnection() {
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  // The server is ICE-lite: it learns our address from our checks, so the offer goes out at once
+  // without waiting for candidate gathering.
+  const ready = pc.createOffer().then((offer) => pc.setLocalDescription(offer));
+  ready.catch(() => {}); // reported by the start that awaits it
+  return { pc, ready };
+}
+
+function newHls(Hls) {
+  return new Hls({
+    lowLatencyMode: true,
+    backBufferLength: 30,
+    // Transmux on the main thread: fMP4 needs no remuxing worth a worker, and hls.js's inline
+    // worker compiles the whole library a second time while the start is racing.
+    enableWorker: false,
+    // Start at the first part hls.js loads (the last independent part before the target
+    // latency) instead of loading on to the target first: one part to a first frame, not up to a
+    // GOP of parts in sequence. The extra latency (under one GOP) is caught up at ≤ 1.1× speed.
+    startOnSegmentBoundary: true,
+    maxLiveSyncPlaybackRate: 1.1,
+    // Retry quickly: a live origin answers 503 while a stream is starting.
+    manifestLoadPolicy: {
+      default: {
+        maxTimeToFirstByteMs: 10000,
+        maxLoadTimeMs: 20000,
+        timeoutRetry: { maxNumRetry: 4, retryDelayMs: 0, maxRetryDelayMs: 0 },
+        errorRetry: { maxNumRetry: 6, retryDelayMs: 500, maxRetryDelayMs: 2000 },
+      },
+    },
+  });
+}
+
+function warmUp() {
+  if (!dc.webrtcFailed && window.RTCPeerConnection) {
+    try {
+      warm.webrtc = newPeerConnection();
+    } catch (e) {
+      log('warm-error', String(e));
+    }
+  }
+  if (mse) {
+    loadHlsJs()
+      .then((Hls) => {
+        if (warm.hls || legs.hls || !Hls.isSupported()) return;
+        warm.hls = newHls(Hls);
+        warm.hls.attachMedia(video);
+      })
+      .catch(() => {}); // startHls reports it
+  }
+}
+
+function dropWarm() {
+  const w = takeWarm('webrtc');
+  if (w) w.pc.close();
+  const h = takeWarm('hls');
+  if (h) h.destroy();
 }
 
 // ───────────────────────────── WebRTC (WHEP) ─────────────────────────────
@@ -243,62 +421,124 @@ function parseIceLinks(link) {
   return servers;
 }
 
-async function startWebRtc(url, g, pb) {
+// Connectivity checks so far: sent, answered, and whether a pair succeeded.
+async function iceChecks(pc) {
+  const out = { sent: 0, answered: 0, succeeded: false };
+  (await pc.getStats()).forEach((r) => {
+    if (r.type !== 'candidate-pair') return;
+    out.sent += r.requestsSent || 0;
+    out.answered += r.responsesReceived || 0;
+    if (r.state === 'succeeded') out.succeeded = true;
+  });
+  return out;
+}
+
+// Round trip of a request from its resource timing (request sent → first response byte), null
+// where not exposed (cross-origin without Timing-Allow-Origin, no entry).
+function timedRtt(url, since = 0) {
+  const entries = performance.getEntriesByName(url, 'resource').filter((e) => e.startTime >= since);
+  const e = entries[entries.length - 1];
+  return e && e.responseStart > 0 && e.requestStart > 0 ? e.responseStart - e.requestStart : null;
+}
+
+// The RTT the early cut scales with: the smaller of the WHEP POST's and the playback document's
+// round trips. Both are upper bounds (each includes the server's work; a WHEP POST creates a
+// session, which a busy server may take long over); resource timing leaves out the time this
+// page's busy main thread took to notice the answers. Where timing is not exposed, the POST
+// round trip measured here stands in.
+function estimateRtt(url, tPost, measured) {
+  const post = timedRtt(url, tPost - 1);
+  const doc = timedRtt(new URL(`api/v1/streams/${encodeURIComponent(stream)}/playback`, root).href);
+  const rtts = [post ?? measured, doc].filter((v) => v !== null);
+  return Math.max(1, Math.round(Math.min(...rtts)));
+}
+
+async function startWebRtc(url, pb) {
   const t0 = performance.now();
+  const since = () => Math.round(performance.now() - t0);
   const timeoutMs = pb.webrtc_timeout_ms || 2500;
   const freezeMs = pb.freeze_ms || 2000;
-  setPath('webrtc');
   dc.whepUrl = url;
   dc.framesDecoded = 0;
-  dc.firstFrameMs = null;
+  dc.webrtcFirstFrameMs = null;
+  dc.rttMs = null;
+  dc.iceBoundMs = null;
   log('webrtc-start', url);
 
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const prepared = takeWarm('webrtc') || newPeerConnection();
+  const pc = prepared.pc;
   const media = new MediaStream();
-  let timer = null;
-  const s = {
+  const timers = [];
+  const leg = {
     kind: 'webrtc',
     url,
+    t0,
     pc,
     location: null,
+    framed: false, // a frame was presented: WebRTC is (or was) on screen
+    iceAt: null,
+    keepPicture: false,
     stop() {
-      clearInterval(timer);
+      // clearTimeout and clearInterval share one timer list.
+      timers.forEach((id) => clearTimeout(id));
       pc.close();
-      if (video.srcObject === media) video.srcObject = null;
-      if (s.location) {
+      // After a mid-stream failure the last picture stays until LL-HLS has one (hlsFrame).
+      if (rtc.srcObject === media && !leg.keepPicture) rtc.srcObject = null;
+      if (leg.location) {
         // keepalive: the DELETE also goes out when the page is being closed.
-        fetch(s.location, { method: 'DELETE', keepalive: true }).catch(() => {});
-        s.location = null;
+        fetch(leg.location, { method: 'DELETE', keepalive: true }).catch(() => {});
+        leg.location = null;
       }
     },
   };
-  current = s;
+  legs.webrtc = leg;
+  if (front() !== rtc) rtc.muted = true; // not on screen: silent
 
-  pc.addTransceiver('video', { direction: 'recvonly' });
-  pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
+    if (!alive(leg)) return;
     media.addTrack(e.track);
-    if (video.srcObject !== media) video.srcObject = media;
-    playMuted();
+    if (rtc.srcObject !== media) {
+      rtc.srcObject = media;
+      watchFirstFrame(rtc, leg, (via) => webrtcFrame(leg, via));
+    }
+    playMuted(rtc);
+  };
+  pc.oniceconnectionstatechange = () => {
+    const st = pc.iceConnectionState;
+    log('webrtc-ice', { state: st, ms: since() });
+    if (!alive(leg) || leg.iceAt || (st !== 'connected' && st !== 'completed')) return;
+    leg.iceAt = performance.now();
+    if (leg.framed) return;
+    const bound = Math.max(DTLS_MIN_MS, DTLS_RTT_FACTOR * (dc.rttMs || 0));
+    timers.push(setTimeout(() => {
+      if (alive(leg) && !leg.framed && pc.connectionState !== 'connected') {
+        // Not remembered: STUN got through, so the path works; a slow handshake more likely
+        // means a busy server, and the next page load tries WebRTC again.
+        webrtcFailed(leg, `no DTLS within ${bound} ms of ICE (RTT ${dc.rttMs} ms)`, false);
+      }
+    }, bound));
   };
   pc.onconnectionstatechange = () => {
     const st = pc.connectionState;
-    log('webrtc-connection', st);
-    if (g !== gen) return;
-    if (st === 'failed' || st === 'closed') webrtcFailed(g, `connection ${st} (ICE/DTLS)`);
+    log('webrtc-connection', { state: st, ms: since() });
+    if (!alive(leg)) return;
+    if (st === 'failed' || st === 'closed') webrtcFailed(leg, `connection ${st} (ICE/DTLS)`);
   };
 
+  let rtt;
+  let answeredAt = 0;
   try {
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    // The server is ICE-lite: it learns our address from our checks, so the offer goes out at once
-    // without waiting for candidate gathering.
+    await prepared.ready;
+    if (!alive(leg)) return;
+    // The POST's round trip is one RTT estimate of the early cut (see estimateRtt).
+    const tPost = performance.now();
     const r = await fetch(url, {
       method: 'POST',
       headers: { 'Content-Type': 'application/sdp' },
       body: pc.localDescription.sdp,
     });
-    if (g !== gen) return;
+    rtt = Math.round(performance.now() - tPost);
+    if (!alive(leg)) return;
     if (r.status !== 201) {
       const text = (await r.text().catch(() => '')).trim().slice(0, 200);
       const err = new Error(`WHEP POST answered HTTP ${r.status}${text ? `: ${text}` : ''}`);
@@ -306,36 +546,61 @@ async function startWebRtc(url, g, pb) {
       throw err;
     }
     const loc = r.headers.get('Location');
-    if (loc) s.location = dc.whepLocation = new URL(loc, url).href;
+    if (loc) leg.location = dc.whepLocation = new URL(loc, url).href;
     const ice = parseIceLinks(r.headers.get('Link'));
     if (ice.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: ice });
     const answer = await r.text();
-    if (g !== gen) return;
+    if (!alive(leg)) return;
+    rtt = estimateRtt(url, tPost, rtt);
+    dc.rttMs = rtt;
     await pc.setRemoteDescription({ type: 'answer', sdp: answer });
-    log('webrtc-answer', { ms: Math.round(performance.now() - t0) });
+    if (!alive(leg)) return;
+    answeredAt = since();
+    log('webrtc-answer', { ms: answeredAt, rtt });
   } catch (e) {
-    if (g !== gen) return;
+    if (!alive(leg)) return;
     // 409: the stream has no publisher right now; that says nothing about WebRTC here.
-    webrtcFailed(g, `signaling: ${e.message || e}`, e.status !== 409);
+    webrtcFailed(leg, `signaling: ${e.message || e}`, e.status !== 409);
     return;
   }
+
+  // Decide early: a reachable server answers a check within about one RTT. A firewall that drops
+  // UDP silently gives no error at all; without this the attempt would wait for the timeout.
+  // Time alone is not evidence: a starved browser may have sent one check by then (and not yet
+  // read an answer), so the cut also wants ICE_MIN_CHECKS checks sent and none answered.
+  const iceBound = Math.max(ICE_MIN_MS, ICE_RTT_FACTOR * rtt);
+  dc.iceBoundMs = iceBound;
+  const checkIce = async () => {
+    if (!alive(leg) || leg.iceAt || leg.framed) return;
+    const checks = await iceChecks(pc).catch(() => ({ sent: 0, answered: 0, succeeded: false }));
+    if (!alive(leg) || leg.iceAt || leg.framed) return;
+    log('webrtc-ice-checks', { ...checks, ms: since() });
+    if (checks.answered || checks.succeeded) return; // under way: the DTLS bound and timeout follow
+    if (checks.sent < ICE_MIN_CHECKS) {
+      timers.push(setTimeout(checkIce, 100));
+      return;
+    }
+    webrtcFailed(leg, `no ICE candidate pair answered (${checks.sent} checks, ` +
+      `${since() - answeredAt} ms after the answer; RTT ${rtt} ms)`);
+  };
+  timers.push(setTimeout(checkIce, iceBound));
 
   let lastFrames = 0;
   let lastProgress = performance.now();
   let lastBytes = null;
   let lastBytesAt = 0;
   let checking = false;
-  timer = setInterval(async () => {
-    if (g !== gen || checking) return;
+  timers.push(setInterval(async () => {
+    if (!alive(leg) || checking) return;
     checking = true;
     try {
       const stats = await pc.getStats();
-      if (g !== gen) return;
+      if (!alive(leg)) return;
       let frames = 0;
       let audioPackets = 0;
       let bytes = 0;
       let jitter = null;
-      let rtt = null;
+      let rttNow = null;
       stats.forEach((r) => {
         if (r.type === 'inbound-rtp') {
           bytes += r.bytesReceived || 0;
@@ -345,69 +610,88 @@ async function startWebRtc(url, g, pb) {
             if (r.jitterBufferEmittedCount) jitter = r.jitterBufferDelay / r.jitterBufferEmittedCount;
           }
         } else if (r.type === 'candidate-pair' && r.nominated && r.currentRoundTripTime !== undefined) {
-          rtt = r.currentRoundTripTime;
+          rttNow = r.currentRoundTripTime;
         }
       });
       const now = performance.now();
-      if (lastBytes !== null && now > lastBytesAt) {
-        dc.bitrate = Math.round(((bytes - lastBytes) * 8 * 1000) / (now - lastBytesAt));
+      dc.framesDecoded = frames;
+      dc.audioPacketsReceived = audioPackets;
+      if (dc.path === 'webrtc') {
+        if (lastBytes !== null && now > lastBytesAt) {
+          dc.bitrate = Math.round(((bytes - lastBytes) * 8 * 1000) / (now - lastBytesAt));
+        }
+        if (jitter !== null) dc.latency = jitter + (rttNow !== null ? rttNow / 2 : 0);
+        dc.rtt = rttNow;
       }
       lastBytes = bytes;
       lastBytesAt = now;
-      if (jitter !== null) dc.latency = jitter + (rtt !== null ? rtt / 2 : 0);
-      dc.rtt = rtt;
-      dc.framesDecoded = frames;
-      dc.audioPacketsReceived = audioPackets;
       if (frames > lastFrames) {
-        if (lastFrames === 0) {
-          dc.firstFrameMs = Math.round(now - t0);
-          log('webrtc-first-frame', { ms: dc.firstFrameMs });
-        }
         lastFrames = frames;
         lastProgress = now;
-        setState('live');
-      } else if (frames === 0 && now - t0 > timeoutMs) {
-        webrtcFailed(g, `no frame decoded within ${timeoutMs} ms`);
-      } else if (frames > 0 && now - lastProgress > freezeMs) {
+      } else if (!leg.framed && now - t0 > timeoutMs) {
+        webrtcFailed(leg, `no frame within ${timeoutMs} ms`);
+      } else if (leg.framed && now - lastProgress > freezeMs) {
         // Frozen: is it the publisher (offline) or the WebRTC path?
         const pbNow = await fetchPlayback().catch(() => null);
-        if (g !== gen) return;
+        if (!alive(leg)) return;
         if (pbNow && pbNow.state !== 'live' && pbNow.state !== 'starting') onPlayback(pbNow);
-        else webrtcFailed(g, `no new frame for ${freezeMs} ms`);
+        else webrtcFailed(leg, `no new frame for ${freezeMs} ms`);
       }
     } catch (e) {
       log('stats-error', String(e));
     } finally {
       checking = false;
     }
-  }, 200);
+  }, 200));
 }
 
-function webrtcFailed(g, reason, remember = true) {
-  if (g !== gen) return;
-  log('webrtc-failed', { reason, remember });
+// WebRTC presented a frame: it is the path that stays. #rtc (stacked above #video) shows it from
+// this frame on, the sound moves over, and LL-HLS stops pulling.
+function webrtcFrame(leg, via) {
+  leg.framed = true;
+  dc.webrtcFirstFrameMs = Math.round(performance.now() - leg.t0);
+  log('webrtc-first-frame', { ms: dc.webrtcFirstFrameMs, via });
+  firstFrame('webrtc', via);
+  setPath('webrtc');
+  stopLeg(legs.hls, 'WebRTC plays');
+  decide('webrtc', `WebRTC frame ${dc.webrtcFirstFrameMs} ms after the attempt started`);
+  setState('live');
+}
+
+function webrtcFailed(leg, reason, remember = true) {
+  if (!alive(leg)) return;
+  log('webrtc-failed', { reason, remember, ms: Math.round(performance.now() - leg.t0) });
   dc.fallbackReason = reason;
   if (remember) {
     dc.webrtcFailed = reason;
     safeSession('set', reason);
   }
-  stopCurrent(reason);
-  const pb = dc.playback;
-  if (pb && pb.hls) {
-    startHls(pb.hls, gen);
-  } else {
-    setState('error', `WebRTC failed (${reason}) and no HLS URL is offered`);
+  leg.keepPicture = leg.framed;
+  stopLeg(leg, reason);
+  if (!legs.hls) {
+    // Mid-stream (the race had already stopped LL-HLS), or no HLS offered.
+    const pb = dc.playback;
+    if (!pb || !pb.hls) {
+      if (rtc.srcObject) rtc.srcObject = null;
+      setPath(null);
+      setState('error', `WebRTC failed (${reason}) and no HLS URL is offered`);
+      return;
+    }
+    startHls(pb.hls);
   }
+  decide('hls', reason);
 }
 
 // ───────────────────────────── LL-HLS ─────────────────────────────
 
+const mse = !!(window.MediaSource || window.ManagedMediaSource);
 let hlsJsPromise = null;
 
 function loadHlsJs() {
   if (window.Hls) return Promise.resolve(window.Hls);
   if (!hlsJsPromise) {
     hlsJsPromise = new Promise((resolve, reject) => {
+      // The HTML preloads this URL, so the download runs while the playback document is fetched.
       const el = document.createElement('script');
       el.src = new URL('web/hls.min.js', root).href;
       el.async = true;
@@ -423,123 +707,151 @@ function loadHlsJs() {
   return hlsJsPromise;
 }
 
-async function startHls(url, g) {
-  setPath('hls');
+async function startHls(url) {
   dc.hlsUrl = url;
   log('hls-start', url);
   const loaded = []; // [time, bytes] of recent parts/segments, for the bitrate
   let lastTime = -1;
   let lastAdvance = performance.now();
   let watchdog = null;
-  const s = {
+  const leg = {
     kind: 'hls',
     url,
     hls: null,
+    framed: false,
     stop() {
       clearInterval(watchdog);
-      if (s.hls) s.hls.destroy();
+      video.removeEventListener('timeupdate', onProgress);
+      // destroy() aborts every request in flight: no HLS traffic after this.
+      if (leg.hls) leg.hls.destroy();
       video.removeAttribute('src');
       video.load();
     },
   };
-  current = s;
+  legs.hls = leg;
+  if (front() !== video) video.muted = true; // not on screen: silent
 
-  const onProgress = () => {
-    if (g !== gen) return;
+  function onProgress() {
+    if (!alive(leg)) return;
     const t = video.currentTime;
     if (t !== lastTime) {
-      if (lastTime >= 0 && t > lastTime) setState('live');
+      if (lastTime >= 0 && t > lastTime && dc.path === 'hls') setState('live');
       lastTime = t;
       lastAdvance = performance.now();
     }
-  };
+  }
   watchdog = setInterval(() => {
-    if (g !== gen) return;
+    if (!alive(leg)) return;
     onProgress();
     const now = performance.now();
     while (loaded.length && now - loaded[0][0] > 4000) loaded.shift();
-    if (loaded.length > 1) {
-      const bytes = loaded.reduce((a, [, b]) => a + b, 0);
-      dc.bitrate = Math.round((bytes * 8 * 1000) / Math.max(1000, now - loaded[0][0]));
-    }
-    if (s.hls) {
-      const pdt = s.hls.playingDate;
-      dc.latency = typeof s.hls.latency === 'number' && s.hls.latency > 0 ? s.hls.latency : null;
-      dc.latencyPdt = pdt ? (Date.now() - pdt.getTime()) / 1000 : null;
+    if (dc.path === 'hls') {
+      if (loaded.length > 1) {
+        const bytes = loaded.reduce((a, [, b]) => a + b, 0);
+        dc.bitrate = Math.round((bytes * 8 * 1000) / Math.max(1000, now - loaded[0][0]));
+      }
+      if (leg.hls) {
+        const pdt = leg.hls.playingDate;
+        dc.latency = typeof leg.hls.latency === 'number' && leg.hls.latency > 0 ? leg.hls.latency : null;
+        dc.latencyPdt = pdt ? (Date.now() - pdt.getTime()) / 1000 : null;
+      }
     }
     // Stalled while the stream is live: rebuild the player (new session after a publisher drop,
     // a CDN hiccup, …). The poll stops us first when the stream is offline.
     if (now - lastAdvance > HLS_STALL_MS && dc.playback && dc.playback.state === 'live') {
       log('hls-stalled', { seconds: Math.round((now - lastAdvance) / 1000) });
-      stopCurrent('HLS stalled');
-      startHls(url, gen);
+      stopLeg(leg, 'HLS stalled');
+      startHls(url);
     }
   }, 250);
 
-  const mse = !!(window.MediaSource || window.ManagedMediaSource);
+  const attach = () => {
+    watchFirstFrame(video, leg, (via) => hlsFrame(leg, via));
+    playMuted(video);
+    video.addEventListener('timeupdate', onProgress);
+  };
+
   if (mse) {
     let Hls;
     try {
       Hls = await loadHlsJs();
     } catch (e) {
-      if (g !== gen) return;
+      if (!alive(leg)) return;
       if (!video.canPlayType('application/vnd.apple.mpegurl')) {
-        stopCurrent('no hls.js');
-        setState('error', String(e.message || e));
+        hlsFailed(leg, String(e.message || e));
         return;
       }
     }
-    if (g !== gen) return;
+    if (!alive(leg)) return;
     if (Hls && Hls.isSupported()) {
       dc.hlsJs = Hls.version;
-      const hls = new Hls({
-        lowLatencyMode: true,
-        backBufferLength: 30,
-        // Retry quickly: a live origin answers 503 while a stream is starting.
-        manifestLoadPolicy: {
-          default: {
-            maxTimeToFirstByteMs: 10000,
-            maxLoadTimeMs: 20000,
-            timeoutRetry: { maxNumRetry: 4, retryDelayMs: 0, maxRetryDelayMs: 0 },
-            errorRetry: { maxNumRetry: 6, retryDelayMs: 500, maxRetryDelayMs: 2000 },
-          },
-        },
+      const hls = takeWarm('hls') || newHls(Hls);
+      leg.hls = hls;
+      // The start, step by step, until the first frame (tests and the debug overlay read it).
+      const startStep = (name) => (_e, data) => {
+        if (leg.framed || !alive(leg)) return;
+        const f = data && (data.part || data.frag);
+        log(`hls-${name}`, f ? { sn: f.sn, part: data.part ? data.part.index : undefined } : undefined);
+      };
+      hls.on(Hls.Events.MANIFEST_LOADED, startStep('manifest'));
+      hls.on(Hls.Events.FRAG_LOADING, startStep('loading'));
+      hls.on(Hls.Events.FRAG_BUFFERED, startStep('buffered'));
+
+      video.addEventListener('seeked', () => alive(leg) && !leg.framed && log('hls-seeked', video.currentTime), { once: true });
+      hls.on(Hls.Events.LEVEL_LOADED, (_e, data) => {
+        if (data.stats && data.stats.loaded) dc.hlsBytes += data.stats.loaded;
       });
-      s.hls = hls;
       hls.on(Hls.Events.FRAG_LOADED, (_e, data) => {
         const st = (data.part && data.part.stats) || (data.frag && data.frag.stats);
-        if (st && st.loaded) loaded.push([performance.now(), st.loaded]);
+        if (st && st.loaded) {
+          dc.hlsBytes += st.loaded;
+          loaded.push([performance.now(), st.loaded]);
+        }
       });
       hls.on(Hls.Events.ERROR, (_e, data) => {
-        if (g !== gen || !data.fatal) return;
+        if (!alive(leg) || !data.fatal) return;
         log('hls-fatal', { type: data.type, details: data.details });
         if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
           hls.recoverMediaError();
         } else {
           // Network: retry from scratch shortly (the poll stops us if the stream went offline).
           setTimeout(() => {
-            if (g !== gen) return;
-            stopCurrent('HLS fatal error');
-            if (dc.playback && dc.playback.hls) startHls(dc.playback.hls, gen);
+            if (!alive(leg)) return;
+            stopLeg(leg, 'HLS fatal error');
+            if (dc.playback && dc.playback.hls) startHls(dc.playback.hls);
           }, 1000);
         }
       });
-      hls.attachMedia(video);
+      if (!hls.media) hls.attachMedia(video);
       hls.loadSource(url);
-      playMuted();
-      video.addEventListener('timeupdate', onProgress);
+      attach();
       return;
     }
   }
   if (video.canPlayType('application/vnd.apple.mpegurl')) {
     // Safari without MSE (older iOS): native HLS, which does LL-HLS itself.
     video.src = url;
-    playMuted();
-    video.addEventListener('timeupdate', onProgress);
+    attach();
     return;
   }
-  stopCurrent('no HLS support');
-  setState('error', 'this browser can play neither WebRTC nor HLS');
+  hlsFailed(leg, 'this browser can play neither WebRTC nor HLS');
+}
+
+// LL-HLS presented a frame. It goes on screen unless WebRTC already is; while WebRTC is still
+// connecting, the viewer watches LL-HLS and the decision waits for WebRTC's frame or its cut.
+function hlsFrame(leg, via) {
+  leg.framed = true;
+  log('hls-first-frame', { via });
+  firstFrame('hls', via);
+  if (!legs.webrtc && rtc.srcObject) rtc.srcObject = null; // the frozen WebRTC picture goes now
+  setPath('hls');
+}
+
+function hlsFailed(leg, message) {
+  stopLeg(leg, message);
+  if (legs.webrtc) return; // WebRTC may still deliver; its own cut reports the error
+  setPath(null);
+  setState('error', message);
 }
 
 // ───────────────────────────── debug overlay ─────────────────────────────
@@ -575,8 +887,14 @@ function debugLine() {
     `bitrate   ${fmtBitrate(dc.bitrate)}`,
   ];
   if (dc.path) lines.push(`from      ${hostOf(dc.path === 'hls' ? dc.hlsUrl : dc.whepUrl)}`);
+  // Both timings, since navigation: the first picture, and the choice of the path that stays.
+  const ff = dc.firstFrame;
+  lines.push(`first     ${ff ? `${ff.ms} ms · ${ff.path}` : '–'}`);
+  const d = dc.decision;
+  lines.push(`decided   ${d ? `${d.path} at ${d.ms} ms · ${d.reason}` : legs.webrtc ? 'WebRTC connecting…' : '–'}`);
+  if (dc.rttMs !== null) lines.push(`rtt       ${dc.rttMs} ms · ICE bound ${dc.iceBoundMs ?? '–'} ms`);
   if (dc.path === 'webrtc') {
-    lines.push(`frames    ${dc.framesDecoded}${dc.firstFrameMs !== null ? ` (first after ${dc.firstFrameMs} ms)` : ''}`);
+    lines.push(`frames    ${dc.framesDecoded}${dc.webrtcFirstFrameMs !== null ? ` (first after ${dc.webrtcFirstFrameMs} ms)` : ''}`);
   } else if (dc.path === 'hls') {
     lines.push(`time      ${video.currentTime.toFixed(1)} s${dc.hlsJs ? ` · hls.js ${dc.hlsJs}` : ' · native'}`);
   }
@@ -594,11 +912,24 @@ if (debug) {
 
 // ───────────────────────────── go ─────────────────────────────
 
-window.addEventListener('pagehide', () => stopCurrent('page closed'));
+// Resource timing keeps 250 entries by default and LL-HLS makes several requests a second: make
+// room, so a later WHEP POST can still be timed (estimateRtt).
+performance.addEventListener('resourcetimingbufferfull', () => performance.clearResourceTimings());
+window.addEventListener('pagehide', () => {
+  stopAll('page closed');
+  dropWarm();
+});
 if (!stream) {
   setState('error', 'no stream named in the URL');
 } else {
   document.title = `${stream} · live`;
+  const nav = performance.getEntriesByType('navigation')[0];
+  const res = (name) => {
+    const e = performance.getEntriesByType('resource').find((r) => r.name.endsWith(name));
+    return e ? [Math.round(e.startTime), Math.round(e.responseEnd)] : null;
+  };
+  log('script', nav ? { html: Math.round(nav.responseEnd), interactive: Math.round(nav.domInteractive), js: res('watch.js'), css: res('watch.css'), hlsjs: res('hls.min.js') } : undefined);
   setState('starting');
   pollLoop();
+  warmUp();
 }
