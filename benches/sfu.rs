@@ -218,6 +218,7 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
             audio: None,
             ufrag: creds.ufrag,
             bwe: false,
+            slot: None,
         },
         now,
     );

@@ -4,7 +4,9 @@
 //!   `ETag`, the SDP answer (ICE-lite host candidates of the least-loaded SFU worker), `Link`
 //!   headers for configured ICE servers. 415 wrong content type, 400 malformed SDP, 406 no H.264
 //!   in the offer (or a stream whose video is not H.264), 404 unknown stream, 409 + Retry-After
-//!   for a known stream without a publisher, 503 + Retry-After when full or the SFU is off.
+//!   for a known stream without a publisher, 503 + Retry-After when full, when too many sessions
+//!   are being set up (in all, or from the client's address), when every SFU worker is busier
+//!   than `sfu.admit_max_busy_pct`, or when the SFU is off; the body says which.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
 //!   (428 without, 412 stale) → 204. The server is ICE-lite, so client candidates need no action;
 //!   an ICE restart (new ufrag/pwd) is refused with 422 (create a new session instead).
@@ -20,11 +22,14 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
+use crate::egress::sfu::admission::Refusal;
 use crate::egress::sfu::{SfuHandle, WhepError};
 
 pub(super) const SDP: &str = "application/sdp";
 pub(super) const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+/// Longest a POST waits for its turn to be answered before it is refused (503).
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -90,9 +95,14 @@ pub(super) fn ice_links(state: &AppState, h: &mut HeaderMap) {
 async fn create(
     State(state): State<AppState>,
     Path(stream): Path<String>,
+    ext: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
+    // Admission bounds pending sessions per client address.
+    let ip = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     if !content_type_is(&headers, SDP) {
         return reply(
             &state,
@@ -122,8 +132,17 @@ async fn create(
     };
     let offer = offer.to_string();
     let name = stream.clone();
-    // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers.
-    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer)).await;
+    // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers, a few at a
+    // time (a burst of POSTs waits here as tasks instead of piling up blocking threads).
+    let permit = match tokio::time::timeout(ANSWER_WAIT, sfu.answering.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            sfu.admission.count_refusal(Refusal::PendingFull);
+            return error_response(&state, WhepError::Refused(Refusal::PendingFull));
+        }
+    };
+    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, ip)).await;
+    drop(permit);
     let res = match res {
         Ok(r) => r,
         Err(e) => {
@@ -172,6 +191,13 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
         }
         WhepError::NotLive(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
         WhepError::Full => retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10),
+        WhepError::Refused(r) => {
+            tracing::debug!(reason = r.as_str(), "WHEP join refused");
+            retry_after(
+                reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
+                r.retry_after_secs(),
+            )
+        }
         WhepError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }

@@ -82,6 +82,7 @@ fn join(
             audio: None,
             ufrag: creds.ufrag,
             bwe: false,
+            slot: None,
         },
         now,
     );
