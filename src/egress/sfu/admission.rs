@@ -297,6 +297,11 @@ impl LoadSignal {
     pub fn lag(&self) -> Duration {
         Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
     }
+
+    #[cfg(test)]
+    pub fn set_busy_permille(&self, v: u32) {
+        self.busy_permille.store(v, Ordering::Relaxed);
+    }
 }
 
 /// Window over which the worker's busy share is measured before it is published.
