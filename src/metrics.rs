@@ -275,8 +275,8 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
     }
     r.register(
         "sfu_worker_busy_ratio",
-        "Share of the time a worker's loop was busy (measured by the worker, smoothed over \
-         about 0.5 s); new viewers are refused above sfu.admit_max_busy_pct",
+        "CPU share of a worker thread (measured by the worker, smoothed over about 0.5 s); \
+         new viewers are refused when every worker is above sfu.admit_max_busy_pct",
         busy,
     );
     r.register(

@@ -22,7 +22,7 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::egress::sfu::admission::Refusal;
+use crate::egress::sfu::admission::{Refusal, SlotKind};
 use crate::egress::sfu::{SfuHandle, WhepError};
 
 pub(super) const SDP: &str = "application/sdp";
@@ -132,6 +132,11 @@ async fn create(
     };
     let offer = offer.to_string();
     let name = stream.clone();
+    // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
+    let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
+        Ok(s) => s,
+        Err(r) => return error_response(&state, WhepError::Refused(r)),
+    };
     // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers, a few at a
     // time (a burst of POSTs waits here as tasks instead of piling up blocking threads).
     let permit = match tokio::time::timeout(ANSWER_WAIT, sfu.answering.clone().acquire_owned()).await {
@@ -141,7 +146,7 @@ async fn create(
             return error_response(&state, WhepError::Refused(Refusal::PendingFull));
         }
     };
-    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, ip)).await;
+    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, slot)).await;
     drop(permit);
     let res = match res {
         Ok(r) => r,

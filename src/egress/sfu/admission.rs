@@ -11,7 +11,7 @@
 //!   address (`sfu.max_pending_per_ip`; IPv6 counted per /64), so strangers that POST offers and
 //!   never connect cannot take the node's capacity: they hold at most their share of pending
 //!   slots, and only until the worker drops them at `sfu.connect_timeout_ms`.
-//! - **Measured load.** Each worker measures its own loop (busy share; see [`LoadMeter`]) and the
+//! - **Measured load.** Each worker measures its own loop (CPU busy share; see [`LoadMeter`]) and the
 //!   placement skips workers above `sfu.admit_max_busy_pct`; when every worker is above it the
 //!   join is refused with 503 + Retry-After instead of degrading the viewers already watching.
 //!
@@ -274,8 +274,9 @@ impl std::fmt::Debug for Slot {
 }
 
 /// A worker's measured load, computed by the worker from its own loop and read by admission
-/// and /metrics: the share of wall time the loop spent working (not blocked waiting for input),
-/// and the longest stretch of work between two waits (how late an input can be served).
+/// and /metrics: the share of the window the worker thread spent on the CPU (its loop working,
+/// syscalls included; not the time blocked waiting for input), and the longest wall-clock stretch
+/// the loop worked between two waits for input (how late an input can be served).
 #[derive(Default)]
 pub struct LoadSignal {
     /// Busy share over the recent windows, per mille (smoothed).
@@ -307,44 +308,64 @@ impl LoadSignal {
 /// Window over which the worker's busy share is measured before it is published.
 pub const LOAD_WINDOW: Duration = Duration::from_millis(250);
 
-/// The worker-side accumulator behind a [`LoadSignal`]: it is fed every loop turn with the time
-/// the turn worked and the time it waited, and publishes once per [`LOAD_WINDOW`]. The published
-/// share is smoothed (half the new window, half the previous value) so one quiet window does not
-/// open the gate during a join burst, yet a saturated worker shows it within ≈ 0.5 s.
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
+/// The worker-side accumulator behind a [`LoadSignal`]: fed every loop turn with the wall time
+/// the turn worked and the thread's CPU time, it publishes once per [`LOAD_WINDOW`]. CPU time,
+/// not wall time, makes the busy share: a worker preempted by other processes is not "busy" by
+/// it (that shows as lag). The published share is smoothed (half the new window, half the
+/// previous value) so one quiet window does not open the gate during a join burst, yet a
+/// saturated worker shows it within ≈ 0.5 s.
 pub struct LoadMeter {
     window_start: Instant,
-    busy: Duration,
+    cpu_start: Duration,
     max_stretch: Duration,
     smoothed: f64,
 }
 
 impl LoadMeter {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Instant, cpu: Duration) -> Self {
         Self {
             window_start: now,
-            busy: Duration::ZERO,
+            cpu_start: cpu,
             max_stretch: Duration::ZERO,
             smoothed: 0.0,
         }
     }
 
-    /// One loop turn worked for `busy` (the rest of the time since the last call it waited).
-    pub fn turn(&mut self, busy: Duration, now: Instant, out: &LoadSignal) {
-        self.busy += busy;
-        self.max_stretch = self.max_stretch.max(busy);
+    /// One loop turn worked for `worked` (wall); `cpu` is the thread's CPU time now (read only
+    /// when `wants_cpu` says a window is complete, to keep the per-turn cost at one clock read).
+    pub fn turn(&mut self, worked: Duration, now: Instant, cpu: Duration, out: &LoadSignal) {
+        self.max_stretch = self.max_stretch.max(worked);
         let el = now.saturating_duration_since(self.window_start);
         if el < LOAD_WINDOW {
             return;
         }
-        let share = (self.busy.as_secs_f64() / el.as_secs_f64()).clamp(0.0, 1.0);
+        let used = cpu.saturating_sub(self.cpu_start);
+        let share = (used.as_secs_f64() / el.as_secs_f64()).clamp(0.0, 1.0);
         self.smoothed = 0.5 * self.smoothed + 0.5 * share;
         out.busy_permille
             .store((self.smoothed * 1000.0).round() as u32, Ordering::Relaxed);
         out.lag_us
             .store(self.max_stretch.as_micros() as u64, Ordering::Relaxed);
         self.window_start = now;
-        self.busy = Duration::ZERO;
+        self.cpu_start = cpu;
         self.max_stretch = Duration::ZERO;
+    }
+
+    /// Whether the next [`LoadMeter::turn`] at `now` closes a window (then pass a fresh CPU
+    /// time; otherwise any value).
+    pub fn wants_cpu(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.window_start) >= LOAD_WINDOW
     }
 }
 
@@ -442,22 +463,24 @@ mod tests {
     }
 
     #[test]
-    fn load_meter_publishes_a_smoothed_busy_share_and_the_longest_stretch() {
+    fn load_meter_publishes_a_smoothed_cpu_share_and_the_longest_stretch() {
         let sig = LoadSignal::default();
         let t0 = Instant::now();
-        let mut m = LoadMeter::new(t0);
-        // 250 ms at 80 % busy in 10 turns.
-        for i in 1..=10 {
-            m.turn(Duration::from_millis(20), t0 + Duration::from_millis(25 * i), &sig);
+        let ms = Duration::from_millis;
+        let mut m = LoadMeter::new(t0, ms(1000));
+        // 250 ms of wall time in 10 turns, 200 ms of it on the CPU (80 %).
+        for i in 1..=10u64 {
+            assert_eq!(m.wants_cpu(t0 + ms(25 * i)), i == 10);
+            m.turn(ms(20 + i), t0 + ms(25 * i), ms(1000 + 20 * i), &sig);
         }
         assert_eq!(sig.busy_permille(), 400, "half of 80 % after one window");
-        for i in 11..=20 {
-            m.turn(Duration::from_millis(20), t0 + Duration::from_millis(25 * i), &sig);
-        }
+        assert_eq!(sig.lag(), ms(30));
+        m.turn(ms(5), t0 + ms(500), ms(1400), &sig);
         assert_eq!(sig.busy_permille(), 600);
-        assert_eq!(sig.lag(), Duration::from_millis(20));
+        assert_eq!(sig.lag(), ms(5));
         // An idle window brings it down.
-        m.turn(Duration::ZERO, t0 + Duration::from_millis(750), &sig);
+        m.turn(Duration::ZERO, t0 + ms(750), ms(1400), &sig);
         assert_eq!(sig.busy_permille(), 300);
+        assert!(thread_cpu_time() > Duration::ZERO);
     }
 }

@@ -451,12 +451,18 @@ impl SfuHandle {
     /// The slot is taken first, so a refusal by load gives it straight back.
     pub fn admit(&self, ip: IpAddr, kind: SlotKind) -> Result<(Slot, &WorkerHandle), Refusal> {
         let slot = self.admission.reserve(ip, kind)?;
+        Ok((slot, self.place(kind)?))
+    }
+
+    /// The worker for a new session: the least-loaded one, among (for viewers) those whose
+    /// measured busy share is under `sfu.admit_max_busy_pct`.
+    pub fn place(&self, kind: SlotKind) -> Result<&WorkerHandle, Refusal> {
         let limit = self.cfg.admit_max_busy_pct * 10;
         let open = |w: &&WorkerHandle| {
             kind == SlotKind::Publisher || limit >= 1000 || w.shared.load.busy_permille() < limit
         };
         match self.workers.iter().filter(open).min_by_key(|w| w.load()) {
-            Some(w) => Ok((slot, w)),
+            Some(w) => Ok(w),
             None => {
                 let least = self
                     .workers
@@ -471,13 +477,14 @@ impl SfuHandle {
         }
     }
 
-    /// WHEP POST from `ip`: answer `offer` for `stream` on the least-loaded worker that has
-    /// room (see [`SfuHandle::admit`]).
+    /// WHEP POST: answer `offer` for `stream` on the least-loaded worker that has room (see
+    /// [`SfuHandle::place`]). `slot` was reserved by the caller before any work was spent on the
+    /// offer ([`Admission::reserve`]); it is given back (dropped) on every failure.
     pub fn create_session(
         &self,
         stream: &str,
         offer: &str,
-        ip: IpAddr,
+        slot: Slot,
     ) -> Result<Created, WhepError> {
         if offer.trim().is_empty() {
             return Err(WhepError::BadSdp("empty body".into()));
@@ -514,9 +521,8 @@ impl SfuHandle {
             },
             None => None,
         };
-        // The slot is held from here; every early return below gives it back (drop).
-        let (slot, worker) = self
-            .admit(ip, SlotKind::Viewer)
+        let worker = self
+            .place(SlotKind::Viewer)
             .map_err(WhepError::Refused)?;
         // Simulcast: the viewer's layer follows str0m's bandwidth estimate (TWCC). Without
         // layers there is nothing to choose, so the estimator's per-packet work is skipped.

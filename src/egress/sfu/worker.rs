@@ -6,7 +6,7 @@
 //! NACKs) are handled as they arrive, while packets of sessions still in ICE + DTLS (and the GOP
 //! burst that follows their connection) wait in a bounded queue served last in each turn, within
 //! [`HANDSHAKE_BUDGET`]. A burst of joiners therefore slows the joiners, never the viewers already
-//! watching. The loop also measures itself (busy share, longest stretch; [`LoadMeter`]) for
+//! watching. The loop also measures itself (CPU busy share, longest stretch; [`LoadMeter`]) for
 //! admission and /metrics.
 
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::admission::LoadMeter;
+use super::admission::{thread_cpu_time, LoadMeter};
 use super::session::{choose_layer, DropReason, Viewer};
 use super::tcp::ConnMark;
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
@@ -909,7 +909,7 @@ impl Worker {
     }
 
     pub fn run(mut self) {
-        let mut meter = LoadMeter::new(Instant::now());
+        let mut meter = LoadMeter::new(Instant::now(), thread_cpu_time());
         loop {
             let turn_start = Instant::now();
             let now = turn_start;
@@ -974,13 +974,18 @@ impl Worker {
                 tracing::error!(worker = self.core.index, "SFU driver: {e}");
             }
             self.flush();
-            // Busy = the whole turn but the time spent blocked waiting for input.
+            // Worked = the whole turn but the time spent blocked waiting for input.
             let end = Instant::now();
             let waited = first_input
                 .unwrap_or(end)
                 .saturating_duration_since(poll_start);
             let worked = end.saturating_duration_since(turn_start).saturating_sub(waited);
-            meter.turn(worked, end, &self.core.shared.load);
+            let cpu = if meter.wants_cpu(end) {
+                thread_cpu_time()
+            } else {
+                Duration::ZERO
+            };
+            meter.turn(worked, end, cpu, &self.core.shared.load);
             if errored {
                 std::thread::sleep(Duration::from_millis(10));
             }
