@@ -303,7 +303,8 @@ fn new_viewer(http: SocketAddr, stream: &str, index: usize) -> Result<Viewer, Re
             );
         }
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        s.bind(&any.into()).map_err(|e| fail(format!("bind: {e}")))?;
+        s.bind(&any.into())
+            .map_err(|e| fail(format!("bind: {e}")))?;
         UdpSocket::from(s)
     };
     let local = sock.local_addr().unwrap();

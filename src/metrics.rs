@@ -271,7 +271,9 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         switches.get_or_create(&l).inc_by(ld(&s.layer_switches));
         busy.get_or_create(&l).set(s.load.busy_pct() / 100.0);
         lag.get_or_create(&l).set(s.load.lag().as_secs_f64());
-        hs_dropped.get_or_create(&l).inc_by(ld(&s.handshakes_dropped));
+        hs_dropped
+            .get_or_create(&l)
+            .inc_by(ld(&s.handshakes_dropped));
     }
     r.register(
         "sfu_worker_busy_ratio",

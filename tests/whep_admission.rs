@@ -127,10 +127,16 @@ fn bare_offers_from_one_address_hold_only_the_per_ip_pending_bound_until_the_dea
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("slots back {:.2} s after the burst", t0.elapsed().as_secs_f64());
+    println!(
+        "slots back {:.2} s after the burst",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(server.log_text().contains("connect-timeout"));
     let refused = server.metric("deltacast_sfu_joins_refused_total");
-    assert!(refused >= (200 - created) as f64, "refusals counted: {refused}");
+    assert!(
+        refused >= (200 - created) as f64,
+        "refusals counted: {refused}"
+    );
     // The node is free again: a real viewer joins and plays.
     let mut v = WhepClient::connect(server.http, "show").unwrap_or_else(|r| panic!("{r:?}"));
     assert!(
@@ -240,7 +246,16 @@ fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value 
     let (viewers, rate) = (viewers.to_string(), rate.to_string());
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deltacast-whep-load"));
     cmd.args(["--http", &http, "--stream", "show", "--viewers", &viewers])
-        .args(["--join-rate", &rate, "--settle", "1", "--secs", "6", "--threads", "2"])
+        .args([
+            "--join-rate",
+            &rate,
+            "--settle",
+            "1",
+            "--secs",
+            "6",
+            "--threads",
+            "2",
+        ])
         .args(["--pid", &pid, "--json"])
         .arg(&out);
     let (status, stdout, stderr) = common::run_bounded(&mut cmd, Duration::from_secs(60));
@@ -274,7 +289,11 @@ fn joins_past_capacity_are_refused_and_every_joined_viewer_keeps_its_media() {
         (8..=12).contains(&joined),
         "joined {joined} of 24 with capacity 12"
     );
-    assert_eq!(joined + refused, 24, "every join either played or got 503: {report:#}");
+    assert_eq!(
+        joined + refused,
+        24,
+        "every join either played or got 503: {report:#}"
+    );
     assert_eq!(report["refused_503_with_retry_after"], refused);
     for r in report["refused"].as_array().unwrap() {
         let body = r["body"].as_str().unwrap_or("");
@@ -303,7 +322,10 @@ fn joins_are_refused_by_measured_worker_load_and_joined_viewers_keep_media() {
     let joined = report["joined"].as_u64().unwrap();
     let refused = report["refused_503"].as_u64().unwrap();
     let busy = server.metric("deltacast_sfu_worker_busy_ratio");
-    println!("joined {joined}, refused {refused}, worker busy {:.1} %", busy * 100.0);
+    println!(
+        "joined {joined}, refused {refused}, worker busy {:.1} %",
+        busy * 100.0
+    );
     assert!(joined >= 1 && refused >= 1, "{report:#}");
     assert_eq!(joined + refused, 48, "{report:#}");
     assert_eq!(report["refused_503_with_retry_after"], refused);

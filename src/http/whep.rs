@@ -139,13 +139,14 @@ async fn create(
     };
     // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers, a few at a
     // time (a burst of POSTs waits here as tasks instead of piling up blocking threads).
-    let permit = match tokio::time::timeout(ANSWER_WAIT, sfu.answering.clone().acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            sfu.admission.count_refusal(Refusal::PendingFull);
-            return error_response(&state, WhepError::Refused(Refusal::PendingFull));
-        }
-    };
+    let permit =
+        match tokio::time::timeout(ANSWER_WAIT, sfu.answering.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                sfu.admission.count_refusal(Refusal::PendingFull);
+                return error_response(&state, WhepError::Refused(Refusal::PendingFull));
+            }
+        };
     let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, slot)).await;
     drop(permit);
     let res = match res {

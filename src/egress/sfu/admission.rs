@@ -316,7 +316,10 @@ pub fn thread_cpu_time() -> Duration {
     };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// The worker-side accumulator behind a [`LoadSignal`]: fed every loop turn with the wall time
@@ -409,7 +412,10 @@ mod tests {
         assert_eq!(a.pending(), 4, "s2 was already connected");
         assert_eq!(a.viewer_slots(), 4);
         let r = a.refusals();
-        assert!(r.contains(&("pending_per_ip", 1)) && r.contains(&("pending", 1)), "{r:?}");
+        assert!(
+            r.contains(&("pending_per_ip", 1)) && r.contains(&("pending", 1)),
+            "{r:?}"
+        );
     }
 
     #[test]

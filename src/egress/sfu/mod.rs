@@ -50,8 +50,8 @@ use str0m::{Candidate, IceCreds, Rtc};
 
 use crate::config::SfuConfig;
 use crate::io::{DriverKind, IoRequest, Waker};
-use admission::{Admission, LoadSignal, Refusal, Slot, SlotKind};
 use crate::media::{Registry, StreamState, TrackKind};
+use admission::{Admission, LoadSignal, Refusal, Slot, SlotKind};
 use packetizer::RtpPayload;
 use session::{choose_audio, choose_video, offer_mids, AudioOut, VideoOut};
 
@@ -521,9 +521,7 @@ impl SfuHandle {
             },
             None => None,
         };
-        let worker = self
-            .place(SlotKind::Viewer)
-            .map_err(WhepError::Refused)?;
+        let worker = self.place(SlotKind::Viewer).map_err(WhepError::Refused)?;
         // Simulcast: the viewer's layer follows str0m's bandwidth estimate (TWCC). Without
         // layers there is nothing to choose, so the estimator's per-packet work is skipped.
         let bwe = (s.simulcast_layers() > 1).then_some(self.cfg.bwe_initial_kbps * 1000);

@@ -512,7 +512,10 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
         }
         step_prioritized(&mut core, &mut [&mut a], &mut now);
     }
-    assert!(a.connected_at.is_some(), "A connects through the prioritized path");
+    assert!(
+        a.connected_at.is_some(),
+        "A connects through the prioritized path"
+    );
     // Three joiners send their first checks: queued, nothing answered yet.
     let mut joiners: Vec<Client> = (2..5)
         .map(|n| join(&mut core, &cert, n, "show", now).0)
@@ -529,7 +532,10 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
     }
     let queued = core.handshakes_queued();
     assert_eq!(queued, first.len(), "joiners' packets wait");
-    assert!(core.out.is_empty(), "nothing was answered for the joiners yet");
+    assert!(
+        core.out.is_empty(),
+        "nothing was answered for the joiners yet"
+    );
     // A's next consent check is answered at once, ahead of them.
     let mut answered = false;
     for _ in 0..3000 {
@@ -595,7 +601,11 @@ fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
         Err(r) => panic!("expected Overloaded(87): {r:?}"),
         Ok((_, w)) => panic!("admitted on worker {}", w.index),
     }
-    assert_eq!(sfu.admission.viewer_slots(), 0, "the refused slot went back");
+    assert_eq!(
+        sfu.admission.viewer_slots(),
+        0,
+        "the refused slot went back"
+    );
     assert_eq!(sfu.admission.pending(), 0);
     // A publisher is placed anyway (refusing it would cut every viewer off).
     assert!(sfu.admit(ip, SlotKind::Publisher).is_ok());

@@ -979,7 +979,9 @@ impl Worker {
             let waited = first_input
                 .unwrap_or(end)
                 .saturating_duration_since(poll_start);
-            let worked = end.saturating_duration_since(turn_start).saturating_sub(waited);
+            let worked = end
+                .saturating_duration_since(turn_start)
+                .saturating_sub(waited);
             let cpu = if meter.wants_cpu(end) {
                 thread_cpu_time()
             } else {
