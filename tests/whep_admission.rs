@@ -178,10 +178,7 @@ fn ice_tcp_connections_without_a_session_are_closed_at_the_deadline() {
     let port = common::free_port();
     let server = Server::start(
         "adm-icetcp",
-        &config(&format!(
-            "connect_timeout_ms = 2000\nidle_timeout_ms = 4000\n"
-        ))
-        .replace(
+        &config("connect_timeout_ms = 2000\nidle_timeout_ms = 4000\n").replace(
             "ice_tcp_port_base = 0",
             &format!("ice_tcp_port_base = {port}"),
         ),
