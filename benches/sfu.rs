@@ -219,6 +219,7 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
             audio: None,
             ufrag: creds.ufrag,
             bwe: false,
+            slot: None,
         },
         now,
     );

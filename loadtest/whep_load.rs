@@ -4,7 +4,13 @@
 //! Only loopback targets are accepted.
 //!
 //! usage: deltacast-whep-load --http 127.0.0.1:PORT --stream NAME --viewers N --secs S
-//!            [--join-rate R/s] [--threads T] [--pid RELAY_PID] [--settle SECS]
+//!            [--join-rate R/s] [--threads T] [--pid RELAY_PID] [--settle SECS] [--json PATH]
+//!
+//! `--json PATH` (the bounded overload mode) also writes one report: every join attempt in order
+//! (HTTP status, `Retry-After`, the refusal body) and, for every viewer that joined, its whole
+//! life from the first RTP packet to the end of the window: packets, loss from sequence gaps,
+//! whether ICE dropped, and how long before the end its last packet came. A joined viewer that
+//! "kept its media" has no ICE drop, a last packet within 1 s of the end, and life loss < 1 %.
 //!
 //! What it measures, over the window that starts `--settle` seconds after the last viewer joined
 //! (so the GOP-cache bursts of new viewers are not in it) and lasts `--secs`:
@@ -57,12 +63,13 @@ struct Args {
     threads: usize,
     pid: Option<u32>,
     settle: f64,
+    json: Option<std::path::PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: deltacast-whep-load --http 127.0.0.1:PORT --stream NAME --viewers N --secs S \
-         [--join-rate R] [--threads T] [--pid RELAY_PID] [--settle SECS]"
+         [--join-rate R] [--threads T] [--pid RELAY_PID] [--settle SECS] [--json PATH]"
     );
     std::process::exit(2);
 }
@@ -77,6 +84,7 @@ fn parse_args() -> Args {
         threads: 2,
         pid: None,
         settle: 2.0,
+        json: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -91,6 +99,7 @@ fn parse_args() -> Args {
             "--threads" => a.threads = val.parse().unwrap_or_else(|_| usage()),
             "--pid" => a.pid = Some(val.parse().unwrap_or_else(|_| usage())),
             "--settle" => a.settle = val.parse().unwrap_or_else(|_| usage()),
+            "--json" => a.json = Some(val.into()),
             _ => usage(),
         }
         i += 2;
@@ -162,7 +171,12 @@ fn relay_rss_kb(pid: u32) -> u64 {
 
 // ───────────────────────────── WHEP signaling ─────────────────────────────
 
-fn http_post_sdp(addr: SocketAddr, path: &str, sdp: &str) -> Result<(u16, String), String> {
+/// POST an SDP offer: (status, Retry-After, body).
+fn http_post_sdp(
+    addr: SocketAddr,
+    path: &str,
+    sdp: &str,
+) -> Result<(u16, Option<String>, String), String> {
     let t = Duration::from_secs(10);
     let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(t)).ok();
@@ -182,7 +196,20 @@ fn http_post_sdp(addr: SocketAddr, path: &str, sdp: &str) -> Result<(u16, String
         .nth(1)
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("bad response: {:?}", &text[..text.len().min(200)]))?;
-    Ok((status, body.to_string()))
+    let retry_after = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
+        .map(|(_, v)| v.trim().to_string());
+    Ok((status, retry_after, body.to_string()))
+}
+
+/// A join that got no session: the HTTP answer (status 0: no answer at all).
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
 }
 
 // ───────────────────────────── one viewer ─────────────────────────────
@@ -210,13 +237,58 @@ struct Viewer {
     total_received: u64,
     /// Kernel timestamp (SO_TIMESTAMPNS, ns) of the datagram being handled.
     rx_kernel_ns: u64,
+    /// Join order (0-based), for the report.
+    index: usize,
+    /// Sequence numbers over the viewer's whole life (from its first packet), per SSRC.
+    life: Vec<(u32, SeqTrack)>,
+    last_packet: Option<Instant>,
 }
 
-fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
+/// Unique extended sequence numbers seen from the first one on: loss = span − unique.
+#[derive(Default)]
+struct SeqTrack {
+    first: Option<u64>,
+    last: u64,
+    unique: u64,
+    seen: Vec<u64>,
+}
+
+impl SeqTrack {
+    fn add(&mut self, seq: u64) {
+        let first = *self.first.get_or_insert(seq);
+        self.last = self.last.max(seq);
+        let Some(i) = seq.checked_sub(first).map(|i| i as usize) else {
+            return;
+        };
+        if self.seen.len() <= i / 64 {
+            self.seen.resize(i / 64 + 1, 0);
+        }
+        if self.seen[i / 64] & (1 << (i % 64)) == 0 {
+            self.seen[i / 64] |= 1 << (i % 64);
+            self.unique += 1;
+        }
+    }
+
+    fn expected(&self) -> u64 {
+        self.first.map_or(0, |f| self.last - f + 1)
+    }
+
+    fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.unique)
+    }
+}
+
+fn new_viewer(http: SocketAddr, stream: &str, index: usize) -> Result<Viewer, Refused> {
+    let fail = |body: String| Refused {
+        status: 0,
+        retry_after: None,
+        body,
+    };
     let started = Instant::now();
     let sock = {
         use socket2::{Domain, Socket, Type};
-        let s = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(|e| format!("socket: {e}"))?;
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, None)
+            .map_err(|e| fail(format!("socket: {e}")))?;
         // Room for a keyframe burst while this thread is busy with other viewers.
         let _ = s.set_recv_buffer_size(1 << 20);
         let one: libc::c_int = 1;
@@ -231,7 +303,8 @@ fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
             );
         }
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        s.bind(&any.into()).map_err(|e| format!("bind: {e}"))?;
+        s.bind(&any.into())
+            .map_err(|e| fail(format!("bind: {e}")))?;
         UdpSocket::from(s)
     };
     let local = sock.local_addr().unwrap();
@@ -246,15 +319,20 @@ fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().ok_or("no offer")?;
-    let (status, body) = http_post_sdp(http, &format!("/whep/{stream}"), &offer.to_sdp_string())?;
+    let (offer, pending) = api.apply().ok_or_else(|| fail("no offer".into()))?;
+    let (status, retry_after, body) =
+        http_post_sdp(http, &format!("/whep/{stream}"), &offer.to_sdp_string()).map_err(fail)?;
     if status != 201 {
-        return Err(format!("POST: {status} {}", body.trim()));
+        return Err(Refused {
+            status,
+            retry_after,
+            body: body.trim().to_string(),
+        });
     }
-    let answer = SdpAnswer::from_sdp_string(&body).map_err(|e| format!("answer: {e}"))?;
+    let answer = SdpAnswer::from_sdp_string(&body).map_err(|e| fail(format!("answer: {e}")))?;
     rtc.sdp_api()
         .accept_answer(pending, answer)
-        .map_err(|e| format!("accept answer: {e}"))?;
+        .map_err(|e| fail(format!("accept answer: {e}")))?;
     sock.set_nonblocking(true).unwrap();
     Ok(Viewer {
         rtc,
@@ -274,6 +352,9 @@ fn new_viewer(http: SocketAddr, stream: &str) -> Result<Viewer, String> {
         win_seen: Vec::new(),
         total_received: 0,
         rx_kernel_ns: 0,
+        index,
+        life: Vec::new(),
+        last_packet: None,
     })
 }
 
@@ -419,6 +500,25 @@ fn drain(v: &mut Viewer, win: (Option<Instant>, Option<Instant>), samples: &mut 
                     let at = p.timestamp;
                     v.total_received += 1;
                     v.first_packet.get_or_insert(at);
+                    v.last_packet = Some(at);
+                    // Each SSRC (video, then Opus audio) has its own sequence numbers.
+                    let ssrc = *p.header.ssrc;
+                    if win.1.is_none_or(|e| at < e) {
+                        match v.life.iter().position(|(s, _)| *s == ssrc) {
+                            Some(k) => v.life[k].1.add(*p.seq_no),
+                            None if v.life.len() < 4 => {
+                                let mut t = SeqTrack::default();
+                                t.add(*p.seq_no);
+                                v.life.push((ssrc, t));
+                            }
+                            None => {}
+                        }
+                    }
+                    // The window's numbers are for the video SSRC (the first to arrive: audio
+                    // starts after video).
+                    if v.life.first().is_some_and(|(s, _)| *s != ssrc) {
+                        continue;
+                    }
                     if p.header.marker && v.first_frame.is_none() {
                         v.first_frame = Some(at);
                     }
@@ -534,6 +634,86 @@ fn run_thread(
     ThreadOut { viewers, samples }
 }
 
+/// A joined viewer kept its media: no ICE drop, packets until the end, and life loss under this.
+const KEPT_MAX_LOSS_PCT: f64 = 1.0;
+/// ... and its last packet came at most this long before the end of the window.
+const KEPT_MAX_SILENCE: Duration = Duration::from_secs(1);
+
+/// The `--json` report: every join attempt and every joined viewer's whole life.
+fn bounded_report(
+    a: &Args,
+    outs: &[ThreadOut],
+    refusals: &[(usize, Refused)],
+    end: Instant,
+) -> serde_json::Value {
+    use serde_json::json;
+    let mut viewers: Vec<&Viewer> = outs.iter().flat_map(|o| o.viewers.iter()).collect();
+    viewers.sort_by_key(|v| v.index);
+    let (mut kept, mut ice, mut stalled, mut worst) = (0usize, 0usize, 0usize, 0.0f64);
+    let per_viewer: Vec<serde_json::Value> = viewers
+        .iter()
+        .map(|v| {
+            let expected: u64 = v.life.iter().map(|(_, t)| t.expected()).sum();
+            let lost: u64 = v.life.iter().map(|(_, t)| t.lost()).sum();
+            let loss_pct = if expected > 0 {
+                lost as f64 * 100.0 / expected as f64
+            } else {
+                100.0
+            };
+            let silence = v.last_packet.map(|t| end.saturating_duration_since(t));
+            let is_stalled = silence.is_none_or(|s| s > KEPT_MAX_SILENCE);
+            let ok = !v.dead && !is_stalled && loss_pct < KEPT_MAX_LOSS_PCT;
+            kept += ok as usize;
+            ice += v.dead as usize;
+            stalled += is_stalled as usize;
+            worst = worst.max(loss_pct);
+            json!({
+                "index": v.index,
+                "connected": v.connected,
+                "ice_disconnected": v.dead,
+                "packets": v.total_received,
+                "expected": expected,
+                "lost": lost,
+                "loss_pct": loss_pct,
+                "first_packet_ms": v.first_packet.map(|t| t.duration_since(v.started).as_secs_f64() * 1e3),
+                "played_s": v.first_packet.map(|t| end.saturating_duration_since(t).as_secs_f64()),
+                "last_packet_before_end_ms": silence.map(|s| s.as_secs_f64() * 1e3),
+                "kept_media": ok,
+            })
+        })
+        .collect();
+    let refused: Vec<serde_json::Value> = refusals
+        .iter()
+        .map(|(i, r)| {
+            json!({
+                "index": i,
+                "status": r.status,
+                "retry_after": r.retry_after,
+                "body": r.body,
+            })
+        })
+        .collect();
+    let n503 = refusals.iter().filter(|(_, r)| r.status == 503).count();
+    let n503_ra = refusals
+        .iter()
+        .filter(|(_, r)| r.status == 503 && r.retry_after.is_some())
+        .count();
+    json!({
+        "requested": a.viewers,
+        "join_rate": a.join_rate,
+        "joined": viewers.len(),
+        "refused_503": n503,
+        "refused_503_with_retry_after": n503_ra,
+        "failed_other": refusals.len() - n503,
+        "kept_media": kept,
+        "ice_disconnected": ice,
+        "stalled": stalled,
+        "worst_loss_pct": worst,
+        "viewers": per_viewer,
+        "refused": refused,
+    })
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -568,20 +748,27 @@ fn main() {
     // Joins, paced at --join-rate, from this thread.
     let joined = AtomicUsize::new(0);
     let mut errors: HashMap<String, usize> = HashMap::new();
+    let mut refusals: Vec<(usize, Refused)> = Vec::new();
     let t_join = Instant::now();
     for i in 0..a.viewers {
         let due = t_join + Duration::from_secs_f64(i as f64 / a.join_rate);
         if let Some(d) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }
-        match new_viewer(a.http, &a.stream) {
+        match new_viewer(a.http, &a.stream, i) {
             Ok(v) => {
                 joined.fetch_add(1, Ordering::Relaxed);
                 let _ = txs[i % a.threads].send(v);
             }
-            Err(e) => {
+            Err(r) => {
+                let e = if r.status == 0 {
+                    r.body.clone()
+                } else {
+                    format!("POST: {} {}", r.status, r.body)
+                };
                 let key: String = e.chars().take(80).collect();
                 *errors.entry(key).or_default() += 1;
+                refusals.push((i, r));
             }
         }
     }
@@ -724,6 +911,27 @@ fn main() {
         ttff.last().copied().unwrap_or(f64::NAN)
     );
     let _ = total_rx;
+    if let Some(path) = &a.json {
+        let report = bounded_report(&a, &outs, &refusals, w1);
+        println!(
+            "bounded: {} requested, {} joined, {} refused with 503 ({} with Retry-After), {} other failures; \
+             joined viewers that kept their media: {} of {}; worst life loss {:.3} %, ICE drops {}, stalled {}",
+            a.viewers,
+            report["joined"],
+            report["refused_503"],
+            report["refused_503_with_retry_after"],
+            report["failed_other"],
+            report["kept_media"],
+            report["joined"],
+            report["worst_loss_pct"].as_f64().unwrap_or(f64::NAN),
+            report["ice_disconnected"],
+            report["stalled"],
+        );
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()) {
+            eprintln!("whep-load: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     if let Some(pid) = a.pid {
         let all = (cpu1.0 - cpu0.0) as f64 / 1e9;
         let sfu = (cpu1.1 - cpu0.1) as f64 / 1e9;

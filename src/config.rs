@@ -235,8 +235,21 @@ pub struct SfuConfig {
     /// Addresses put into ICE candidates (public IP behind NAT, several for multi-homed hosts).
     /// Empty: the bind address, or every local interface address when bound to 0.0.0.0 / ::.
     pub advertise: Vec<std::net::IpAddr>,
-    /// Most concurrent WebRTC viewers on this node (503 beyond).
+    /// Most concurrent WebRTC viewers on this node, connected or connecting (503 beyond). The
+    /// slot is reserved atomically before the offer is answered.
     pub max_viewers: usize,
+    /// Most sessions (viewers and WHIP publishers) answered but not yet connected (ICE + DTLS),
+    /// all addresses together (503 + Retry-After beyond).
+    pub max_pending: usize,
+    /// Most such pending sessions from one client address (IPv6: one /64).
+    pub max_pending_per_ip: usize,
+    /// Refuse new viewers (503 + Retry-After) when every worker's loop was busy more than this
+    /// share of the time (%, measured by the worker over ≈ 0.5 s). 100 turns the check off.
+    pub admit_max_busy_pct: u32,
+    /// SO_RCVBUF / SO_SNDBUF asked for on each worker's UDP socket, bytes. The kernel caps them
+    /// at net.core.rmem_max / wmem_max (logged when it does; see tuning/README.md).
+    pub socket_recv_buffer: usize,
+    pub socket_send_buffer: usize,
     /// UDP driver: "epoll" (default: it measured faster, see docs/BENCHMARKS.md), "uring", or
     /// "auto" (io_uring where it can be set up, else epoll).
     pub io: String,
@@ -245,7 +258,8 @@ pub struct SfuConfig {
     pub gso: bool,
     /// A viewer that sends nothing (no STUN consent, no RTCP) for this long is dropped.
     pub idle_timeout_ms: u64,
-    /// A viewer that has not completed ICE + DTLS in this time is dropped.
+    /// A session that has not completed ICE + DTLS in this time is dropped and frees its slot;
+    /// an ICE-TCP connection whose session is not connected by then is closed.
     pub connect_timeout_ms: u64,
     /// Keyframe requests (PLI/FIR) from one viewer are answered from the GOP cache at most this
     /// often.
@@ -282,10 +296,15 @@ impl Default for SfuConfig {
             port_base: 8189,
             advertise: Vec::new(),
             max_viewers: 1_500,
+            max_pending: 256,
+            max_pending_per_ip: 32,
+            admit_max_busy_pct: 85,
+            socket_recv_buffer: 4 << 20,
+            socket_send_buffer: 4 << 20,
             io: "epoll".into(),
             gso: true,
             idle_timeout_ms: 15_000,
-            connect_timeout_ms: 15_000,
+            connect_timeout_ms: 5_000,
             keyframe_answer_interval_ms: 1_000,
             bwe_initial_kbps: 1_500,
             whip_keyframe_interval_ms: 2_000,
@@ -314,6 +333,27 @@ impl SfuConfig {
         }
         if self.max_viewers == 0 {
             return Err("config: sfu.max_viewers must be at least 1".into());
+        }
+        if self.max_pending == 0 || self.max_pending_per_ip == 0 {
+            return Err(
+                "config: sfu.max_pending and sfu.max_pending_per_ip must be at least 1".into(),
+            );
+        }
+        if self.max_pending_per_ip > self.max_pending {
+            return Err("config: sfu.max_pending_per_ip must not exceed sfu.max_pending".into());
+        }
+        if !(1..=100).contains(&self.admit_max_busy_pct) {
+            return Err("config: sfu.admit_max_busy_pct must be within 1..=100".into());
+        }
+        for (k, v) in [
+            ("socket_recv_buffer", self.socket_recv_buffer),
+            ("socket_send_buffer", self.socket_send_buffer),
+        ] {
+            if !(64 << 10..=256 << 20).contains(&v) {
+                return Err(format!(
+                    "config: sfu.{k} must be within 65536..=268435456 bytes"
+                ));
+            }
         }
         if !(1_000..=600_000).contains(&self.idle_timeout_ms)
             || !(1_000..=600_000).contains(&self.connect_timeout_ms)
@@ -594,7 +634,19 @@ mod tests {
         assert_eq!(c.sfu.workers, 2);
         assert_eq!(c.sfu.advertise.len(), 1);
         assert!(!Config::from_toml("[sfu]\ngso = false\n").unwrap().sfu.gso);
+        let d = Config::from_toml("").unwrap().sfu;
+        assert_eq!(
+            (d.max_pending, d.max_pending_per_ip, d.admit_max_busy_pct),
+            (256, 32, 85)
+        );
+        assert_eq!(d.connect_timeout_ms, 5_000);
         for bad in [
+            "[sfu]\nmax_pending = 0\n",
+            "[sfu]\nmax_pending = 10\nmax_pending_per_ip = 11\n",
+            "[sfu]\nadmit_max_busy_pct = 0\n",
+            "[sfu]\nadmit_max_busy_pct = 101\n",
+            "[sfu]\nsocket_recv_buffer = 1000\n",
+            "[sfu]\nsocket_send_buffer = 1000000000\n",
             "[sfu]\nworkers = 0\n",
             "[sfu]\ngso = \"on\"\n",
             "[sfu]\nio = \"kqueue\"\n",

@@ -254,6 +254,9 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
     let keyframes = Family::<Labels, Counter>::default();
     let dropped = Family::<Labels, Counter>::default();
     let switches = Family::<Labels, Counter>::default();
+    let busy = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let hs_dropped = Family::<Labels, Counter>::default();
     for w in &sfu.workers {
         let l = vec![
             ("worker".to_string(), w.index.to_string()),
@@ -270,7 +273,53 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         keyframes.get_or_create(&l).inc_by(ld(&s.keyframe_answers));
         dropped.get_or_create(&l).inc_by(ld(&s.viewers_dropped));
         switches.get_or_create(&l).inc_by(ld(&s.layer_switches));
+        busy.get_or_create(&l).set(s.load.busy_pct() / 100.0);
+        lag.get_or_create(&l).set(s.load.lag().as_secs_f64());
+        hs_dropped
+            .get_or_create(&l)
+            .inc_by(ld(&s.handshakes_dropped));
     }
+    r.register(
+        "sfu_worker_busy_ratio",
+        "CPU share of a worker thread (measured by the worker, smoothed over about 0.5 s); \
+         new viewers are refused when every worker is above sfu.admit_max_busy_pct",
+        busy,
+    );
+    r.register(
+        "sfu_worker_loop_lag_seconds",
+        "Longest stretch a worker's loop worked without serving its socket, last window",
+        lag,
+    );
+    r.register(
+        "sfu_handshake_packets_dropped",
+        "Packets of sessions still connecting dropped because the worker's handshake queue was full",
+        hs_dropped,
+    );
+    let pending: Gauge = Gauge::default();
+    pending.set(sfu.admission.pending() as i64);
+    r.register(
+        "sfu_sessions_pending",
+        "WebRTC sessions answered and not yet connected (ICE + DTLS)",
+        pending,
+    );
+    let slots: Gauge = Gauge::default();
+    slots.set(sfu.admission.viewer_slots() as i64);
+    r.register(
+        "sfu_viewer_slots",
+        "Viewer slots taken (connected and connecting), out of sfu.max_viewers",
+        slots,
+    );
+    let refused = Family::<Vec<(String, String)>, Counter>::default();
+    for (reason, n) in sfu.admission.refusals() {
+        refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc_by(n);
+    }
+    r.register(
+        "sfu_joins_refused",
+        "WebRTC joins refused with 503, by reason",
+        refused,
+    );
     r.register(
         "sfu_viewers",
         "WebRTC viewers connected, per worker",

@@ -6,7 +6,9 @@
 //!   in the offer (or a stream whose video is not H.264), 422 an offer that does not receive or
 //!   has a fingerprint weaker than sha-256 (the shared check: [`crate::webrtc::offer`]), 404
 //!   unknown stream, 409 + Retry-After for a known stream without a publisher, 503 +
-//!   Retry-After when full or the SFU is off.
+//!   Retry-After when full, when too many sessions are being set up (in all, or from the
+//!   client's address), when every SFU worker is busier than `sfu.admit_max_busy_pct`, or
+//!   when the SFU is off; the body says which.
 //! - Session URLs of WHEP viewers and WHIP publishers are separate namespaces: a WHEP path never
 //!   reaches a publisher's session, nor the other way round.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
@@ -24,12 +26,15 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
+use crate::egress::sfu::admission::{Refusal, SlotKind};
 use crate::egress::sfu::{SessionInfo, SfuHandle, WhepError};
 use crate::webrtc::Role;
 
 pub(super) const SDP: &str = "application/sdp";
 pub(super) const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const EXPOSE: &str = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After";
+/// Longest a POST waits for its turn to be answered before it is refused (503).
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -95,9 +100,14 @@ pub(super) fn ice_links(state: &AppState, h: &mut HeaderMap) {
 async fn create(
     State(state): State<AppState>,
     Path(stream): Path<String>,
+    ext: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
+    // Admission bounds pending sessions per client address.
+    let ip = ext
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     if !content_type_is(&headers, SDP) {
         return reply(
             &state,
@@ -127,8 +137,23 @@ async fn create(
     };
     let offer = offer.to_string();
     let name = stream.clone();
-    // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers.
-    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer)).await;
+    // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
+    let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
+        Ok(s) => s,
+        Err(r) => return error_response(&state, WhepError::Refused(r)),
+    };
+    // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers, a few at a
+    // time (a burst of POSTs waits here as tasks instead of piling up blocking threads).
+    let permit =
+        match tokio::time::timeout(ANSWER_WAIT, sfu.answering.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                sfu.admission.count_refusal(Refusal::PendingFull);
+                return error_response(&state, WhepError::Refused(Refusal::PendingFull));
+            }
+        };
+    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, slot)).await;
+    drop(permit);
     let res = match res {
         Ok(r) => r,
         Err(e) => {
@@ -178,6 +203,13 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
         }
         WhepError::NotLive(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
         WhepError::Full => retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10),
+        WhepError::Refused(r) => {
+            tracing::debug!(reason = r.as_str(), "WHEP join refused");
+            retry_after(
+                reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
+                r.retry_after_secs(),
+            )
+        }
         WhepError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }

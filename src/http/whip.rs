@@ -110,6 +110,9 @@ async fn create(
     let peer = ext
         .get::<ConnectInfo<SocketAddr>>()
         .map_or_else(|| "unknown".to_string(), |c| c.0.to_string());
+    let ip = ext
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     if let Some(r) = refuse(&state, &headers, &stream) {
         return r;
     }
@@ -146,7 +149,7 @@ async fn create(
     let sfu2 = sfu.clone();
     let who = format!("whip:{peer}");
     let res = tokio::task::spawn_blocking(move || {
-        crate::ingest::whip::create_session(&sfu2, &registry, &name, &offer, who)
+        crate::ingest::whip::create_session(&sfu2, &registry, &name, &offer, who, ip)
     })
     .await;
     let res = match res {
@@ -221,6 +224,10 @@ fn error_response(state: &AppState, e: WhipError) -> Response<Body> {
         WhipError::Disabled | WhipError::Full => {
             retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10)
         }
+        WhipError::Refused(r) => retry_after(
+            reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
+            r.retry_after_secs(),
+        ),
         WhipError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
     }
 }

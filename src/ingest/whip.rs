@@ -58,6 +58,8 @@ pub enum WhipError {
     Disabled,
     #[error("publisher limit reached")]
     Full,
+    #[error("{0}")]
+    Refused(crate::egress::sfu::admission::Refusal),
     #[error("session not found")]
     NoSession,
     #[error("internal: {0}")]
@@ -387,6 +389,8 @@ pub struct WhipSession {
     pub created: Instant,
     pub dead: Option<DropReason>,
     pub stats: WhipStats,
+    /// Admission slot (pending bounds): pending until ICE + DTLS complete, given back on drop.
+    slot: Option<crate::egress::sfu::admission::Slot>,
 }
 
 impl WhipSession {
@@ -418,7 +422,13 @@ impl WhipSession {
             created: now,
             dead: None,
             stats: WhipStats::default(),
+            slot: None,
         }
+    }
+
+    /// Hold the session's admission slot.
+    pub fn set_slot(&mut self, slot: Option<crate::egress::sfu::admission::Slot>) {
+        self.slot = slot;
     }
 
     pub fn connected(&self) -> bool {
@@ -546,6 +556,9 @@ impl WhipSession {
         match e {
             Event::Connected => {
                 self.connected = true;
+                if let Some(s) = self.slot.as_mut() {
+                    s.connected();
+                }
                 tracing::info!(publisher = self.id, stream = %self.stream, side = "ingest",
                     "WHIP publisher connected");
             }
@@ -756,7 +769,9 @@ pub fn create_session(
     stream: &str,
     offer: &str,
     peer: String,
+    ip: std::net::IpAddr,
 ) -> Result<WhipCreated, WhipError> {
+    use crate::egress::sfu::admission::SlotKind;
     use crate::egress::sfu::{ControlMsg, PublisherHook, SessionInfo};
     use crossbeam_channel::TrySendError;
     let checked = offer::check(offer, Role::Publisher)?;
@@ -764,11 +779,11 @@ pub fn create_session(
         return Err(WhipError::BadName(stream.into()));
     }
     let mids = checked.mids;
-    let worker = sfu
-        .workers
-        .iter()
-        .min_by_key(|w| w.load())
-        .ok_or_else(|| WhipError::Internal("no SFU worker".into()))?;
+    // A publisher's handshake costs a worker what a viewer's does: it takes a pending slot (not
+    // a viewer slot, and it is never refused by load: that would cut every viewer off).
+    let (slot, worker) = sfu
+        .admit(ip, SlotKind::Publisher)
+        .map_err(WhipError::Refused)?;
     let now = Instant::now();
     let (mut rtc, creds) = build_publisher_rtc(sfu.dtls_cert(), now);
     add_candidates(&mut rtc, &worker.candidates, &worker.tcp_candidates);
@@ -797,6 +812,7 @@ pub fn create_session(
     let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
     session.set_mids(video, audio);
     session.set_video(simulcast_rids(offer), sfu.cfg.whip_keyframe_interval_ms);
+    session.set_slot(Some(slot));
     sfu.sessions.insert(SessionInfo {
         viewer: id,
         role: Role::Publisher,

@@ -168,15 +168,48 @@ impl Waker {
     }
 }
 
-/// Bind a UDP socket for a worker: nonblocking, large buffers.
+/// Bind a UDP socket for a worker: nonblocking, 4 MiB buffers (see [`bind_udp_sized`]).
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    bind_udp_sized(addr, 4 << 20, 4 << 20).map(|(s, _)| s)
+}
+
+/// Socket buffer sizes as the kernel granted them (bytes of payload it will queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferSizes {
+    pub recv: usize,
+    pub send: usize,
+}
+
+/// Bind a UDP socket for a worker: nonblocking, SO_RCVBUF / SO_SNDBUF asked for as given. A
+/// worker's receive buffer must hold every viewer's STUN consent and RTCP while it serves a
+/// fan-out, and its send buffer a keyframe to all of its viewers. Linux caps the sizes at
+/// `net.core.rmem_max` / `wmem_max` without an error, so what was granted is read back and a cap
+/// is logged with the sysctl to raise.
+pub fn bind_udp_sized(
+    addr: SocketAddr,
+    recv: usize,
+    send: usize,
+) -> std::io::Result<(UdpSocket, BufferSizes)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
+    let _ = sock.set_recv_buffer_size(recv);
+    let _ = sock.set_send_buffer_size(send);
+    // Linux reports twice the usable size (the doubling covers its bookkeeping).
+    let granted = BufferSizes {
+        recv: sock.recv_buffer_size().unwrap_or(0) / 2,
+        send: sock.send_buffer_size().unwrap_or(0) / 2,
+    };
+    if granted.recv < recv {
+        tracing::warn!(%addr, asked = recv, granted = granted.recv,
+            "UDP receive buffer capped by the kernel: raise net.core.rmem_max (tuning/README.md)");
+    }
+    if granted.send < send {
+        tracing::warn!(%addr, asked = send, granted = granted.send,
+            "UDP send buffer capped by the kernel: raise net.core.wmem_max (tuning/README.md)");
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    Ok(sock.into())
+    Ok((sock.into(), granted))
 }
 
 /// Choose a driver for `socket` as requested: `Auto` tries io_uring first and falls back to epoll
@@ -463,6 +496,21 @@ mod tests {
             dst,
             data: vec![0; len],
         }
+    }
+
+    #[test]
+    fn socket_buffers_are_granted_or_reported_capped() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (_s, g) = bind_udp_sized(any, 128 << 10, 128 << 10).unwrap();
+        assert!(g.recv >= 128 << 10 && g.send >= 128 << 10, "{g:?}");
+        // Past net.core.rmem_max the kernel caps without an error: the granted size says so.
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        let (_s, g) = bind_udp_sized(any, 256 << 20, 64 << 10).unwrap();
+        assert!(g.recv <= max.max(64 << 10), "{g:?} > rmem_max {max}");
+        assert!(g.recv < 256 << 20 || max >= 256 << 20, "{g:?}");
     }
 
     #[test]

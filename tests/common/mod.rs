@@ -230,6 +230,31 @@ impl Server {
             .ok()
     }
 
+    /// Threads of the server process (Linux /proc).
+    pub fn threads(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("Threads:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// The sum of a Prometheus metric's samples in /metrics (all label sets); `name` is the
+    /// full sample name, e.g. `deltacast_sfu_sessions_pending`.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.get("/metrics")
+            .text()
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())

@@ -23,7 +23,11 @@
 //! - ICE-TCP ([`tcp`]): a passive TCP candidate per worker (`ice_tcp_port_base + i`); a listener
 //!   thread deframes RFC 4571 packets into the worker, which feeds them to the same `Rtc`s as
 //!   `Protocol::Tcp` and sends those peers' datagrams back through that thread.
+//! - Admission ([`admission`]): a session reserves its slot atomically before its offer is
+//!   answered (viewer cap, pending bounds total and per address), and viewers are placed only on
+//!   workers whose measured loop load is under `sfu.admit_max_busy_pct`; otherwise 503.
 
+pub mod admission;
 pub mod packetizer;
 pub mod router;
 pub mod session;
@@ -47,6 +51,7 @@ use crate::config::SfuConfig;
 use crate::io::{DriverKind, IoRequest, Waker};
 use crate::media::{Registry, StreamState, TrackKind};
 use crate::webrtc::offer::{self, OfferError, Role};
+use admission::{Admission, LoadSignal, Refusal, Slot, SlotKind};
 use packetizer::RtpPayload;
 use session::{choose_audio, choose_video, AudioOut, VideoOut};
 
@@ -115,6 +120,8 @@ pub struct NewViewer {
     pub ufrag: String,
     /// The `Rtc` runs str0m's bandwidth estimation (the stream had simulcast layers).
     pub bwe: bool,
+    /// The viewer's admission slot (released when the viewer is dropped; None in tests).
+    pub slot: Option<Slot>,
 }
 
 /// What the HTTP side keeps per session (for PATCH / DELETE).
@@ -230,6 +237,11 @@ pub struct WorkerShared {
     pub viewers_dropped: AtomicU64,
     /// Simulcast layer changes of this worker's viewers (as reported to the API).
     pub layer_switches: AtomicU64,
+    /// The worker's own measure of its loop (busy share, lag): what admission reads.
+    pub load: LoadSignal,
+    /// Handshake packets (of sessions not yet connected) dropped because the worker's queue for
+    /// them was full.
+    pub handshakes_dropped: AtomicU64,
 }
 
 /// One worker as seen from outside.
@@ -280,6 +292,8 @@ pub enum WhepError {
     StreamNotH264(String),
     #[error("viewer limit reached")]
     Full,
+    #[error("{0}")]
+    Refused(Refusal),
     #[error("session not found")]
     NoSession,
     #[error("internal: {0}")]
@@ -299,6 +313,11 @@ impl From<OfferError> for WhepError {
 /// The SFU as the rest of the process sees it.
 pub struct SfuHandle {
     pub cfg: SfuConfig,
+    /// Slots and pending bounds (see [`admission`]).
+    pub admission: Arc<Admission>,
+    /// Offers being answered at once (SDP + `Rtc` setup is CPU work on blocking threads): the
+    /// HTTP side waits for a permit, so a burst of POSTs queues as tasks, not as threads.
+    pub answering: Arc<tokio::sync::Semaphore>,
     registry: Arc<Registry>,
     pub workers: Vec<WorkerHandle>,
     pub sessions: Arc<SessionTable>,
@@ -336,14 +355,16 @@ impl SfuHandle {
                 cfg.port_base + i as u16
             };
             let bind = SocketAddr::new(cfg.bind_ip, port);
-            let sock = crate::io::bind_udp(bind)
-                .with_context(|| format!("binding SFU worker {i} on UDP {bind}"))?;
+            let (sock, bufs) =
+                crate::io::bind_udp_sized(bind, cfg.socket_recv_buffer, cfg.socket_send_buffer)
+                    .with_context(|| format!("binding SFU worker {i} on UDP {bind}"))?;
             let driver = crate::io::select(requested, sock, cfg.gso)
                 .with_context(|| format!("setting up the {} driver for SFU worker {i}", cfg.io))?;
             let addr = driver.local_addr();
             let candidates = candidate_addrs(cfg, addr);
             tracing::info!(worker = i, %addr, driver = driver.kind().as_str(),
-                gso = driver.gso(), candidates = ?candidates, "SFU worker bound");
+                gso = driver.gso(), candidates = ?candidates, rcvbuf = bufs.recv,
+                sndbuf = bufs.send, "SFU worker bound");
             let (media_tx, media_rx) = crossbeam_channel::bounded(cfg.worker_queue);
             let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
             let shared = Arc::new(WorkerShared::default());
@@ -399,8 +420,13 @@ impl SfuHandle {
             .name("sfu-router".into())
             .spawn(move || router::run(rx, targets, max_payload, rs))
             .context("spawning the SFU router thread")?;
+        let answering = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 16);
         Ok(Arc::new(Self {
             cfg: cfg.clone(),
+            admission: Admission::new(cfg.max_viewers, cfg.max_pending, cfg.max_pending_per_ip),
+            answering: Arc::new(tokio::sync::Semaphore::new(answering)),
             registry,
             workers,
             sessions,
@@ -438,8 +464,46 @@ impl SfuHandle {
         self.sessions.layers_of(stream)
     }
 
-    /// WHEP POST: answer `offer` for `stream` on the least-loaded worker.
-    pub fn create_session(&self, stream: &str, offer: &str) -> Result<Created, WhepError> {
+    /// Reserve a slot for a session from `ip` and choose its worker: the least-loaded one,
+    /// among (for viewers) those whose measured busy share is under `sfu.admit_max_busy_pct`.
+    /// The slot is taken first, so a refusal by load gives it straight back.
+    pub fn admit(&self, ip: IpAddr, kind: SlotKind) -> Result<(Slot, &WorkerHandle), Refusal> {
+        let slot = self.admission.reserve(ip, kind)?;
+        Ok((slot, self.place(kind)?))
+    }
+
+    /// The worker for a new session: the least-loaded one, among (for viewers) those whose
+    /// measured busy share is under `sfu.admit_max_busy_pct`.
+    pub fn place(&self, kind: SlotKind) -> Result<&WorkerHandle, Refusal> {
+        let limit = self.cfg.admit_max_busy_pct * 10;
+        let open = |w: &&WorkerHandle| {
+            kind == SlotKind::Publisher || limit >= 1000 || w.shared.load.busy_permille() < limit
+        };
+        match self.workers.iter().filter(open).min_by_key(|w| w.load()) {
+            Some(w) => Ok(w),
+            None => {
+                let least = self
+                    .workers
+                    .iter()
+                    .map(|w| w.shared.load.busy_permille())
+                    .min()
+                    .unwrap_or(0);
+                let r = Refusal::Overloaded(least.div_ceil(10));
+                self.admission.count_refusal(r);
+                Err(r)
+            }
+        }
+    }
+
+    /// WHEP POST: answer `offer` for `stream` on the least-loaded worker that has room (see
+    /// [`SfuHandle::place`]). `slot` was reserved by the caller before any work was spent on the
+    /// offer ([`Admission::reserve`]); it is given back (dropped) on every failure.
+    pub fn create_session(
+        &self,
+        stream: &str,
+        offer: &str,
+        slot: Slot,
+    ) -> Result<Created, WhepError> {
         let offer::Offer {
             sdp: parsed, mids, ..
         } = offer::check(offer, Role::Viewer)?;
@@ -457,14 +521,7 @@ impl SfuHandle {
             },
             None => None,
         };
-        if self.viewers() >= self.cfg.max_viewers {
-            return Err(WhepError::Full);
-        }
-        let worker = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.load())
-            .expect("at least one worker");
+        let worker = self.place(SlotKind::Viewer).map_err(WhepError::Refused)?;
         // Simulcast: the viewer's layer follows str0m's bandwidth estimate (TWCC). Without
         // layers there is nothing to choose, so the estimator's per-packet work is skipped.
         let bwe = (s.simulcast_layers() > 1).then_some(self.cfg.bwe_initial_kbps * 1000);
@@ -512,6 +569,7 @@ impl SfuHandle {
             audio,
             ufrag: creds.ufrag,
             bwe: bwe.is_some(),
+            slot: Some(slot),
         };
         if let Err(e) = worker.control_tx.try_send(ControlMsg::Add(Box::new(nv))) {
             self.sessions.remove(id);
@@ -628,12 +686,17 @@ fn start_ice_tcp(
         }
     };
     let candidates = candidate_addrs(cfg, local);
+    let deadlines = tcp::Deadlines {
+        connect: std::time::Duration::from_millis(cfg.connect_timeout_ms),
+        idle: std::time::Duration::from_millis(cfg.idle_timeout_ms),
+    };
     match tcp::spawn(
         i,
         listener,
         candidates.clone(),
         waker.clone(),
         cfg.ice_tcp_max_connections,
+        deadlines,
     ) {
         Ok(link) => {
             tracing::info!(worker = i, %local, candidates = ?candidates, "ICE-TCP listening");

@@ -127,6 +127,8 @@ pub struct Viewer {
     pub reported_layer: u8,
     /// str0m's bandwidth estimation runs for this viewer.
     pub bwe: bool,
+    /// Admission slot: pending until ICE + DTLS complete, given back when the viewer is dropped.
+    slot: Option<super::admission::Slot>,
 }
 
 impl Viewer {
@@ -221,7 +223,13 @@ impl Viewer {
             estimate_fresh: false,
             reported_layer: 0,
             bwe: false,
+            slot: None,
         }
+    }
+
+    /// Hold the viewer's admission slot (see [`super::admission`]).
+    pub fn set_slot(&mut self, slot: Option<super::admission::Slot>) {
+        self.slot = slot;
     }
 
     /// The simulcast layer being sent.
@@ -372,6 +380,9 @@ impl Viewer {
             Event::Connected => {
                 self.connected = true;
                 self.needs_start = true;
+                if let Some(s) = self.slot.as_mut() {
+                    s.connected();
+                }
                 tracing::debug!(viewer = self.id, stream = %self.stream, "viewer connected");
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

@@ -7,11 +7,18 @@
 //! datagrams for ICE-TCP peers come back over a bounded tokio channel and are written framed.
 //! Full channels drop packets (media is loss-tolerant; ICE and DTLS retransmit), never block the
 //! worker. This is the fallback path: it costs a copy per packet each way, which UDP does not.
+//!
+//! A connection is held only while it carries a session: each packet travels with the
+//! connection's [`ConnMark`], which the worker stamps when the packet belonged to a session (and
+//! says whether that session is connected). A connection whose session is not connected within
+//! the connect deadline (`sfu.connect_timeout_ms`), or that carried no valid packet for the idle
+//! timeout (`sfu.idle_timeout_ms`), is closed; empty frames and garbage never count.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -25,17 +32,68 @@ pub const TO_WORKER_CAPACITY: usize = 4096;
 pub const FROM_WORKER_CAPACITY: usize = 8192;
 /// Packets queued per connection before its writer drops.
 const PER_CONN_CAPACITY: usize = 256;
-/// A connection silent for this long is closed (ICE consent checks come every few seconds).
-const READ_IDLE: Duration = Duration::from_secs(30);
 /// A write that makes no progress for this long closes the connection.
 const WRITE_STALL: Duration = Duration::from_secs(10);
+/// How often a connection checks its deadlines.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// What the worker tells a connection about the packets it carried.
+pub struct ConnMark {
+    opened: Instant,
+    /// ms after `opened` of the last packet that belonged to a session, +1 (0: none yet).
+    valid_ms: AtomicU64,
+    /// Its session completed ICE + DTLS.
+    connected: AtomicBool,
+}
+
+impl ConnMark {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            opened: now,
+            valid_ms: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// A packet of this connection belonged to a session (`connected`: and that session is).
+    pub fn valid(&self, now: Instant, connected: bool) {
+        let ms = now.saturating_duration_since(self.opened).as_millis() as u64 + 1;
+        self.valid_ms.fetch_max(ms, Ordering::Relaxed);
+        if connected {
+            self.connected.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Why the connection should close now, if it should.
+    pub fn expired(&self, now: Instant, d: Deadlines) -> Option<&'static str> {
+        let age = now.saturating_duration_since(self.opened);
+        if !self.connected.load(Ordering::Relaxed) && age > d.connect {
+            return Some("no connected session within the connect deadline");
+        }
+        let last = match self.valid_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis(ms - 1),
+        };
+        (age.saturating_sub(last) > d.idle).then_some("no valid packet within the idle timeout")
+    }
+}
+
+/// A connection's deadlines (from `[sfu]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub connect: Duration,
+    pub idle: Duration,
+}
+
+/// One deframed packet from a TCP peer, with its connection's mark.
+pub type TcpPacket = (SocketAddr, Vec<u8>, Arc<ConnMark>);
 
 /// The worker's side of its ICE-TCP listener.
 pub struct TcpLink {
     /// Our passive candidate addresses.
     pub local: Vec<SocketAddr>,
-    /// Packets from TCP peers: (peer address, one deframed packet).
-    pub rx: Receiver<(SocketAddr, Vec<u8>)>,
+    /// Packets from TCP peers: (peer address, one deframed packet, the connection's mark).
+    pub rx: Receiver<TcpPacket>,
     /// Datagrams for TCP peers.
     pub tx: tokio::sync::mpsc::Sender<Outgoing>,
 }
@@ -50,6 +108,7 @@ pub fn spawn(
     local: Vec<SocketAddr>,
     waker: Waker,
     max_conns: usize,
+    deadlines: Deadlines,
 ) -> std::io::Result<TcpLink> {
     listener.set_nonblocking(true)?;
     let (to_worker, rx) = crossbeam_channel::bounded(TO_WORKER_CAPACITY);
@@ -75,6 +134,7 @@ pub fn spawn(
                 from_worker,
                 waker,
                 max_conns,
+                deadlines,
             ));
         })?;
     Ok(TcpLink { local, rx, tx })
@@ -83,10 +143,11 @@ pub fn spawn(
 async fn run(
     index: usize,
     listener: std::net::TcpListener,
-    to_worker: Sender<(SocketAddr, Vec<u8>)>,
+    to_worker: Sender<TcpPacket>,
     mut from_worker: tokio::sync::mpsc::Receiver<Outgoing>,
     waker: Waker,
     max_conns: usize,
+    deadlines: Deadlines,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -126,43 +187,55 @@ async fn run(
         let conns = conns.clone();
         let to_worker = to_worker.clone();
         let waker = waker.clone();
+        let mark = Arc::new(ConnMark::new(Instant::now()));
         tokio::spawn(async move {
             let (r, w) = sock.into_split();
-            let reader = read_loop(r, peer, to_worker, waker);
+            let reader = read_loop(r, peer, to_worker, waker, mark.clone());
             let writer = write_loop(w, rx);
-            tokio::select! {
-                _ = reader => {}
-                _ = writer => {}
-            }
+            let watchdog = async {
+                let mut tick = tokio::time::interval(CHECK_EVERY);
+                loop {
+                    tick.tick().await;
+                    if let Some(why) = mark.expired(Instant::now(), deadlines) {
+                        return why;
+                    }
+                }
+            };
+            let why = tokio::select! {
+                _ = reader => "closed by the peer or bad framing",
+                _ = writer => "write failed or stalled",
+                why = watchdog => why,
+            };
             conns.lock().remove(&peer);
-            tracing::debug!(worker = index, %peer, "ICE-TCP connection closed");
+            tracing::debug!(worker = index, %peer, why, "ICE-TCP connection closed");
         });
     }
 }
 
+/// Deframe packets to the worker until the peer closes or sends bad framing. Deadlines are the
+/// watchdog's job (only packets the worker accepts count as traffic).
 async fn read_loop(
     mut r: tokio::net::tcp::OwnedReadHalf,
     peer: SocketAddr,
-    to_worker: Sender<(SocketAddr, Vec<u8>)>,
+    to_worker: Sender<TcpPacket>,
     waker: Waker,
+    mark: Arc<ConnMark>,
 ) {
     let mut len = [0u8; 2];
     loop {
-        match tokio::time::timeout(READ_IDLE, r.read_exact(&mut len)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        if r.read_exact(&mut len).await.is_err() {
+            return;
         }
         let n = u16::from_be_bytes(len) as usize;
         if n == 0 {
             continue;
         }
         let mut buf = vec![0u8; n];
-        match tokio::time::timeout(READ_IDLE, r.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        if r.read_exact(&mut buf).await.is_err() {
+            return;
         }
         // A full worker queue drops the packet (as a full UDP socket buffer would).
-        if to_worker.try_send((peer, buf)).is_ok() {
+        if to_worker.try_send((peer, buf, mark.clone())).is_ok() {
             waker.wake();
         }
     }
@@ -202,6 +275,31 @@ pub fn push_framed(buf: &mut Vec<u8>, p: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_expire_unless_a_session_connects_and_keeps_talking() {
+        let t0 = Instant::now();
+        let d = Deadlines {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(15),
+        };
+        let s = |x: u64| t0 + Duration::from_secs(x);
+        // Nothing valid (garbage, empty frames): closed at the connect deadline.
+        let m = ConnMark::new(t0);
+        assert_eq!(m.expired(s(4), d), None);
+        assert!(m.expired(s(6), d).unwrap().contains("connect"));
+        // Valid STUN for a session that never connects: same.
+        let m = ConnMark::new(t0);
+        m.valid(s(1), false);
+        m.valid(s(4), false);
+        assert!(m.expired(s(6), d).unwrap().contains("connect"));
+        // Connected: held while valid packets keep coming, closed after the idle timeout.
+        let m = ConnMark::new(t0);
+        m.valid(s(2), true);
+        m.valid(s(20), false);
+        assert_eq!(m.expired(s(30), d), None);
+        assert!(m.expired(s(36), d).unwrap().contains("idle"));
+    }
 
     #[test]
     fn frames_are_length_prefixed() {

@@ -83,6 +83,7 @@ fn join(
             audio: None,
             ufrag: creds.ufrag,
             bwe: false,
+            slot: None,
         },
         now,
     );
@@ -476,4 +477,139 @@ fn layer_choice_follows_the_estimate_with_upgrade_headroom() {
     // A layer that stopped is skipped; with none present the current one stays.
     assert_eq!(choose_layer(0, 2_000_000, &[0, 400_000, 120_000, 0]), 1);
     assert_eq!(choose_layer(2, 2_000_000, &[0; 4]), 2);
+}
+
+/// [`step`] through the worker loop's entry: packets of sessions still connecting wait in the
+/// handshake queue until `run_handshakes`.
+fn step_prioritized(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mut Instant) {
+    *now += Duration::from_millis(10);
+    let mut to_sfu = Vec::new();
+    for c in clients.iter_mut() {
+        c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        c.poll(*now, &mut to_sfu);
+    }
+    for (src, data) in to_sfu {
+        core.on_packet_prioritized(Protocol::Udp, src, &data, *now, None);
+    }
+    core.on_timers(*now);
+    core.run_handshakes(Duration::from_secs(1));
+    for o in std::mem::take(&mut core.out) {
+        if let Some(c) = clients.iter_mut().find(|c| c.addr == o.dst) {
+            let r = Receive::new(Protocol::Udp, SFU.parse().unwrap(), o.dst, &o.data).unwrap();
+            c.rtc.handle_input(Input::Receive(*now, r)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn joined_viewers_input_is_served_before_queued_handshakes() {
+    let cert = cert();
+    let mut core = core();
+    let mut now = Instant::now();
+    let (mut a, _) = join(&mut core, &cert, 1, "show", now);
+    for _ in 0..400 {
+        if a.connected_at.is_some() {
+            break;
+        }
+        step_prioritized(&mut core, &mut [&mut a], &mut now);
+    }
+    assert!(
+        a.connected_at.is_some(),
+        "A connects through the prioritized path"
+    );
+    // Three joiners send their first checks: queued, nothing answered yet.
+    let mut joiners: Vec<Client> = (2..5)
+        .map(|n| join(&mut core, &cert, n, "show", now).0)
+        .collect();
+    let mut first = Vec::new();
+    for j in joiners.iter_mut() {
+        j.rtc.handle_input(Input::Timeout(now)).unwrap();
+        j.poll(now, &mut first);
+    }
+    assert!(!first.is_empty());
+    core.out.clear();
+    for (src, data) in &first {
+        core.on_packet_prioritized(Protocol::Udp, *src, data, now, None);
+    }
+    let queued = core.handshakes_queued();
+    assert_eq!(queued, first.len(), "joiners' packets wait");
+    assert!(
+        core.out.is_empty(),
+        "nothing was answered for the joiners yet"
+    );
+    // A's next consent check is answered at once, ahead of them.
+    let mut answered = false;
+    for _ in 0..3000 {
+        now += Duration::from_millis(10);
+        a.rtc.handle_input(Input::Timeout(now)).unwrap();
+        let mut from_a = Vec::new();
+        a.poll(now, &mut from_a);
+        for (src, data) in from_a {
+            let stun = stun_local_ufrag(&data).is_some();
+            core.on_packet_prioritized(Protocol::Udp, src, &data, now, None);
+            if stun {
+                assert!(
+                    core.out.iter().any(|o| o.dst == a.addr),
+                    "A's binding request answered in the same call"
+                );
+                answered = true;
+            }
+        }
+        core.out.retain(|o| o.dst != a.addr);
+        if answered {
+            break;
+        }
+    }
+    assert!(answered, "A sent a consent check within 30 s");
+    assert_eq!(core.handshakes_queued(), queued, "A's input never queued");
+    // The handshake turn answers the joiners, and they all connect on the prioritized path.
+    assert!(!core.run_handshakes(Duration::from_secs(1)));
+    assert!(joiners
+        .iter()
+        .all(|j| core.out.iter().any(|o| o.dst == j.addr)));
+    for _ in 0..400 {
+        if joiners.iter().all(|j| j.connected_at.is_some()) {
+            break;
+        }
+        let mut all: Vec<&mut Client> = joiners.iter_mut().collect();
+        step_prioritized(&mut core, &mut all, &mut now);
+    }
+    assert!(joiners.iter().all(|j| j.connected_at.is_some()));
+}
+
+#[test]
+fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
+    use admission::{Refusal, SlotKind};
+    let cfg = crate::config::SfuConfig {
+        workers: 2,
+        port_base: 0,
+        ice_tcp_port_base: 0,
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        admit_max_busy_pct: 80,
+        ..Default::default()
+    };
+    let sfu = SfuHandle::start(&cfg, crate::media::Registry::new()).unwrap();
+    // Stopped workers no longer publish their own measure over the values set here.
+    sfu.shutdown();
+    let ip = "192.0.2.1".parse().unwrap();
+    sfu.workers[0].shared.load.set_busy_permille(950);
+    let (slot, w) = sfu.admit(ip, SlotKind::Viewer).unwrap();
+    assert_eq!(w.index, 1, "the busy worker is skipped");
+    drop(slot);
+    sfu.workers[1].shared.load.set_busy_permille(861);
+    match sfu.admit(ip, SlotKind::Viewer) {
+        Err(Refusal::Overloaded(87)) => {}
+        Err(r) => panic!("expected Overloaded(87): {r:?}"),
+        Ok((_, w)) => panic!("admitted on worker {}", w.index),
+    }
+    assert_eq!(
+        sfu.admission.viewer_slots(),
+        0,
+        "the refused slot went back"
+    );
+    assert_eq!(sfu.admission.pending(), 0);
+    // A publisher is placed anyway (refusing it would cut every viewer off).
+    assert!(sfu.admit(ip, SlotKind::Publisher).is_ok());
+    let msg = WhepError::Refused(Refusal::Overloaded(87)).to_string();
+    assert!(msg.contains("87 %") && msg.contains("capacity"), "{msg}");
 }

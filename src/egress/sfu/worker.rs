@@ -1,8 +1,15 @@
 //! One SFU worker: a pinned thread that owns a UDP driver, its viewers and a per-stream GOP cache
 //! of shared frames. [`WorkerCore`] is the sans-IO part (viewers, routing of datagrams, timers);
 //! [`Worker::run`] connects it to the driver and the channels.
+//!
+//! Joined viewers come first: in the loop, packets of connected sessions (STUN consent, RTCP,
+//! NACKs) are handled as they arrive, while packets of sessions still in ICE + DTLS (and the GOP
+//! burst that follows their connection) wait in a bounded queue served last in each turn, within
+//! [`HANDSHAKE_BUDGET`]. A burst of joiners therefore slows the joiners, never the viewers already
+//! watching. The loop also measures itself (CPU busy share, longest stretch; [`LoadMeter`]) for
+//! admission and /metrics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::admission::{thread_cpu_time, LoadMeter};
 use super::session::{choose_layer, DropReason, Viewer};
+use super::tcp::ConnMark;
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
 use crate::config::SfuConfig;
 use crate::ingest::whip::WhipSession;
@@ -26,6 +35,20 @@ const GOP_MAX_BYTES: usize = 24 << 20;
 pub const FLUSH_AT: usize = 512;
 /// Messages handled per loop turn before the socket is served again.
 const MSGS_PER_TURN: usize = 256;
+/// Packets of not-yet-connected sessions waiting for their turn (beyond: dropped; ICE and DTLS
+/// retransmit).
+pub const HANDSHAKE_QUEUE: usize = 2048;
+/// Time per loop turn spent on handshake packets once everything else is served.
+pub const HANDSHAKE_BUDGET: Duration = Duration::from_millis(2);
+
+/// A packet of a session that is not connected yet, waiting behind connected sessions' input.
+struct Deferred {
+    id: u64,
+    proto: Protocol,
+    src: SocketAddr,
+    data: Vec<u8>,
+    mark: Option<Arc<ConnMark>>,
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -207,6 +230,7 @@ pub struct WorkerCore {
     /// [`WorkerCore::take_tcp`] instead of the UDP driver.
     tcp_peers: HashMap<SocketAddr, u64>,
     next_layer_check: Instant,
+    handshakes: VecDeque<Deferred>,
 }
 
 impl WorkerCore {
@@ -233,6 +257,7 @@ impl WorkerCore {
             local_tcp: Vec::new(),
             tcp_peers: HashMap::new(),
             next_layer_check: Instant::now(),
+            handshakes: VecDeque::new(),
         }
     }
 
@@ -348,8 +373,10 @@ impl WorkerCore {
             audio,
             ufrag,
             bwe,
+            slot,
         } = *Box::new(nv);
         let mut v = Viewer::new(id, stream.clone(), rtc, video, ufrag.clone(), now);
+        v.set_slot(slot);
         v.set_audio(audio);
         v.bwe = bwe;
         if let Some(c) = self.streams.get(&stream) {
@@ -450,6 +477,63 @@ impl WorkerCore {
 
     /// [`WorkerCore::on_datagram`] for UDP or for one RFC 4571 frame from an ICE-TCP peer.
     pub fn on_packet(&mut self, proto: Protocol, src: SocketAddr, data: &[u8], now: Instant) {
+        self.input(proto, src, data, now, None, false);
+    }
+
+    /// The worker loop's entry: a packet of a connected session is handled now; one of a
+    /// session still in ICE + DTLS is queued for [`WorkerCore::run_handshakes`]. `mark` is the
+    /// ICE-TCP connection the packet came on (stamped when the packet belongs to a session).
+    pub fn on_packet_prioritized(
+        &mut self,
+        proto: Protocol,
+        src: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        mark: Option<&Arc<ConnMark>>,
+    ) {
+        self.input(proto, src, data, now, mark, true);
+    }
+
+    /// Packets waiting in the handshake queue.
+    pub fn handshakes_queued(&self) -> usize {
+        self.handshakes.len()
+    }
+
+    /// Handle queued handshake packets, oldest first, until none is left or `budget` is spent;
+    /// true when some remain.
+    pub fn run_handshakes(&mut self, budget: Duration) -> bool {
+        let start = Instant::now();
+        while let Some(d) = self.handshakes.pop_front() {
+            let now = Instant::now();
+            self.deliver(d.id, d.proto, d.src, &d.data, now);
+            if let Some(m) = &d.mark {
+                if self.session_connected(d.id) {
+                    m.valid(now, true);
+                }
+            }
+            if now.saturating_duration_since(start) >= budget {
+                break;
+            }
+        }
+        !self.handshakes.is_empty()
+    }
+
+    fn session_connected(&self, id: u64) -> bool {
+        match self.viewers.get(&id) {
+            Some(v) => v.connected(),
+            None => self.publishers.get(&id).is_some_and(|p| p.connected()),
+        }
+    }
+
+    fn input(
+        &mut self,
+        proto: Protocol,
+        src: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        mark: Option<&Arc<ConnMark>>,
+        defer: bool,
+    ) {
         self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
         let tcp = proto == Protocol::Tcp;
         let dst = if tcp {
@@ -490,6 +574,36 @@ impl WorkerCore {
                 .datagrams_unknown
                 .fetch_add(1, Ordering::Relaxed);
             return;
+        };
+        let connected = self.session_connected(id);
+        if let Some(m) = mark {
+            m.valid(now, connected);
+        }
+        if defer && !connected {
+            if self.handshakes.len() >= HANDSHAKE_QUEUE {
+                self.shared
+                    .handshakes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.handshakes.push_back(Deferred {
+                    id,
+                    proto,
+                    src,
+                    data: data.to_vec(),
+                    mark: mark.cloned(),
+                });
+            }
+            return;
+        }
+        self.deliver(id, proto, src, data, now);
+    }
+
+    /// Feed a packet to session `id` (viewer or publisher), if it is still here.
+    fn deliver(&mut self, id: u64, proto: Protocol, src: SocketAddr, data: &[u8], now: Instant) {
+        let dst = if proto == Protocol::Tcp {
+            local_for(&self.local_tcp, src)
+        } else {
+            local_for(&self.local, src)
         };
         if let Some(v) = self.viewers.get_mut(&id) {
             v.handle_packet(now, proto, src, dst, data, &mut self.out);
@@ -760,9 +874,13 @@ impl Worker {
         };
         for _ in 0..MSGS_PER_TURN {
             match link.rx.try_recv() {
-                Ok((src, data)) => self
-                    .core
-                    .on_packet(Protocol::Tcp, src, &data, Instant::now()),
+                Ok((src, data, mark)) => self.core.on_packet_prioritized(
+                    Protocol::Tcp,
+                    src,
+                    &data,
+                    Instant::now(),
+                    Some(&mark),
+                ),
                 Err(_) => return false,
             }
         }
@@ -791,8 +909,10 @@ impl Worker {
     }
 
     pub fn run(mut self) {
+        let mut meter = LoadMeter::new(Instant::now(), thread_cpu_time());
         loop {
-            let now = Instant::now();
+            let turn_start = Instant::now();
+            let now = turn_start;
             // Control first (joins, leaves), then media, bounded per turn.
             for _ in 0..MSGS_PER_TURN {
                 match self.control_rx.try_recv() {
@@ -829,6 +949,11 @@ impl Worker {
             }
             self.core.on_timers(now);
             self.flush();
+            // Handshakes last, after joined viewers' input, media and timers.
+            if self.core.run_handshakes(HANDSHAKE_BUDGET) {
+                busy = true;
+            }
+            self.flush();
             let timeout = if busy || !self.media_rx.is_empty() || !self.control_rx.is_empty() {
                 Duration::ZERO
             } else {
@@ -837,14 +962,35 @@ impl Worker {
                     .saturating_duration_since(Instant::now())
             };
             let core = &mut self.core;
+            let poll_start = Instant::now();
+            let mut first_input: Option<Instant> = None;
             let r = self.driver.poll(Some(timeout), &mut |src, data| {
-                core.on_datagram(src, data, Instant::now());
+                let now = Instant::now();
+                first_input.get_or_insert(now);
+                core.on_packet_prioritized(Protocol::Udp, src, data, now, None);
             });
+            let errored = r.is_err();
             if let Err(e) = r {
                 tracing::error!(worker = self.core.index, "SFU driver: {e}");
-                std::thread::sleep(Duration::from_millis(10));
             }
             self.flush();
+            // Worked = the whole turn but the time spent blocked waiting for input.
+            let end = Instant::now();
+            let waited = first_input
+                .unwrap_or(end)
+                .saturating_duration_since(poll_start);
+            let worked = end
+                .saturating_duration_since(turn_start)
+                .saturating_sub(waited);
+            let cpu = if meter.wants_cpu(end) {
+                thread_cpu_time()
+            } else {
+                Duration::ZERO
+            };
+            meter.turn(worked, end, cpu, &self.core.shared.load);
+            if errored {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
