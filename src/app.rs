@@ -37,6 +37,14 @@ fn raise_fd_limit() {
     }
 }
 
+/// Every check of a config: the plain values (`Config::validate`), then the parts only their
+/// own modules can judge (push URLs, provider settings). Errors name the key.
+pub fn check_config(cfg: &Config) -> Result<(), String> {
+    cfg.validate()?;
+    crate::provider::check_config(cfg)?;
+    crate::egress::push::check_config(&cfg.destinations)
+}
+
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     let cfg = Arc::new(cfg);

@@ -1,10 +1,16 @@
 //! Configuration: one TOML file, every key defaulted, unknown keys rejected by name; CLI flags
 //! override file values (see `main.rs`).
+//!
+//! This module holds plain data and checks plain values (ranges, names, keys). It imports none
+//! of the modules it configures: push URLs are checked by `crate::egress::push`, provider
+//! settings and `web.public_url` by `crate::provider`, each when it takes its part.
+//! `crate::app::check_config` runs every check (`check-config`, `serve`).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,7 +46,7 @@ pub struct WebConfig {
     pub freeze_ms: u64,
     /// Provider of streams that do not name one (and of every stream in open mode): `"origin"`
     /// or `{ kind = "cdn", hls_base = "https://…" }`.
-    pub default_provider: crate::provider::ProviderConfig,
+    pub default_provider: ProviderConfig,
 }
 
 impl Default for WebConfig {
@@ -50,20 +56,15 @@ impl Default for WebConfig {
             public_url: String::new(),
             webrtc_timeout_ms: 2_500,
             freeze_ms: 2_000,
-            default_provider: crate::provider::ProviderConfig::Origin,
+            default_provider: ProviderConfig::Origin,
         }
     }
 }
 
 impl WebConfig {
+    /// Plain range checks. `public_url` and `default_provider` are URLs and provider settings:
+    /// `crate::provider::check_config` checks them.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.public_url.is_empty() {
-            crate::provider::ProviderConfig::Cdn {
-                hls_base: self.public_url.clone(),
-            }
-            .validate()
-            .map_err(|e| format!("config: web.public_url: {}", e.replace("hls_base", "value")))?;
-        }
         if !(500..=30_000).contains(&self.webrtc_timeout_ms)
             || !(500..=30_000).contains(&self.freeze_ms)
         {
@@ -71,19 +72,7 @@ impl WebConfig {
                 "config: web.webrtc_timeout_ms and web.freeze_ms must be within 500..=30000".into(),
             );
         }
-        if matches!(
-            self.default_provider,
-            crate::provider::ProviderConfig::External { .. }
-        ) {
-            return Err(
-                "config: web.default_provider cannot be external (one external ingest \
-                        per stream): set provider on the [[streams]] entry"
-                    .into(),
-            );
-        }
-        self.default_provider
-            .validate()
-            .map_err(|e| format!("config: web.default_provider: {e}"))
+        Ok(())
     }
 }
 
@@ -196,7 +185,7 @@ pub struct StreamConfig {
     /// `{ kind = "cdn", hls_base = "…" }` or `{ kind = "external", ingest_url = "…",
     /// playback_url = "…" }`. See `crate::provider`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<crate::provider::ProviderConfig>,
+    pub provider: Option<ProviderConfig>,
 }
 
 /// One RTMP push destination of a stream.
@@ -397,6 +386,119 @@ impl SfuConfig {
     }
 }
 
+// ───────────────────── provider description (checked by `crate::provider`) ─────────────────────
+
+/// A provider as written in the config and in `PUT …/provider`:
+///
+/// ```toml
+/// provider = "origin"
+/// provider = { kind = "cdn", hls_base = "https://d123.cloudfront.net" }
+/// provider = { kind = "external", ingest_url = "rtmps://….live-video.net:443/app/sk_…",
+///              playback_url = "https://….m3u8" }
+/// ```
+///
+/// JSON takes the same shapes (`"origin"`, `{"kind": "cdn", "hls_base": "…"}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// This node serves WHEP and LL-HLS.
+    #[default]
+    Origin,
+    /// LL-HLS through a CDN whose origin is this node; WHEP stays direct.
+    Cdn {
+        /// Scheme + host (+ optional path prefix) of the CDN, e.g. `https://d123.cloudfront.net`.
+        /// Playlists are then `{hls_base}/hls/{stream}/index.m3u8`.
+        hls_base: String,
+    },
+    /// The program is pushed over RTMP(S) to another service, whose playback URL viewers get.
+    External {
+        /// `rtmp[s]://host[:port]/app/key` of the external ingest (a secret: shown masked).
+        ingest_url: String,
+        /// The service's playback URL (an HLS playlist), handed to viewers as is.
+        playback_url: String,
+        /// Verify the ingest's TLS certificate (rtmps://).
+        #[serde(default = "default_true")]
+        tls_verify: bool,
+    },
+}
+
+/// The table form, with unknown keys rejected by name.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum Tagged {
+    Origin,
+    Cdn {
+        hls_base: String,
+    },
+    External {
+        ingest_url: String,
+        playback_url: String,
+        #[serde(default = "default_true")]
+        tls_verify: bool,
+    },
+}
+
+impl From<Tagged> for ProviderConfig {
+    fn from(t: Tagged) -> Self {
+        match t {
+            Tagged::Origin => ProviderConfig::Origin,
+            Tagged::Cdn { hls_base } => ProviderConfig::Cdn { hls_base },
+            Tagged::External {
+                ingest_url,
+                playback_url,
+                tls_verify,
+            } => ProviderConfig::External {
+                ingest_url,
+                playback_url,
+                tls_verify,
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ProviderConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "\"origin\" or a table { kind = \"origin\" | \"cdn\" | \"external\", … }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ProviderConfig, E> {
+                match s {
+                    "origin" => Ok(ProviderConfig::Origin),
+                    "cdn" | "external" => Err(E::custom(format!(
+                        "provider \"{s}\" needs its settings: write it as a table with kind = \"{s}\""
+                    ))),
+                    other => Err(E::custom(format!(
+                        "unknown provider \"{other}\" (expected origin, cdn or external)"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ProviderConfig, A::Error> {
+                Tagged::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Into::into)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Origin => "origin",
+            ProviderConfig::Cdn { .. } => "cdn",
+            ProviderConfig::External { .. } => "external",
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -477,6 +579,9 @@ impl Config {
         Self::from_toml(&text)
     }
 
+    /// The checks on plain values: ranges, names, keys, duplicates. What only another module
+    /// can judge (push URLs, provider settings) is checked there, when it takes the config:
+    /// `crate::app::check_config` runs every check, as `check-config` and `serve` do.
     pub fn validate(&self) -> Result<(), String> {
         let h = &self.hls;
         if !(50..=5_000).contains(&h.part_target_ms) {
@@ -511,18 +616,18 @@ impl Config {
                     return Err(format!("config: streams.{}: key used twice", s.name));
                 }
             }
-            if let Some(p) = &s.provider {
-                p.validate()
-                    .map_err(|e| format!("config: streams.{}: provider: {e}", s.name))?;
-            }
         }
         self.server.validate()?;
         self.web.validate()?;
         self.sfu.validate()?;
         let mut dest_ids = std::collections::HashSet::new();
         for d in &self.destinations {
-            crate::egress::push::validate(&d.stream, &d.into())
-                .map_err(|e| format!("config: destinations (stream '{}'): {e}", d.stream))?;
+            if !crate::media::stream::valid_stream_name(&d.stream) {
+                return Err(format!(
+                    "config: destinations: invalid stream name '{}'",
+                    d.stream
+                ));
+            }
             if let Some(id) = &d.id {
                 if !dest_ids.insert((d.stream.as_str(), id.as_str())) {
                     return Err(format!(
@@ -609,7 +714,6 @@ mod tests {
         assert!(!c.destinations[1].tls_verify);
         assert_eq!(c.destinations[1].max_retries, Some(3));
         for bad in [
-            "[[destinations]]\nstream = \"show\"\nurl = \"http://h/a/k\"\n",
             "[[destinations]]\nstream = \"a b\"\nurl = \"rtmp://h/a/k\"\n",
             "[[destinations]]\nstream = \"s\"\nurl = \"rtmp://h/a/k\"\nbogus = 1\n",
             "[[destinations]]\nstream = \"s\"\nid = \"x\"\nurl = \"rtmp://h/a/k\"\n\
@@ -679,25 +783,79 @@ mod tests {
         assert_eq!(c.streams[1].provider.as_ref().unwrap().kind(), "external");
         for (bad, word) in [
             ("[web]\nbogus = 1\n", "bogus"),
-            ("[web]\npublic_url = \"live.example.com\"\n", "public_url"),
             ("[web]\nwebrtc_timeout_ms = 10\n", "webrtc_timeout_ms"),
             ("[[streams]]\nname = \"a\"\nprovider = \"cloudfront\"\n", "cloudfront"),
             (
-                "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"x\" }\n",
-                "hls_base",
-            ),
-            (
                 "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"https://x\", ttl = 1 }\n",
                 "ttl",
-            ),
-            (
-                "[web]\ndefault_provider = { kind = \"external\", ingest_url = \"rtmp://x/a/k\", playback_url = \"https://x/p\" }\n",
-                "external",
             ),
         ] {
             let e = Config::from_toml(bad).unwrap_err();
             assert!(e.contains(word), "{bad}: {e}");
         }
+    }
+
+    /// URLs and provider settings parse here; `crate::provider` and `crate::egress::push` check
+    /// them (their tests hold the rejections).
+    #[test]
+    fn urls_are_left_to_the_modules_that_take_them() {
+        for text in [
+            "[[destinations]]\nstream = \"show\"\nurl = \"http://h/a/k\"\n",
+            "[web]\npublic_url = \"live.example.com\"\n",
+            "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"x\" }\n",
+        ] {
+            Config::from_toml(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn parses_string_and_tables() {
+        #[derive(serde::Deserialize)]
+        struct W {
+            p: ProviderConfig,
+        }
+        let p = |t: &str| {
+            toml::from_str::<W>(t)
+                .map(|w| w.p)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(p("p = \"origin\"").unwrap(), ProviderConfig::Origin);
+        assert_eq!(
+            p("p = { kind = \"origin\" }").unwrap(),
+            ProviderConfig::Origin
+        );
+        assert_eq!(
+            p("p = { kind = \"cdn\", hls_base = \"https://d1.cloudfront.net\" }").unwrap(),
+            ProviderConfig::Cdn {
+                hls_base: "https://d1.cloudfront.net".into()
+            }
+        );
+        let ext = p(
+            "p = { kind = \"external\", ingest_url = \"rtmps://x.example:443/app/sk\", \
+                     playback_url = \"https://y.example/p.m3u8\" }",
+        )
+        .unwrap();
+        assert!(matches!(
+            ext,
+            ProviderConfig::External {
+                tls_verify: true,
+                ..
+            }
+        ));
+        let e = p("p = { kind = \"cdn\", hls_base = \"https://a\", bogus = 1 }").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = p("p = \"cdn\"").unwrap_err();
+        assert!(e.contains("table"), "{e}");
+        let e = p("p = \"akamai\"").unwrap_err();
+        assert!(e.contains("akamai"), "{e}");
+        let e = p("p = { kind = \"akamai\" }").unwrap_err();
+        assert!(e.contains("akamai"), "{e}");
+        // JSON (the API) takes the same shapes.
+        let j: ProviderConfig =
+            serde_json::from_str(r#"{"kind":"cdn","hls_base":"http://127.0.0.1:1"}"#).unwrap();
+        assert_eq!(j.kind(), "cdn");
+        let j: ProviderConfig = serde_json::from_str(r#""origin""#).unwrap();
+        assert_eq!(j, ProviderConfig::Origin);
     }
 
     #[test]

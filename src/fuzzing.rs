@@ -50,7 +50,9 @@ pub fn hls_request(data: &[u8]) {
 
 /// The TOML config.
 pub fn config(data: &[u8]) {
-    let _ = crate::config::Config::from_toml(&String::from_utf8_lossy(data));
+    if let Ok(c) = crate::config::Config::from_toml(&String::from_utf8_lossy(data)) {
+        let _ = crate::app::check_config(&c);
+    }
 }
 
 /// What a WebRTC publisher controls before and after the handshake: the WHIP/WHEP offer checks

@@ -93,13 +93,15 @@ fn main() {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => print!("{}", toml::to_string_pretty(&c).unwrap_or_default()),
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(2);
+        Cmd::CheckConfig { config } => {
+            match Config::load(&config).and_then(|c| deltacast::app::check_config(&c).map(|()| c)) {
+                Ok(c) => print!("{}", toml::to_string_pretty(&c).unwrap_or_default()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
             }
-        },
+        }
         Cmd::Serve(a) => {
             let mut cfg = match load(a.config.as_ref()) {
                 Ok(c) => c,
@@ -138,7 +140,7 @@ fn main() {
             if a.no_sfu {
                 cfg.sfu.enabled = false;
             }
-            if let Err(e) = cfg.validate() {
+            if let Err(e) = deltacast::app::check_config(&cfg) {
                 eprintln!("{e}");
                 std::process::exit(2);
             }

@@ -19,9 +19,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 
 use crate::config::Config;
+pub use crate::config::ProviderConfig;
 use crate::egress::push::{NewDestination, PushEngine, PushError, Source};
 
 /// The push destination id the `external` provider uses on its stream.
@@ -29,120 +30,35 @@ pub const EXTERNAL_DESTINATION_ID: &str = "external-provider";
 
 // ───────────────────────────── description (config / API) ─────────────────────────────
 
-/// A provider as written in the config and in `PUT …/provider`:
-///
-/// ```toml
-/// provider = "origin"
-/// provider = { kind = "cdn", hls_base = "https://d123.cloudfront.net" }
-/// provider = { kind = "external", ingest_url = "rtmps://….live-video.net:443/app/sk_…",
-///              playback_url = "https://….m3u8" }
-/// ```
-///
-/// JSON takes the same shapes (`"origin"`, `{"kind": "cdn", "hls_base": "…"}`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ProviderConfig {
-    /// This node serves WHEP and LL-HLS.
-    #[default]
-    Origin,
-    /// LL-HLS through a CDN whose origin is this node; WHEP stays direct.
-    Cdn {
-        /// Scheme + host (+ optional path prefix) of the CDN, e.g. `https://d123.cloudfront.net`.
-        /// Playlists are then `{hls_base}/hls/{stream}/index.m3u8`.
-        hls_base: String,
-    },
-    /// The program is pushed over RTMP(S) to another service, whose playback URL viewers get.
-    External {
-        /// `rtmp[s]://host[:port]/app/key` of the external ingest (a secret: shown masked).
-        ingest_url: String,
-        /// The service's playback URL (an HLS playlist), handed to viewers as is.
-        playback_url: String,
-        /// Verify the ingest's TLS certificate (rtmps://).
-        #[serde(default = "yes")]
-        tls_verify: bool,
-    },
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The table form, with unknown keys rejected by name.
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-enum Tagged {
-    Origin,
-    Cdn {
-        hls_base: String,
-    },
-    External {
-        ingest_url: String,
-        playback_url: String,
-        #[serde(default = "yes")]
-        tls_verify: bool,
-    },
-}
-
-impl From<Tagged> for ProviderConfig {
-    fn from(t: Tagged) -> Self {
-        match t {
-            Tagged::Origin => ProviderConfig::Origin,
-            Tagged::Cdn { hls_base } => ProviderConfig::Cdn { hls_base },
-            Tagged::External {
-                ingest_url,
-                playback_url,
-                tls_verify,
-            } => ProviderConfig::External {
-                ingest_url,
-                playback_url,
-                tls_verify,
-            },
+/// Check the provider parts of a config without acting on them: `web.public_url`,
+/// `web.default_provider` and each `[[streams]] provider`. Errors name the key.
+pub fn check_config(cfg: &Config) -> Result<(), String> {
+    if !cfg.web.public_url.is_empty() {
+        check_http_base(&cfg.web.public_url, "value")
+            .map_err(|e| format!("config: web.public_url: {e}"))?;
+    }
+    if matches!(cfg.web.default_provider, ProviderConfig::External { .. }) {
+        return Err(
+            "config: web.default_provider cannot be external (one external ingest per stream): \
+             set provider on the [[streams]] entry"
+                .into(),
+        );
+    }
+    cfg.web
+        .default_provider
+        .validate()
+        .map_err(|e| format!("config: web.default_provider: {e}"))?;
+    for s in &cfg.streams {
+        if let Some(p) = &s.provider {
+            p.validate()
+                .map_err(|e| format!("config: streams.{}: provider: {e}", s.name))?;
         }
     }
+    Ok(())
 }
 
-impl<'de> Deserialize<'de> for ProviderConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = ProviderConfig;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "\"origin\" or a table { kind = \"origin\" | \"cdn\" | \"external\", … }",
-                )
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ProviderConfig, E> {
-                match s {
-                    "origin" => Ok(ProviderConfig::Origin),
-                    "cdn" | "external" => Err(E::custom(format!(
-                        "provider \"{s}\" needs its settings: write it as a table with kind = \"{s}\""
-                    ))),
-                    other => Err(E::custom(format!(
-                        "unknown provider \"{other}\" (expected origin, cdn or external)"
-                    ))),
-                }
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<ProviderConfig, A::Error> {
-                Tagged::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(Into::into)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
+// The description is plain data in `crate::config`; its checks live here, with the providers.
 impl ProviderConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProviderConfig::Origin => "origin",
-            ProviderConfig::Cdn { .. } => "cdn",
-            ProviderConfig::External { .. } => "external",
-        }
-    }
-
     /// Check the settings (URLs) without acting on them.
     pub fn validate(&self) -> Result<(), String> {
         match self {
@@ -484,15 +400,9 @@ impl ProviderRegistry {
     /// Providers of the configured streams; `external` ones start pushing now (the destination
     /// waits for the publisher).
     pub fn new(cfg: &Config, push: Option<Arc<dyn ProgramPush>>) -> Result<Self, String> {
+        check_config(cfg)?;
         let default = build(&cfg.web.default_provider)
             .map_err(|e| format!("config: web.default_provider: {e}"))?;
-        if matches!(cfg.web.default_provider, ProviderConfig::External { .. }) {
-            return Err(
-                "config: web.default_provider cannot be external (one ingest per stream): \
-                 set it per stream"
-                    .into(),
-            );
-        }
         let mut current = HashMap::new();
         let mut keys = HashMap::new();
         for s in &cfg.streams {
@@ -610,56 +520,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_string_and_tables() {
-        #[derive(Deserialize)]
-        struct W {
-            p: ProviderConfig,
-        }
-        let p = |t: &str| {
-            toml::from_str::<W>(t)
-                .map(|w| w.p)
-                .map_err(|e| e.to_string())
-        };
-        assert_eq!(p("p = \"origin\"").unwrap(), ProviderConfig::Origin);
-        assert_eq!(
-            p("p = { kind = \"origin\" }").unwrap(),
-            ProviderConfig::Origin
-        );
-        assert_eq!(
-            p("p = { kind = \"cdn\", hls_base = \"https://d1.cloudfront.net\" }").unwrap(),
-            ProviderConfig::Cdn {
-                hls_base: "https://d1.cloudfront.net".into()
-            }
-        );
-        let ext = p(
-            "p = { kind = \"external\", ingest_url = \"rtmps://x.example:443/app/sk\", \
-                     playback_url = \"https://y.example/p.m3u8\" }",
-        )
-        .unwrap();
-        assert!(matches!(
-            ext,
-            ProviderConfig::External {
-                tls_verify: true,
-                ..
-            }
-        ));
-        let e = p("p = { kind = \"cdn\", hls_base = \"https://a\", bogus = 1 }").unwrap_err();
-        assert!(e.contains("bogus"), "{e}");
-        let e = p("p = \"cdn\"").unwrap_err();
-        assert!(e.contains("table"), "{e}");
-        let e = p("p = \"akamai\"").unwrap_err();
-        assert!(e.contains("akamai"), "{e}");
-        let e = p("p = { kind = \"akamai\" }").unwrap_err();
-        assert!(e.contains("akamai"), "{e}");
-        // JSON (the API) takes the same shapes.
-        let j: ProviderConfig =
-            serde_json::from_str(r#"{"kind":"cdn","hls_base":"http://127.0.0.1:1"}"#).unwrap();
-        assert_eq!(j.kind(), "cdn");
-        let j: ProviderConfig = serde_json::from_str(r#""origin""#).unwrap();
-        assert_eq!(j, ProviderConfig::Origin);
-    }
-
-    #[test]
     fn validates_urls() {
         let cdn = |b: &str| ProviderConfig::Cdn { hls_base: b.into() }.validate();
         assert!(cdn("https://d1.cloudfront.net").is_ok());
@@ -679,6 +539,45 @@ mod tests {
         assert!(ext("rtmps://x:443/app/key", "https://y/a.m3u8").is_ok());
         assert!(ext("http://x/app/key", "https://y/a.m3u8").is_err());
         assert!(ext("rtmp://x/app/key", "y/a.m3u8").is_err());
+    }
+
+    /// The provider parts of a config, as `check-config` sees them: errors name the key.
+    #[test]
+    fn check_config_rejects_bad_provider_settings_by_key() {
+        let ok = Config::from_toml(
+            "[web]\npublic_url = \"https://live.example.com\"\n\
+             default_provider = { kind = \"cdn\", hls_base = \"https://d1.cloudfront.net\" }\n\
+             [[streams]]\nname = \"b\"\nprovider = { kind = \"external\", \
+             ingest_url = \"rtmps://x.example:443/app/sk\", playback_url = \"https://x.example/b.m3u8\" }\n",
+        )
+        .unwrap();
+        check_config(&ok).unwrap();
+        for (bad, word) in [
+            ("[web]\npublic_url = \"live.example.com\"\n", "web.public_url"),
+            (
+                "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"x\" }\n",
+                "streams.a: provider: hls_base",
+            ),
+            (
+                "[[streams]]\nname = \"a\"\nprovider = { kind = \"external\", \
+                 ingest_url = \"http://x/a/k\", playback_url = \"https://x/p\" }\n",
+                "streams.a: provider: ingest_url",
+            ),
+            (
+                "[web]\ndefault_provider = { kind = \"external\", ingest_url = \"rtmp://x/a/k\", playback_url = \"https://x/p\" }\n",
+                "web.default_provider cannot be external",
+            ),
+            (
+                "[web]\ndefault_provider = { kind = \"cdn\", hls_base = \"https://x/?q\" }\n",
+                "web.default_provider: hls_base",
+            ),
+        ] {
+            let cfg = Config::from_toml(bad).unwrap();
+            let e = check_config(&cfg).unwrap_err();
+            assert!(e.contains(word), "{bad}: {e}");
+            let e = ProviderRegistry::new(&cfg, None).unwrap_err();
+            assert!(e.contains(word), "registry: {bad}: {e}");
+        }
     }
 
     #[test]

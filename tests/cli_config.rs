@@ -90,3 +90,44 @@ fn cli_flags_override_the_config_file() {
         "the file's http_listen is served although --http overrode it"
     );
 }
+
+/// Push URLs and provider settings are checked by their own modules, not by `config`:
+/// `check-config` must still run those checks and name the key.
+#[test]
+fn check_config_rejects_bad_urls_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (text, word)) in [
+        (
+            "[[destinations]]\nstream = \"show\"\nurl = \"http://h/a/k\"\n",
+            "destinations (stream 'show')",
+        ),
+        (
+            "[[streams]]\nname = \"a\"\nprovider = { kind = \"cdn\", hls_base = \"x\" }\n",
+            "streams.a: provider",
+        ),
+        (
+            "[web]\npublic_url = \"live.example.com\"\n",
+            "web.public_url",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let (status, out, err) = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_deltacast"))
+                .args(["check-config", "--config"])
+                .arg(&cfg),
+            Duration::from_secs(20),
+        );
+        assert!(
+            !status.success(),
+            "check-config accepted:\n{text}\n{out}{err}"
+        );
+        assert!(
+            err.contains(word),
+            "the error does not name {word}:\n{text}\n{out}{err}"
+        );
+    }
+}

@@ -146,6 +146,15 @@ pub fn validate(stream: &str, d: &NewDestination) -> Result<PushUrl, PushError> 
     PushUrl::parse(&d.url).map_err(|e| PushError::Invalid(format!("url: {e}")))
 }
 
+/// Check the `[[destinations]]` of a config without adding them. Errors name the stream.
+pub fn check_config(destinations: &[DestinationConfig]) -> Result<(), String> {
+    for d in destinations {
+        validate(&d.stream, &d.into())
+            .map_err(|e| format!("config: destinations (stream '{}'): {e}", d.stream))?;
+    }
+    Ok(())
+}
+
 enum Ctl {
     Add(Arc<Destination>),
     Remove(Arc<Destination>),

@@ -752,3 +752,27 @@ fn a_destination_removed_while_live_ends_its_publish() {
     assert_eq!(srv.media_count(), before, "nothing sent after removal");
     assert!(e.list("rm").is_empty());
 }
+
+/// The `[[destinations]]` of a config, as `check-config` sees them: errors name the stream.
+#[test]
+fn check_config_rejects_bad_destinations_by_stream() {
+    let dests = |text: &str| crate::config::Config::from_toml(text).unwrap().destinations;
+    check_config(&dests(
+        "[[destinations]]\nstream = \"show\"\nurl = \"rtmp://h/live2/k\"\n\n\
+         [[destinations]]\nstream = \"show\"\nurl = \"rtmps://h/app/k\"\n",
+    ))
+    .unwrap();
+    for (bad, word) in [
+        (
+            "[[destinations]]\nstream = \"show\"\nurl = \"http://h/a/k\"\n",
+            "destinations (stream 'show'): url",
+        ),
+        (
+            "[[destinations]]\nstream = \"show\"\nid = \"a b\"\nurl = \"rtmp://h/a/k\"\n",
+            "destinations (stream 'show'): id",
+        ),
+    ] {
+        let e = check_config(&dests(bad)).unwrap_err();
+        assert!(e.contains(word), "{bad}: {e}");
+    }
+}
