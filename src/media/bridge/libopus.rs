@@ -1,7 +1,7 @@
 //! Safe handles over libopus for the audio bridge: one encoder, one decoder, packet queries.
 //!
 //! The codec is `unsafe-libopus`: libopus 1.3.1 translated to Rust by c2rust, so the build needs
-//! no cmake and no C toolchain for Opus (docs/ARCHITECTURE.md, "Dependencies"). Its API is the C
+//! no cmake and no C toolchain for Opus (docs/ARCHITECTURE.md, "Audio bridge"). Its API is the C
 //! API (raw pointers, `opus_*_ctl` requests); this module owns those pointers and exposes only
 //! what the bridge uses, with lengths checked here so a bad packet is an error, never UB.
 
