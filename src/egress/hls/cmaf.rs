@@ -18,6 +18,7 @@ use mp4_atom::{
     Visual, Vmhd,
 };
 
+use crate::media::codec::h264::{avcc_record, write_avcc};
 use crate::media::{AacParams, Codec, H264Params, OpusParams, TrackSet};
 
 /// Track id of the video track in every init segment and fragment.
@@ -380,44 +381,28 @@ fn video_trak(p: &H264Params) -> Result<Trak, CmafError> {
     ))
 }
 
-/// The avcC: the record as received when mp4-atom can decode it, else one built from the
-/// parameter sets (the samples go into the mdat as-is, so the NALU length size must match them).
+/// The avcC: the toolbox's [`avcc_record`] (the record as received, or one written from the
+/// parameter sets). A received record that mp4-atom cannot read (it takes any bytes after the PPS
+/// array for the High-profile extension) is written again from its parameter sets. The samples
+/// go into the mdat as they are, so the record's NALU length size is the frames' own.
 fn avcc(p: &H264Params) -> Result<Avcc, CmafError> {
-    if !p.avcc.is_empty() {
-        let mut record: &[u8] = &p.avcc;
-        if let Ok(avcc) = Avcc::decode_body(&mut record) {
-            if !avcc.sequence_parameter_sets.is_empty() && !avcc.picture_parameter_sets.is_empty() {
-                return Ok(avcc);
-            }
-        }
-    }
-    if p.sps.is_empty() || p.pps.is_empty() {
-        return Err(CmafError::InvalidParams {
-            codec: "H264",
-            reason: "no decodable avcC record and no SPS/PPS to build one from".into(),
-        });
-    }
-    let length_size = match p.nalu_length_size {
-        1 | 2 | 4 => p.nalu_length_size,
-        other => {
-            return Err(CmafError::InvalidParams {
-                codec: "H264",
-                reason: format!("NALU length size {other} (must be 1, 2 or 4)"),
-            })
-        }
+    let invalid = |reason: String| CmafError::InvalidParams {
+        codec: "H264",
+        reason,
     };
-    Ok(Avcc {
-        configuration_version: 1,
-        avc_profile_indication: p.profile_idc,
-        profile_compatibility: p.constraint_flags,
-        avc_level_indication: p.level_idc,
-        length_size,
-        sequence_parameter_sets: p.sps.iter().map(|s| s.to_vec()).collect(),
-        picture_parameter_sets: p.pps.iter().map(|s| s.to_vec()).collect(),
-        // The High-profile extension (chroma format, bit depths) is only known from the SPS;
-        // decoders read it from there when the record omits it.
-        ext: None,
-    })
+    let decode = |record: &[u8]| {
+        let mut record = record;
+        Avcc::decode_body(&mut record).ok().filter(|a| {
+            !a.sequence_parameter_sets.is_empty() && !a.picture_parameter_sets.is_empty()
+        })
+    };
+    let record = avcc_record(p).map_err(|e| invalid(e.to_string()))?;
+    if let Some(avcc) = decode(&record) {
+        return Ok(avcc);
+    }
+    let record =
+        write_avcc(&p.sps, &p.pps, p.nalu_length_size).map_err(|e| invalid(e.to_string()))?;
+    decode(&record).ok_or_else(|| invalid("mp4-atom cannot read the avcC".into()))
 }
 
 fn audio_trak(timescale: u32, entry: SampleEntry) -> Trak {

@@ -26,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::chunk::ChunkedBody;
 
+use crate::media::codec::h264::{avcc_record, H264Error};
 use crate::media::{AacParams, Codec, Frame, H264Params, TrackKind, TrackSet, CLOCK_HZ};
 
 /// FLV video tag: frame type 1 (key frame) / 2 (inter frame) in the high nibble, codec 7 (AVC).
@@ -186,82 +187,12 @@ fn aac_profile_name(aot: u8) -> &'static str {
     }
 }
 
-/// Why an `AVCDecoderConfigurationRecord` could not be produced.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlvError {
-    #[error("H.264 parameters carry no avcC and no SPS/PPS")]
-    NoParameterSets,
-    #[error("an H.264 parameter set is longer than 65535 bytes")]
-    ParameterSetTooLong,
-    #[error("NAL length size {0} cannot be described in an avcC (1, 2 or 4)")]
-    LengthSize(u8),
-}
-
-/// The AVC sequence header tag body: `17 00 000000` + avcC.
-pub fn avc_sequence_header(p: &H264Params) -> Result<Bytes, FlvError> {
-    let avcc = if p.avcc.is_empty() {
-        build_avcc(p)?
-    } else {
-        p.avcc.clone()
-    };
+/// The AVC sequence header tag body: `17 00 000000` + avcC (the toolbox's [`avcc_record`]).
+pub fn avc_sequence_header(p: &H264Params) -> Result<Bytes, H264Error> {
+    let avcc = avcc_record(p)?;
     let mut b = BytesMut::with_capacity(5 + avcc.len());
     b.put_slice(&[AVC_KEY, 0, 0, 0, 0]);
     b.put_slice(&avcc);
-    Ok(b.freeze())
-}
-
-/// Build an `AVCDecoderConfigurationRecord` (ISO/IEC 14496-15 §5.3.3.1) from SPS/PPS, for sources
-/// that carry parameter sets in-band rather than as an avcC.
-pub fn build_avcc(p: &H264Params) -> Result<Bytes, FlvError> {
-    if p.sps.is_empty() || p.pps.is_empty() {
-        return Err(FlvError::NoParameterSets);
-    }
-    let length_minus_one = match p.nalu_length_size {
-        1 => 0u8,
-        2 => 1,
-        4 => 3,
-        other => return Err(FlvError::LengthSize(other)),
-    };
-    let sps0 = &p.sps[0];
-    // Profile/compat/level from the SPS itself when present (bytes 1..4 after the NAL header).
-    let (profile, compat, level) = if sps0.len() >= 4 {
-        (sps0[1], sps0[2], sps0[3])
-    } else {
-        (p.profile_idc, p.constraint_flags, p.level_idc)
-    };
-    let mut b = BytesMut::with_capacity(
-        16 + p
-            .sps
-            .iter()
-            .chain(&p.pps)
-            .map(|s| s.len() + 2)
-            .sum::<usize>(),
-    );
-    b.put_u8(1);
-    b.put_u8(profile);
-    b.put_u8(compat);
-    b.put_u8(level);
-    b.put_u8(0xFC | length_minus_one);
-    b.put_u8(0xE0 | (p.sps.len().min(31) as u8));
-    for s in p.sps.iter().take(31) {
-        let len = u16::try_from(s.len()).map_err(|_| FlvError::ParameterSetTooLong)?;
-        b.put_u16(len);
-        b.put_slice(s);
-    }
-    b.put_u8(p.pps.len().min(255) as u8);
-    for s in p.pps.iter().take(255) {
-        let len = u16::try_from(s.len()).map_err(|_| FlvError::ParameterSetTooLong)?;
-        b.put_u16(len);
-        b.put_slice(s);
-    }
-    // High profiles carry chroma format / bit depth / SPS-ext fields. 4:2:0, 8 bit, no SPS-ext is
-    // what every RTMP platform accepts; decoders take the real values from the SPS.
-    if matches!(profile, 100 | 110 | 122 | 144) {
-        b.put_u8(0xFC | 1);
-        b.put_u8(0xF8);
-        b.put_u8(0xF8);
-        b.put_u8(0);
-    }
     Ok(b.freeze())
 }
 
@@ -394,7 +325,7 @@ mod tests {
 
     #[test]
     fn avcc_built_from_parameter_sets_matches_the_encoders() {
-        let built = build_avcc(&h264(Bytes::new())).unwrap();
+        let built = avcc_record(&h264(Bytes::new())).unwrap();
         // x264 writes the same record (its High-profile trailer included).
         assert_eq!(&built[..], AVCC);
         let parsed = crate::media::codec::h264::parse_avcc(built).unwrap();
@@ -403,7 +334,9 @@ mod tests {
         assert_eq!(&h.video.unwrap().payload()[5..], AVCC);
         let mut none = h264(Bytes::new());
         none.sps.clear();
-        assert_eq!(build_avcc(&none), Err(FlvError::NoParameterSets));
+        assert_eq!(avcc_record(&none), Err(H264Error::NoSps));
+        let h = Headers::from_tracks(&tracks(Some(Codec::H264(none)), None));
+        assert!(h.refusal.unwrap().contains("no SPS"));
     }
 
     #[test]

@@ -1,13 +1,20 @@
-//! H.264 parameters: the AVCDecoderConfigurationRecord (`avcC`, ISO/IEC 14496-15 §5.3.3.1) that
-//! FLV and MP4 carry, the SPS it contains (picture size, via `h264-reader`), and a check of the
-//! length-prefixed NAL unit framing of frames ("AVCC" framing).
+//! The H.264 toolbox, the one place that reads and writes H.264 framing for every protocol:
+//!
+//! - [`Nalus`]: the NAL units of a buffer, in AVCC framing (length prefixes, as FLV, MP4 and the
+//!   media core carry them) or Annex-B framing (start codes, as WebRTC depacketizes them), as
+//!   slices of the buffer: no allocation, no copy.
+//! - [`parse_avcc`]: the AVCDecoderConfigurationRecord (`avcC`, ISO/IEC 14496-15 §5.3.3.1) that
+//!   FLV and MP4 carry, with the picture size from its SPS (via `h264-reader`).
+//! - [`write_avcc`]: the one avcC writer (WHIP ingest, RTMP push and CMAF use it), with one policy
+//!   for the High-profile fields; [`avcc_record`] is what an egress sends.
+//! - [`scan_nalus`]: a check of a frame's AVCC framing and what it holds.
 //!
 //! Everything here faces the network: every length is checked against the buffer before it is
 //! used, and a malformed record is an [`H264Error`], never a panic.
 
 use bytes::Bytes;
 use h264_reader::avcc::AvcDecoderConfigurationRecord;
-use h264_reader::nal::sps::SeqParameterSet;
+use h264_reader::nal::sps::{ChromaFormat, SeqParameterSet};
 use h264_reader::nal::{Nal, RefNal};
 
 use crate::media::H264Params;
@@ -19,6 +26,13 @@ pub const NAL_SEI: u8 = 6;
 pub const NAL_SPS: u8 = 7;
 pub const NAL_PPS: u8 = 8;
 pub const NAL_AUD: u8 = 9;
+pub const NAL_FILLER: u8 = 12;
+
+/// The `nal_unit_type` of a NAL unit (its first byte's low five bits). The units [`Nalus`] yields
+/// are never empty.
+pub fn nal_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |b| b & 0x1f)
+}
 
 /// Why an `avcC`, an SPS or a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +61,118 @@ pub enum H264Error {
     BadSps(String),
     #[error("bad NAL framing: {0}")]
     BadFraming(&'static str),
+    #[error("too many parameter sets for an avcC: {0}")]
+    TooManyParamSets(&'static str),
+    #[error("an H.264 parameter set is longer than 65535 bytes")]
+    ParamSetTooLong,
+}
+
+/// The NAL units of one buffer, as slices of it (no allocation). Build with [`Nalus::avcc`] or
+/// [`Nalus::annexb`]; the units it yields are never empty.
+///
+/// - AVCC: each unit is prefixed by its big-endian length (1, 2 or 4 bytes) and the units fill
+///   the buffer exactly. A truncated prefix, a zero length or a unit that runs past the end is an
+///   error, after which the iterator ends.
+/// - Annex-B: units are separated by 3- or 4-byte start codes; bytes before the first start code
+///   are one unit (a bare NAL unit), and zero bytes at the end of a unit belong to the next start
+///   code (or are trailing_zero_8bits) and are dropped. Annex-B never fails.
+#[derive(Clone, Debug)]
+pub struct Nalus<'a> {
+    rest: &'a [u8],
+    /// AVCC length-prefix size, or 0 for Annex-B.
+    length_size: usize,
+}
+
+impl<'a> Nalus<'a> {
+    /// AVCC framing with `length_size`-byte prefixes (1, 2 or 4).
+    pub fn avcc(data: &'a [u8], length_size: u8) -> Result<Self, H264Error> {
+        if !matches!(length_size, 1 | 2 | 4) {
+            return Err(H264Error::LengthSize(length_size.wrapping_sub(1)));
+        }
+        Ok(Self {
+            rest: data,
+            length_size: usize::from(length_size),
+        })
+    }
+
+    /// Annex-B framing (start codes).
+    pub fn annexb(data: &'a [u8]) -> Self {
+        Self {
+            rest: data,
+            length_size: 0,
+        }
+    }
+
+    fn next_avcc(&mut self) -> Result<&'a [u8], H264Error> {
+        let ls = self.length_size;
+        let Some((prefix, rest)) = self.rest.split_at_checked(ls) else {
+            return Err(H264Error::BadFraming("truncated NAL length prefix"));
+        };
+        let len = prefix
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        if len == 0 {
+            return Err(H264Error::BadFraming("zero-length NAL unit"));
+        }
+        let Some((nal, rest)) = rest.split_at_checked(len) else {
+            return Err(H264Error::BadFraming(
+                "NAL unit runs past the end of the frame",
+            ));
+        };
+        self.rest = rest;
+        Ok(nal)
+    }
+
+    fn next_annexb(&mut self) -> Option<&'a [u8]> {
+        while !self.rest.is_empty() {
+            let (mut nal, rest) = match find_start_code(self.rest) {
+                Some(at) => (&self.rest[..at], &self.rest[at + 3..]),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            while let [head @ .., 0] = nal {
+                nal = head;
+            }
+            if !nal.is_empty() {
+                return Some(nal);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> Iterator for Nalus<'a> {
+    type Item = Result<&'a [u8], H264Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.length_size == 0 {
+            return self.next_annexb().map(Ok);
+        }
+        if self.rest.is_empty() {
+            return None;
+        }
+        let r = self.next_avcc();
+        if r.is_err() {
+            self.rest = &[];
+        }
+        Some(r)
+    }
+}
+
+/// Offset of the first `00 00 01` in `d`.
+fn find_start_code(d: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 2 < d.len() {
+        if d[i + 2] > 1 {
+            // No start code can begin at i, i + 1 or i + 2.
+            i += 3;
+        } else if d[i] == 0 && d[i + 1] == 0 && d[i + 2] == 1 {
+            return Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    None
 }
 
 /// Parse an AVCDecoderConfigurationRecord into codec parameters. The SPS/PPS in the result are
@@ -139,26 +265,138 @@ fn read_param_sets(
     Ok(out)
 }
 
-/// Width and height in pixels (after frame cropping) from one SPS NAL unit (header byte included,
-/// emulation prevention bytes still in place).
-pub fn sps_picture_size(sps: &[u8]) -> Result<(u32, u32), H264Error> {
+/// Parse one SPS NAL unit (header byte included, emulation prevention bytes still in place).
+fn parse_sps(sps: &[u8]) -> Result<SeqParameterSet, H264Error> {
     if sps.len() < 4 {
         return Err(H264Error::BadSps("shorter than 4 bytes".into()));
     }
     // h264-reader is fuzzed upstream; the guard only keeps an unknown bug in it from taking
     // down the connection task with a panic.
-    let parsed = std::panic::catch_unwind(|| {
+    std::panic::catch_unwind(|| {
         let nal = RefNal::new(sps, &[], true);
-        let sps = SeqParameterSet::from_bits(nal.rbsp_bits())
-            .map_err(|e| H264Error::BadSps(format!("{e:?}")))?;
-        sps.pixel_dimensions()
+        SeqParameterSet::from_bits(nal.rbsp_bits())
             .map_err(|e| H264Error::BadSps(format!("{e:?}")))
-    });
-    let (w, h) = parsed.map_err(|_| H264Error::BadSps("SPS parser failed".into()))??;
+    })
+    .map_err(|_| H264Error::BadSps("SPS parser failed".into()))?
+}
+
+/// Width and height in pixels (after frame cropping) from one SPS NAL unit (header byte included,
+/// emulation prevention bytes still in place).
+pub fn sps_picture_size(sps: &[u8]) -> Result<(u32, u32), H264Error> {
+    let parsed = parse_sps(sps)?;
+    let (w, h) = parsed
+        .pixel_dimensions()
+        .map_err(|e| H264Error::BadSps(format!("{e:?}")))?;
     if w == 0 || h == 0 {
         return Err(H264Error::BadSps(format!("picture size {w}x{h}")));
     }
     Ok((w, h))
+}
+
+/// Profiles whose avcC carries the chroma format, bit depths and SPS-extension count after the
+/// PPS array (ISO/IEC 14496-15 §5.3.3.1.2: High, High 10, High 4:2:2, High 4:4:4 Predictive).
+const PROFILES_WITH_AVCC_EXT: [u8; 4] = [100, 110, 122, 244];
+
+/// Write an AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3.1) for these parameter sets
+/// (NAL units with their header byte, no start code or length prefix) and frames whose NAL length
+/// prefixes are `nalu_length_size` bytes.
+///
+/// The one policy: profile, compatibility flags and level are the first SPS's own bytes; for the
+/// profiles in [`PROFILES_WITH_AVCC_EXT`] the record ends with the chroma format and luma/chroma
+/// bit depths that SPS codes (parsed with h264-reader, so a 4:2:2 10-bit stream is described as
+/// such, not as 4:2:0 8-bit) and `numOfSequenceParameterSetExt = 0` (the media model carries no
+/// SPS-extension NAL units). Other profiles get no extension. Every input the record cannot
+/// describe is an error, never a truncated record.
+pub fn write_avcc<S: AsRef<[u8]>, P: AsRef<[u8]>>(
+    sps: &[S],
+    pps: &[P],
+    nalu_length_size: u8,
+) -> Result<Bytes, H264Error> {
+    let length_minus_one = match nalu_length_size {
+        1 => 0u8,
+        2 => 1,
+        4 => 3,
+        other => return Err(H264Error::LengthSize(other.wrapping_sub(1))),
+    };
+    let Some(first) = sps.first() else {
+        return Err(H264Error::NoSps);
+    };
+    if pps.is_empty() {
+        return Err(H264Error::NoPps);
+    }
+    if sps.len() > 31 {
+        return Err(H264Error::TooManyParamSets("more than 31 SPS"));
+    }
+    if pps.len() > 255 {
+        return Err(H264Error::TooManyParamSets("more than 255 PPS"));
+    }
+    let first = first.as_ref();
+    let parsed = parse_sps(first)?;
+    let ext = if PROFILES_WITH_AVCC_EXT.contains(&first[1]) {
+        let c = &parsed.chroma_info;
+        let chroma = match c.chroma_format {
+            ChromaFormat::Monochrome => 0,
+            ChromaFormat::YUV420 => 1,
+            ChromaFormat::YUV422 => 2,
+            ChromaFormat::YUV444 => 3,
+            ChromaFormat::Invalid(v) => {
+                return Err(H264Error::BadSps(format!("chroma_format_idc {v}")))
+            }
+        };
+        Some([
+            0xfc | chroma,
+            0xf8 | (c.bit_depth_luma_minus8 & 7),
+            0xf8 | (c.bit_depth_chroma_minus8 & 7),
+            0,
+        ])
+    } else {
+        None
+    };
+    let sets = sps.iter().map(|s| (s.as_ref(), "SPS", NAL_SPS));
+    let sets = sets.chain(pps.iter().map(|p| (p.as_ref(), "PPS", NAL_PPS)));
+    let mut size = 7 + ext.map_or(0, |e| e.len());
+    for (nal, what, expected) in sets.clone() {
+        if nal.is_empty() {
+            return Err(H264Error::EmptyParamSet(what));
+        }
+        if nal_type(nal) != expected {
+            return Err(H264Error::WrongNalType {
+                what,
+                nal_type: nal_type(nal),
+                expected,
+            });
+        }
+        if nal.len() > usize::from(u16::MAX) {
+            return Err(H264Error::ParamSetTooLong);
+        }
+        size += 2 + nal.len();
+    }
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(&[1, first[1], first[2], first[3], 0xfc | length_minus_one]);
+    b.push(0xe0 | sps.len() as u8);
+    for (i, (nal, _, _)) in sets.enumerate() {
+        if i == sps.len() {
+            b.push(pps.len() as u8);
+        }
+        b.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+        b.extend_from_slice(nal);
+    }
+    if let Some(ext) = ext {
+        b.extend_from_slice(&ext);
+    }
+    debug_assert_eq!(b.len(), size);
+    Ok(Bytes::from(b))
+}
+
+/// The avcC an egress sends for a track: the publisher's own record (already checked by
+/// [`parse_avcc`]; passed on unchanged, as ffmpeg does), or, for parameters that came without
+/// one, the record [`write_avcc`] writes from their parameter sets.
+pub fn avcc_record(p: &H264Params) -> Result<Bytes, H264Error> {
+    if p.avcc.is_empty() {
+        write_avcc(&p.sps, &p.pps, p.nalu_length_size)
+    } else {
+        Ok(p.avcc.clone())
+    }
 }
 
 /// What a length-prefixed access unit contains.
@@ -174,33 +412,12 @@ pub struct NaluSummary {
 /// Check that `data` is a sequence of NAL units each prefixed by a big-endian length of
 /// `length_size` bytes that exactly fills the buffer, and summarize what it holds.
 pub fn scan_nalus(data: &[u8], length_size: u8) -> Result<NaluSummary, H264Error> {
-    let ls = usize::from(length_size);
-    if !matches!(ls, 1 | 2 | 4) {
-        return Err(H264Error::LengthSize(length_size.wrapping_sub(1)));
-    }
     let mut s = NaluSummary::default();
-    let mut rest = data;
-    while !rest.is_empty() {
-        if rest.len() < ls {
-            return Err(H264Error::BadFraming("truncated NAL length prefix"));
-        }
-        let len = rest[..ls]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        rest = &rest[ls..];
-        if len == 0 {
-            return Err(H264Error::BadFraming("zero-length NAL unit"));
-        }
-        if len > rest.len() {
-            return Err(H264Error::BadFraming(
-                "NAL unit runs past the end of the frame",
-            ));
-        }
-        let t = rest[0] & 0x1f;
+    for nal in Nalus::avcc(data, length_size)? {
+        let t = nal_type(nal?);
         s.count += 1;
         s.vcl |= (NAL_SLICE..=NAL_IDR).contains(&t);
         s.idr |= t == NAL_IDR;
-        rest = &rest[len..];
     }
     Ok(s)
 }
