@@ -428,6 +428,118 @@ pub fn scan_nalus(data: &[u8], length_size: u8) -> Result<NaluSummary, H264Error
 pub(crate) const FFMPEG_AVCC_640X360: &str =
     "014d401effe10019674d401ed900a02ff970110000030001000003003c8f162e4801000468ebccb2";
 
+/// Real H.264 from ffmpeg/libx264 for the tests of every module that reads or writes it.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use bytes::Bytes;
+
+    use super::{nal_type, Nalus, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
+
+    /// Run a command that must succeed (ffmpeg, ffprobe).
+    pub(crate) fn run(cmd: &mut Command) -> Output {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "could not run `{name}` ({e}): this test needs ffmpeg and ffprobe with libx264 \
+                 on PATH (e.g. apt-get install ffmpeg)"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "`{name}` failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `dir/in.h264`: `seconds` of 320x240 30 fps test pattern in `pix_fmt` (which picks the
+    /// profile: yuv420p → High, yuv422p10le → High 4:2:2, ...), Annex-B with an AUD per access
+    /// unit, an IDR every 30 frames, no B-frames.
+    pub(crate) fn x264_annexb(dir: &Path, pix_fmt: &str, seconds: u32) -> Vec<u8> {
+        let path = dir.join("in.h264");
+        run(Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=320x240:rate=30")
+            .args(["-t", &seconds.to_string(), "-pix_fmt", pix_fmt, "-c:v", "libx264"])
+            .args(["-g", "30", "-bf", "0", "-x264-params", "aud=1"])
+            .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
+            .arg(&path));
+        std::fs::read(path).unwrap()
+    }
+
+    /// The avcC ffmpeg's own MP4 muxer writes for `dir/in.h264` (remuxed, not re-encoded).
+    pub(crate) fn ffmpeg_avcc(dir: &Path) -> Vec<u8> {
+        let mp4 = dir.join("ffmpeg.mp4");
+        run(Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-y", "-f", "h264", "-i"])
+            .arg(dir.join("in.h264"))
+            .args(["-c", "copy", "-f", "mp4"])
+            .arg(&mp4));
+        let file = std::fs::read(mp4).unwrap();
+        let at = file
+            .windows(4)
+            .position(|w| w == b"avcC")
+            .expect("no avcC box in ffmpeg's MP4");
+        let size = u32::from_be_bytes(file[at - 4..at].try_into().unwrap()) as usize;
+        file[at + 4..at - 4 + size].to_vec()
+    }
+
+    /// ffprobe's stream entries (codec, profile, pixel format, decoded frame count) for `file`;
+    /// ffprobe must report no error.
+    pub(crate) fn ffprobe_streams(file: &Path) -> serde_json::Value {
+        let probe = run(Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-show_entries"])
+            .arg("stream=codec_name,profile,pix_fmt,nb_read_frames")
+            .args(["-of", "json"])
+            .arg(file));
+        let stderr = String::from_utf8_lossy(&probe.stderr);
+        assert!(stderr.trim().is_empty(), "ffprobe reported errors:\n{stderr}");
+        serde_json::from_slice(&probe.stdout).unwrap()
+    }
+
+    /// One access unit in AVCC framing (4-byte lengths), without AUD, SPS and PPS.
+    pub(crate) struct AccessUnit {
+        pub avcc: Bytes,
+        pub keyframe: bool,
+    }
+
+    /// Split an Annex-B stream on its AUDs into access units; returns its first SPS and PPS too.
+    pub(crate) fn access_units(annexb: &[u8]) -> (Bytes, Bytes, Vec<AccessUnit>) {
+        let (mut sps, mut pps) = (None, None);
+        let mut aus: Vec<(Vec<u8>, bool)> = Vec::new();
+        for nal in Nalus::annexb(annexb) {
+            let nal = nal.unwrap();
+            match nal_type(nal) {
+                NAL_AUD => aus.push((Vec::new(), false)),
+                NAL_SPS => {
+                    sps.get_or_insert_with(|| Bytes::copy_from_slice(nal));
+                }
+                NAL_PPS => {
+                    pps.get_or_insert_with(|| Bytes::copy_from_slice(nal));
+                }
+                t => {
+                    let (buf, key) = aus.last_mut().expect("NAL unit before the first AUD");
+                    *key |= t == NAL_IDR;
+                    buf.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(nal);
+                }
+            }
+        }
+        let aus = aus
+            .into_iter()
+            .map(|(buf, keyframe)| AccessUnit {
+                avcc: Bytes::from(buf),
+                keyframe,
+            })
+            .collect();
+        (sps.expect("no SPS"), pps.expect("no PPS"), aus)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +646,160 @@ mod tests {
             }
             v.truncate(rng.random_range(0..=v.len()));
             let _ = parse_avcc(Bytes::from(v));
+        }
+    }
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for (i, n) in nals.iter().enumerate() {
+            v.extend_from_slice(if i % 2 == 0 { &[0, 0, 0, 1][..] } else { &[0, 0, 1] });
+            v.extend_from_slice(n);
+        }
+        v
+    }
+
+    fn units(n: Nalus<'_>) -> Vec<&[u8]> {
+        n.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn splits_annexb_without_copies() {
+        let sps = &[0x67, 0x42, 0, 0x1e][..];
+        let pps = &[0x68, 0xce, 0x3c, 0x80][..];
+        let d = annexb(&[&[9, 0xf0], sps, pps, &[0x65, 1, 2, 3, 0]]);
+        let n = units(Nalus::annexb(&d));
+        assert_eq!(n, [&[9, 0xf0][..], sps, pps, &[0x65, 1, 2, 3]]);
+        // Slices of the input.
+        assert_eq!(n[1].as_ptr(), d[9..].as_ptr());
+        assert!(units(Nalus::annexb(&[])).is_empty());
+        // A bare NAL unit, data before the first start code, empty units between start codes.
+        assert_eq!(units(Nalus::annexb(&[0x41, 1])), [&[0x41, 1][..]]);
+        assert_eq!(
+            units(Nalus::annexb(&[0x41, 1, 0, 0, 1, 0x65, 7])),
+            [&[0x41, 1][..], &[0x65, 7]]
+        );
+        assert!(units(Nalus::annexb(&[0, 0, 1])).is_empty());
+        assert!(units(Nalus::annexb(&[0, 0, 0, 1, 0, 0, 1, 0, 0])).is_empty());
+        assert_eq!(
+            units(Nalus::annexb(&[0, 0, 1, 0x41, 0, 0, 0, 1, 0x41, 2, 0, 0, 1])),
+            [&[0x41][..], &[0x41, 2]]
+        );
+        // 00 00 02 and 00 00 03 are not start codes.
+        assert_eq!(units(Nalus::annexb(&[0, 0, 1, 0x41, 0, 0, 3, 1, 0, 0, 2])).len(), 1);
+    }
+
+    #[test]
+    fn splits_avcc_and_refuses_bad_framing() {
+        for ls in [1u8, 2, 4] {
+            let mut d = Vec::new();
+            for n in [&[0x67u8, 1, 2][..], &[0x65, 9]] {
+                d.extend_from_slice(&(n.len() as u32).to_be_bytes()[4 - usize::from(ls)..]);
+                d.extend_from_slice(n);
+            }
+            assert_eq!(units(Nalus::avcc(&d, ls).unwrap()), [&[0x67, 1, 2][..], &[0x65, 9]]);
+            // Cut anywhere inside: an error, then the iterator ends.
+            for cut in 1..d.len() {
+                if cut == 3 + usize::from(ls) {
+                    continue; // a whole first unit
+                }
+                let mut it = Nalus::avcc(&d[..cut], ls).unwrap();
+                assert!(it.by_ref().any(|r| r.is_err()), "ls {ls} cut {cut}");
+                assert!(it.next().is_none());
+            }
+        }
+        assert_eq!(
+            Nalus::avcc(&[0, 0, 0, 0, 0, 0, 0, 1, 0x41], 4)
+                .unwrap()
+                .next(),
+            Some(Err(H264Error::BadFraming("zero-length NAL unit")))
+        );
+        assert_eq!(Nalus::avcc(&[], 3).unwrap_err(), H264Error::LengthSize(2));
+    }
+
+    // x264 320x240 High (profile 100, 4:2:0 8-bit) SPS and PPS.
+    const HIGH_SPS: &[u8] = &[
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
+        0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+    ];
+    const HIGH_PPS: &[u8] = &[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0];
+
+    #[test]
+    fn writes_avcc_with_the_high_profile_fields_only_for_high_profiles() {
+        let r = write_avcc(&[HIGH_SPS], &[HIGH_PPS], 4).unwrap();
+        assert_eq!(&r[..6], &[1, 0x64, 0, 0x0d, 0xff, 0xe1]);
+        // 4:2:0, 8-bit luma and chroma, no SPS extensions.
+        assert_eq!(&r[r.len() - 4..], &[0xfd, 0xf8, 0xf8, 0]);
+        assert_eq!(r.len(), 6 + 2 + HIGH_SPS.len() + 1 + 2 + HIGH_PPS.len() + 4);
+        let p = parse_avcc(r.clone()).unwrap();
+        assert_eq!((p.width, p.height, p.nalu_length_size), (320, 240, 4));
+        assert_eq!(write_avcc(&p.sps, &p.pps, 4).unwrap(), r);
+        // Main profile: no extension; the record round-trips through the parser.
+        let main = parse_avcc(Bytes::from(hex(FFMPEG_AVCC_640X360).to_vec())).unwrap();
+        let w = write_avcc(&main.sps, &main.pps, 4).unwrap();
+        assert_eq!(w, main.avcc);
+        assert_eq!(w[4], 0xff);
+        assert_eq!(write_avcc(&main.sps, &main.pps, 2).unwrap()[4], 0xfd);
+    }
+
+    #[test]
+    fn avcc_writer_refuses_what_a_record_cannot_say() {
+        let no: [&[u8]; 0] = [];
+        assert_eq!(write_avcc(&no, &[HIGH_PPS], 4), Err(H264Error::NoSps));
+        assert_eq!(write_avcc(&[HIGH_SPS], &no, 4), Err(H264Error::NoPps));
+        assert_eq!(
+            write_avcc(&[HIGH_SPS], &[HIGH_PPS], 3),
+            Err(H264Error::LengthSize(2))
+        );
+        assert!(matches!(
+            write_avcc(&[HIGH_PPS], &[HIGH_PPS], 4),
+            Err(H264Error::BadSps(_) | H264Error::WrongNalType { .. })
+        ));
+        assert_eq!(
+            write_avcc(&[HIGH_SPS], &[HIGH_SPS], 4),
+            Err(H264Error::WrongNalType {
+                what: "PPS",
+                nal_type: 7,
+                expected: 8
+            })
+        );
+        assert_eq!(
+            write_avcc(&[HIGH_SPS], &[&[][..]], 4),
+            Err(H264Error::EmptyParamSet("PPS"))
+        );
+        let long = [&[0x68u8; 70_000][..]];
+        assert_eq!(
+            write_avcc(&[HIGH_SPS], &long, 4),
+            Err(H264Error::ParamSetTooLong)
+        );
+        assert!(matches!(
+            write_avcc(&[HIGH_SPS; 32], &[HIGH_PPS], 4),
+            Err(H264Error::TooManyParamSets(_))
+        ));
+        assert!(write_avcc(&[HIGH_SPS; 31], &[HIGH_PPS], 4).is_ok());
+        assert!(matches!(
+            write_avcc(&[&HIGH_SPS[..3]], &[HIGH_PPS], 4),
+            Err(H264Error::BadSps(_))
+        ));
+    }
+
+    /// For each High profile x264 makes, the record written from the stream's in-band SPS/PPS is
+    /// byte for byte the one ffmpeg's MP4 muxer writes, High-profile fields included.
+    #[test]
+    fn avcc_matches_ffmpegs_for_every_high_profile() {
+        for (pix_fmt, profile, ext) in [
+            ("yuv420p", 100, [0xfd, 0xf8, 0xf8, 0]),
+            ("yuv420p10le", 110, [0xfd, 0xfa, 0xfa, 0]),
+            ("yuv422p10le", 122, [0xfe, 0xfa, 0xfa, 0]),
+            ("yuv444p", 244, [0xff, 0xf8, 0xf8, 0]),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let stream = fixtures::x264_annexb(dir.path(), pix_fmt, 1);
+            let (sps, pps, _) = fixtures::access_units(&stream);
+            let ours = write_avcc(&[&sps], &[&pps], 4).unwrap();
+            assert_eq!(ours[1], profile, "{pix_fmt}");
+            assert_eq!(&ours[ours.len() - 4..], &ext, "{pix_fmt}");
+            assert_eq!(&ours[..], fixtures::ffmpeg_avcc(dir.path()), "{pix_fmt}");
+            assert_eq!(parse_avcc(ours).unwrap().width, 320);
         }
     }
 
