@@ -339,6 +339,63 @@ mod tests {
         assert!(h.refusal.unwrap().contains("no SPS"));
     }
 
+    /// An FLV file of what a destination receives for a WHIP-like source (parameter sets, no
+    /// received avcC) in High 4:2:2 10-bit: the toolbox writes the record, ffprobe decodes it all.
+    #[test]
+    fn ffprobe_decodes_flv_with_a_high_422_10bit_avcc() {
+        use crate::media::codec::h264::fixtures;
+        let dir = tempfile::tempdir().unwrap();
+        let stream = fixtures::x264_annexb(dir.path(), "yuv422p10le", 1);
+        let (sps, pps, aus) = fixtures::access_units(&stream);
+        let p = H264Params {
+            avcc: Bytes::new(),
+            profile_idc: sps[1],
+            constraint_flags: sps[2],
+            level_idc: sps[3],
+            sps: vec![sps],
+            pps: vec![pps],
+            width: 320,
+            height: 240,
+            nalu_length_size: 4,
+        };
+        let h = Headers::from_tracks(&tracks(Some(Codec::H264(p)), None));
+        assert_eq!(h.refusal, None);
+        let seq = h.video.unwrap().payload();
+        // chroma_format_idc 2, 10-bit luma and chroma, no SPS extensions.
+        assert_eq!(&seq[seq.len() - 4..], &[0xfe, 0xfa, 0xfa, 0]);
+
+        // FLV header (video only), then each tag and its PreviousTagSize.
+        let mut file = b"FLV\x01\x01\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+        let mut put = |body: &[u8], ms: u32| {
+            let (len, ts) = ((body.len() as u32).to_be_bytes(), ms.to_be_bytes());
+            file.extend_from_slice(&[9, len[1], len[2], len[3], ts[1], ts[2], ts[3], ts[0]]);
+            file.extend_from_slice(&[0, 0, 0]);
+            file.extend_from_slice(body);
+            file.extend_from_slice(&(11 + body.len() as u32).to_be_bytes());
+        };
+        put(&seq, 0);
+        let m = FlvMuxer::new();
+        for (i, au) in aus.iter().enumerate() {
+            let t = m.tag(&Frame {
+                kind: TrackKind::Video,
+                dts: i as i64 * 3000,
+                pts: i as i64 * 3000,
+                keyframe: au.keyframe,
+                data: au.avcc.clone(),
+                wallclock: SystemTime::now(),
+            });
+            put(&t.body.payload(), t.ms() as u32);
+        }
+        let path = dir.path().join("out.flv");
+        std::fs::write(&path, &file).unwrap();
+        let json = fixtures::ffprobe_streams(&path);
+        let video = &json["streams"][0];
+        assert_eq!(video["codec_name"], "h264", "{json}");
+        assert_eq!(video["profile"], "High 4:2:2", "{json}");
+        assert_eq!(video["pix_fmt"], "yuv422p10le", "{json}");
+        assert_eq!(video["nb_read_frames"], aus.len().to_string(), "{json}");
+    }
+
     #[test]
     fn codecs_rtmp_cannot_carry_are_refused_with_a_reason() {
         let opus = Codec::Opus(OpusParams {
