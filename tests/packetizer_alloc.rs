@@ -79,7 +79,10 @@ fn one_allocation_per_payload_and_no_zeroing() {
     // Each allocation is the Arc's header (two counters) and the payload, nothing more.
     let payload: usize = out.iter().map(|x| x.data.len()).sum();
     let bytes = after.2 - before.2;
-    assert!(bytes <= payload + out.len() * 24, "{bytes} bytes for {payload}");
+    assert!(
+        bytes <= payload + out.len() * 24,
+        "{bytes} bytes for {payload}"
+    );
 
     // And the payloads are right.
     let refs: Vec<&[u8]> = out.iter().map(|x| &x.data[..]).collect();

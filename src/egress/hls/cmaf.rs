@@ -879,26 +879,28 @@ mod tests {
     fn write_fixtures(dir: &Path, pix_fmt: &str) -> (Vec<u8>, Vec<u8>) {
         let h264 = fixtures::x264_annexb(dir, pix_fmt, 2);
         let aac = dir.join("in.aac");
-        fixtures::run(Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000",
-                "-t",
-                "2",
-                "-ac",
-                "2",
-                "-c:a",
-                "aac",
-                "-f",
-                "adts",
-            ])
-            .arg(&aac));
+        fixtures::run(
+            Command::new("ffmpeg")
+                .args([
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "sine=frequency=440:sample_rate=48000",
+                    "-t",
+                    "2",
+                    "-ac",
+                    "2",
+                    "-c:a",
+                    "aac",
+                    "-f",
+                    "adts",
+                ])
+                .arg(&aac),
+        );
         (h264, std::fs::read(aac).unwrap())
     }
 

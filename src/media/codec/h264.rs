@@ -274,8 +274,7 @@ fn parse_sps(sps: &[u8]) -> Result<SeqParameterSet, H264Error> {
     // down the connection task with a panic.
     std::panic::catch_unwind(|| {
         let nal = RefNal::new(sps, &[], true);
-        SeqParameterSet::from_bits(nal.rbsp_bits())
-            .map_err(|e| H264Error::BadSps(format!("{e:?}")))
+        SeqParameterSet::from_bits(nal.rbsp_bits()).map_err(|e| H264Error::BadSps(format!("{e:?}")))
     })
     .map_err(|_| H264Error::BadSps("SPS parser failed".into()))?
 }
@@ -464,7 +463,14 @@ pub(crate) mod fixtures {
         run(Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
             .arg("testsrc=size=320x240:rate=30")
-            .args(["-t", &seconds.to_string(), "-pix_fmt", pix_fmt, "-c:v", "libx264"])
+            .args([
+                "-t",
+                &seconds.to_string(),
+                "-pix_fmt",
+                pix_fmt,
+                "-c:v",
+                "libx264",
+            ])
             .args(["-g", "30", "-bf", "0", "-x264-params", "aud=1"])
             .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264"])
             .arg(&path));
@@ -497,7 +503,10 @@ pub(crate) mod fixtures {
             .args(["-of", "json"])
             .arg(file));
         let stderr = String::from_utf8_lossy(&probe.stderr);
-        assert!(stderr.trim().is_empty(), "ffprobe reported errors:\n{stderr}");
+        assert!(
+            stderr.trim().is_empty(),
+            "ffprobe reported errors:\n{stderr}"
+        );
         serde_json::from_slice(&probe.stdout).unwrap()
     }
 
@@ -652,7 +661,11 @@ mod tests {
     fn annexb(nals: &[&[u8]]) -> Vec<u8> {
         let mut v = Vec::new();
         for (i, n) in nals.iter().enumerate() {
-            v.extend_from_slice(if i % 2 == 0 { &[0, 0, 0, 1][..] } else { &[0, 0, 1] });
+            v.extend_from_slice(if i % 2 == 0 {
+                &[0, 0, 0, 1][..]
+            } else {
+                &[0, 0, 1]
+            });
             v.extend_from_slice(n);
         }
         v
@@ -681,11 +694,16 @@ mod tests {
         assert!(units(Nalus::annexb(&[0, 0, 1])).is_empty());
         assert!(units(Nalus::annexb(&[0, 0, 0, 1, 0, 0, 1, 0, 0])).is_empty());
         assert_eq!(
-            units(Nalus::annexb(&[0, 0, 1, 0x41, 0, 0, 0, 1, 0x41, 2, 0, 0, 1])),
+            units(Nalus::annexb(&[
+                0, 0, 1, 0x41, 0, 0, 0, 1, 0x41, 2, 0, 0, 1
+            ])),
             [&[0x41][..], &[0x41, 2]]
         );
         // 00 00 02 and 00 00 03 are not start codes.
-        assert_eq!(units(Nalus::annexb(&[0, 0, 1, 0x41, 0, 0, 3, 1, 0, 0, 2])).len(), 1);
+        assert_eq!(
+            units(Nalus::annexb(&[0, 0, 1, 0x41, 0, 0, 3, 1, 0, 0, 2])).len(),
+            1
+        );
     }
 
     #[test]
@@ -696,7 +714,10 @@ mod tests {
                 d.extend_from_slice(&(n.len() as u32).to_be_bytes()[4 - usize::from(ls)..]);
                 d.extend_from_slice(n);
             }
-            assert_eq!(units(Nalus::avcc(&d, ls).unwrap()), [&[0x67, 1, 2][..], &[0x65, 9]]);
+            assert_eq!(
+                units(Nalus::avcc(&d, ls).unwrap()),
+                [&[0x67, 1, 2][..], &[0x65, 9]]
+            );
             // Cut anywhere inside: an error, then the iterator ends.
             for cut in 1..d.len() {
                 if cut == 3 + usize::from(ls) {
