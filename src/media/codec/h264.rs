@@ -330,8 +330,11 @@ pub fn write_avcc<S: AsRef<[u8]>, P: AsRef<[u8]>>(
         return Err(H264Error::TooManyParamSets("more than 255 PPS"));
     }
     let first = first.as_ref();
-    let parsed = parse_sps(first)?;
+    if first.len() < 4 {
+        return Err(H264Error::BadSps("shorter than 4 bytes".into()));
+    }
     let ext = if PROFILES_WITH_AVCC_EXT.contains(&first[1]) {
+        let parsed = parse_sps(first)?;
         let c = &parsed.chroma_info;
         let chroma = match c.chroma_format {
             ChromaFormat::Monochrome => 0,
