@@ -1,13 +1,14 @@
-//! The SFU packetizer's allocations, counted: every RTP payload (single NAL unit, STAP-A, FU-A)
-//! is one heap allocation, the shared `Arc<[u8]>` itself, written without a zeroing pass; nothing
-//! else is allocated per access unit. Its own test binary, because it installs a counting global
-//! allocator.
+//! Allocations on the H.264 paths, counted: every RTP payload of the SFU packetizer (single NAL
+//! unit, STAP-A, FU-A) is one heap allocation, the shared `Arc<[u8]>` itself, written without a
+//! zeroing pass, and nothing else is allocated per access unit; the toolbox's NAL iterator
+//! allocates nothing. Its own test binary, because it installs a counting global allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use deltacast::egress::sfu::packetizer::{depacketize_annexb, H264Packetizer, FU_A, STAP_A};
+use deltacast::media::codec::h264::Nalus;
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -92,4 +93,25 @@ fn one_allocation_per_payload_and_no_zeroing() {
         want.extend_from_slice(n);
     }
     assert_eq!(depacketize_annexb(&refs).unwrap(), want);
+
+    // The NAL iterator, over the same units in both framings: no allocation.
+    let annexb = want;
+    let before = counts();
+    let avcc_units = Nalus::avcc(&au, 4)
+        .unwrap()
+        .map(|n| n.unwrap().len())
+        .sum::<usize>();
+    let annexb_units = Nalus::annexb(&annexb)
+        .map(|n| n.unwrap().len())
+        .sum::<usize>();
+    let after = counts();
+    assert_eq!(
+        (avcc_units, annexb_units),
+        (sei.len() + idr.len(), annexb.len() - 16)
+    );
+    assert_eq!(
+        after.0 - before.0,
+        0,
+        "allocations while iterating NAL units"
+    );
 }
