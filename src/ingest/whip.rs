@@ -33,7 +33,10 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 use super::simulcast::{LayerSet, Placement};
 use crate::egress::sfu::session::DropReason;
 use crate::io::Outgoing;
-use crate::media::codec::h264::{parse_avcc, H264Error, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
+use crate::media::codec::h264::{
+    nal_type, parse_avcc, write_avcc, H264Error, Nalus, NAL_AUD, NAL_FILLER, NAL_IDR, NAL_PPS,
+    NAL_SPS,
+};
 use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
 use crate::webrtc::offer::{self, OfferError, Role};
 
@@ -102,103 +105,6 @@ pub fn build_publisher_rtc(cert: &str0m::config::DtlsCert, now: Instant) -> (Rtc
     (rtc, creds)
 }
 
-/// Split an Annex-B buffer (3- or 4-byte start codes) into NAL units without start codes.
-/// Data before the first start code is treated as one NAL unit (a bare NAL).
-pub fn annexb_nalus(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut starts = Vec::new(); // (start of start code, start of nal)
-    let mut i = 0;
-    while i + 2 < data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            let sc = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
-            starts.push((sc, i + 3));
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    if starts.is_empty() {
-        if !data.is_empty() {
-            out.push(data);
-        }
-        return out;
-    }
-    if starts[0].0 > 0 {
-        out.push(&data[..starts[0].0]);
-    }
-    for (k, &(_, begin)) in starts.iter().enumerate() {
-        let end = starts.get(k + 1).map_or(data.len(), |s| s.0);
-        let mut nal = &data[begin..end];
-        // Trailing zero bytes belong to the next start code (or are padding).
-        while let [rest @ .., 0] = nal {
-            nal = rest;
-        }
-        if !nal.is_empty() {
-            out.push(nal);
-        }
-    }
-    out
-}
-
-/// Build an AVCDecoderConfigurationRecord (4-byte NALU lengths) from one SPS and one PPS.
-pub fn build_avcc(sps: &[u8], pps: &[u8]) -> Result<Bytes, H264Error> {
-    if sps.len() < 4 {
-        return Err(H264Error::BadSps("shorter than 4 bytes".into()));
-    }
-    if pps.is_empty() {
-        return Err(H264Error::NoPps);
-    }
-    if sps.len() > u16::MAX as usize || pps.len() > u16::MAX as usize {
-        return Err(H264Error::BadFraming(
-            "parameter set longer than 65535 bytes",
-        ));
-    }
-    let mut b = BytesMut::with_capacity(16 + sps.len() + pps.len());
-    b.put_u8(1);
-    b.put_u8(sps[1]); // profile_idc
-    b.put_u8(sps[2]); // constraint flags
-    b.put_u8(sps[3]); // level_idc
-    b.put_u8(0xfc | 3); // lengthSizeMinusOne = 3
-    b.put_u8(0xe0 | 1);
-    b.put_u16(sps.len() as u16);
-    b.put_slice(sps);
-    b.put_u8(1);
-    b.put_u16(pps.len() as u16);
-    b.put_slice(pps);
-    if matches!(sps[1], 100 | 110 | 122 | 144) {
-        if let Some((chroma, luma8, chroma8)) = sps_chroma(sps) {
-            b.put_u8(0xfc | (chroma & 3));
-            b.put_u8(0xf8 | (luma8 & 7));
-            b.put_u8(0xf8 | (chroma8 & 7));
-            b.put_u8(0);
-        }
-    }
-    Ok(b.freeze())
-}
-
-fn sps_chroma(sps: &[u8]) -> Option<(u8, u8, u8)> {
-    use h264_reader::nal::sps::{ChromaFormat, SeqParameterSet};
-    use h264_reader::nal::{Nal, RefNal};
-    std::panic::catch_unwind(|| {
-        let nal = RefNal::new(sps, &[], true);
-        let s = SeqParameterSet::from_bits(nal.rbsp_bits()).ok()?;
-        let c = match s.chroma_info.chroma_format {
-            ChromaFormat::Monochrome => 0,
-            ChromaFormat::YUV420 => 1,
-            ChromaFormat::YUV422 => 2,
-            ChromaFormat::YUV444 => 3,
-            ChromaFormat::Invalid(_) => return None,
-        };
-        Some((
-            c,
-            s.chroma_info.bit_depth_luma_minus8,
-            s.chroma_info.bit_depth_chroma_minus8,
-        ))
-    })
-    .ok()
-    .flatten()
-}
-
 /// One access unit for the media core.
 #[derive(Debug, Clone)]
 pub struct AccessUnit {
@@ -249,25 +155,26 @@ impl H264Assembler {
             self.waiting_key = true;
             return Err(H264Error::BadFraming("access unit larger than 8 MiB"));
         }
-        let nalus = annexb_nalus(annexb);
+        let nalus = Nalus::annexb(annexb);
         let mut sps_changed = false;
         let mut keyframe = false;
         let mut size = 0;
-        for n in &nalus {
-            match n[0] & 0x1f {
+        for n in nalus.clone() {
+            let n = n?;
+            match nal_type(n) {
                 NAL_SPS => {
-                    if self.sps.as_deref() != Some(*n) {
+                    if self.sps.as_deref() != Some(n) {
                         self.sps = Some(Bytes::copy_from_slice(n));
                         sps_changed = true;
                     }
                 }
                 NAL_PPS => {
-                    if self.pps.as_deref() != Some(*n) {
+                    if self.pps.as_deref() != Some(n) {
                         self.pps = Some(Bytes::copy_from_slice(n));
                         sps_changed = true;
                     }
                 }
-                NAL_AUD | 12 => {}
+                NAL_AUD | NAL_FILLER => {}
                 t => {
                     if t == NAL_IDR {
                         keyframe = true;
@@ -281,7 +188,7 @@ impl H264Assembler {
         }
         if sps_changed {
             if let (Some(sps), Some(pps)) = (&self.sps, &self.pps) {
-                let avcc = build_avcc(sps, pps)?;
+                let avcc = write_avcc(&[sps], &[pps], 4)?;
                 let p = parse_avcc(avcc)?;
                 if self.params.as_ref() != Some(&p) {
                     self.params = Some(p);
@@ -299,8 +206,9 @@ impl H264Assembler {
         self.waiting_key = false;
         self.started = true;
         let mut b = BytesMut::with_capacity(size);
-        for n in &nalus {
-            if matches!(n[0] & 0x1f, NAL_SPS | NAL_PPS | NAL_AUD | 12) {
+        for n in nalus {
+            let n = n?;
+            if matches!(nal_type(n), NAL_SPS | NAL_PPS | NAL_AUD | NAL_FILLER) {
                 continue;
             }
             b.put_u32(n.len() as u32);
@@ -877,19 +785,6 @@ mod tests {
             v.extend_from_slice(n);
         }
         v
-    }
-
-    #[test]
-    fn splits_annexb() {
-        let d = annexb(&[&[9, 0xf0], SPS, PPS, &[0x65, 1, 2, 3, 0]]);
-        let n = annexb_nalus(&d);
-        assert_eq!(n.len(), 4);
-        assert_eq!(n[1], SPS);
-        assert_eq!(n[2], PPS);
-        assert_eq!(n[3], &[0x65, 1, 2, 3]);
-        assert!(annexb_nalus(&[]).is_empty());
-        assert_eq!(annexb_nalus(&[0x41, 1]).len(), 1);
-        assert!(annexb_nalus(&[0, 0, 1]).is_empty());
     }
 
     #[test]

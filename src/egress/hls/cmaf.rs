@@ -18,6 +18,7 @@ use mp4_atom::{
     Visual, Vmhd,
 };
 
+use crate::media::codec::h264::{avcc_record, write_avcc};
 use crate::media::{AacParams, Codec, H264Params, OpusParams, TrackSet};
 
 /// Track id of the video track in every init segment and fragment.
@@ -380,44 +381,28 @@ fn video_trak(p: &H264Params) -> Result<Trak, CmafError> {
     ))
 }
 
-/// The avcC: the record as received when mp4-atom can decode it, else one built from the
-/// parameter sets (the samples go into the mdat as-is, so the NALU length size must match them).
+/// The avcC: the toolbox's [`avcc_record`] (the record as received, or one written from the
+/// parameter sets). A received record that mp4-atom cannot read (it takes any bytes after the PPS
+/// array for the High-profile extension) is written again from its parameter sets. The samples
+/// go into the mdat as they are, so the record's NALU length size is the frames' own.
 fn avcc(p: &H264Params) -> Result<Avcc, CmafError> {
-    if !p.avcc.is_empty() {
-        let mut record: &[u8] = &p.avcc;
-        if let Ok(avcc) = Avcc::decode_body(&mut record) {
-            if !avcc.sequence_parameter_sets.is_empty() && !avcc.picture_parameter_sets.is_empty() {
-                return Ok(avcc);
-            }
-        }
-    }
-    if p.sps.is_empty() || p.pps.is_empty() {
-        return Err(CmafError::InvalidParams {
-            codec: "H264",
-            reason: "no decodable avcC record and no SPS/PPS to build one from".into(),
-        });
-    }
-    let length_size = match p.nalu_length_size {
-        1 | 2 | 4 => p.nalu_length_size,
-        other => {
-            return Err(CmafError::InvalidParams {
-                codec: "H264",
-                reason: format!("NALU length size {other} (must be 1, 2 or 4)"),
-            })
-        }
+    let invalid = |reason: String| CmafError::InvalidParams {
+        codec: "H264",
+        reason,
     };
-    Ok(Avcc {
-        configuration_version: 1,
-        avc_profile_indication: p.profile_idc,
-        profile_compatibility: p.constraint_flags,
-        avc_level_indication: p.level_idc,
-        length_size,
-        sequence_parameter_sets: p.sps.iter().map(|s| s.to_vec()).collect(),
-        picture_parameter_sets: p.pps.iter().map(|s| s.to_vec()).collect(),
-        // The High-profile extension (chroma format, bit depths) is only known from the SPS;
-        // decoders read it from there when the record omits it.
-        ext: None,
-    })
+    let decode = |record: &[u8]| {
+        let mut record = record;
+        Avcc::decode_body(&mut record).ok().filter(|a| {
+            !a.sequence_parameter_sets.is_empty() && !a.picture_parameter_sets.is_empty()
+        })
+    };
+    let record = avcc_record(p).map_err(|e| invalid(e.to_string()))?;
+    if let Some(avcc) = decode(&record) {
+        return Ok(avcc);
+    }
+    let record =
+        write_avcc(&p.sps, &p.pps, p.nalu_length_size).map_err(|e| invalid(e.to_string()))?;
+    decode(&record).ok_or_else(|| invalid("mp4-atom cannot read the avcC".into()))
 }
 
 fn audio_trak(timescale: u32, entry: SampleEntry) -> Trak {
@@ -528,6 +513,7 @@ fn opus_sample_entry(p: &OpusParams) -> Result<SampleEntry, CmafError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::codec::h264::fixtures;
     use mp4_atom::{Decode, Mdat, TrunSamples};
     use std::path::Path;
     use std::process::Command;
@@ -539,16 +525,9 @@ mod tests {
     ];
     const PPS: &[u8] = &[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0];
 
-    fn avcc_record(sps: &[u8], pps: &[u8]) -> Bytes {
-        let avcc = Avcc::new(sps, pps).unwrap();
-        let mut body = Vec::new();
-        avcc.encode_body(&mut body).unwrap();
-        Bytes::from(body)
-    }
-
     fn h264(sps: &[u8], pps: &[u8], width: u32, height: u32) -> Codec {
         Codec::H264(H264Params {
-            avcc: avcc_record(sps, pps),
+            avcc: write_avcc(&[sps], &[pps], 4).unwrap(),
             sps: vec![Bytes::copy_from_slice(sps)],
             pps: vec![Bytes::copy_from_slice(pps)],
             profile_idc: sps[1],
@@ -678,6 +657,8 @@ mod tests {
         };
         assert_eq!(avc1.avcc.sequence_parameter_sets, [SPS.to_vec()]);
         assert_eq!(avc1.avcc.avc_level_indication, 0x0d);
+        // High profile: the record says 4:2:0 8-bit, as the SPS does.
+        assert_eq!(avc1.avcc.ext, Some(mp4_atom::AvccExt::default()));
     }
 
     #[test]
@@ -868,86 +849,6 @@ mod tests {
 
     // ---- real decoder: ffmpeg encodes, we package, ffprobe decodes ----
 
-    fn run(cmd: &mut Command) -> std::process::Output {
-        let name = cmd.get_program().to_string_lossy().into_owned();
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!(
-                "could not run `{name}` ({e}): this test needs ffmpeg and ffprobe with libx264 \
-                 on PATH (e.g. apt-get install ffmpeg)"
-            )
-        });
-        assert!(
-            out.status.success(),
-            "`{name}` failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// NAL units of an Annex-B stream (start codes removed; trailing zero bytes of a NAL that
-    /// precede a 4-byte start code are dropped).
-    fn annexb_nals(data: &[u8]) -> Vec<&[u8]> {
-        let mut starts = Vec::new(); // (start code position, payload position)
-        let mut i = 0;
-        while i + 3 <= data.len() {
-            if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-                starts.push((i, i + 3));
-                i += 3;
-            } else {
-                i += 1;
-            }
-        }
-        let mut nals = Vec::new();
-        for (k, &(_, begin)) in starts.iter().enumerate() {
-            let mut end = starts.get(k + 1).map_or(data.len(), |&(sc, _)| sc);
-            while end > begin && data[end - 1] == 0 {
-                end -= 1;
-            }
-            if end > begin {
-                nals.push(&data[begin..end]);
-            }
-        }
-        nals
-    }
-
-    struct AccessUnit {
-        avcc: Bytes,
-        keyframe: bool,
-    }
-
-    /// Split on AUDs into access units, converted to 4-byte length-prefixed AVCC without the
-    /// AUD and parameter-set NAL units (those live in the avcC). Returns the SPS and PPS too.
-    fn access_units(nals: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Vec<AccessUnit>) {
-        let (mut sps, mut pps) = (None, None);
-        let mut aus: Vec<(Vec<u8>, bool)> = Vec::new();
-        for nal in nals {
-            match nal[0] & 0x1f {
-                9 => aus.push((Vec::new(), false)),
-                7 => {
-                    sps.get_or_insert_with(|| nal.to_vec());
-                }
-                8 => {
-                    pps.get_or_insert_with(|| nal.to_vec());
-                }
-                t => {
-                    let (buf, key) = aus.last_mut().expect("NAL unit before the first AUD");
-                    *key |= t == 5;
-                    buf.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                    buf.extend_from_slice(nal);
-                }
-            }
-        }
-        let aus = aus
-            .into_iter()
-            .map(|(buf, keyframe)| AccessUnit {
-                avcc: Bytes::from(buf),
-                keyframe,
-            })
-            .collect();
-        (sps.expect("no SPS"), pps.expect("no PPS"), aus)
-    }
-
     /// Raw AAC frames of an ADTS stream, plus a 2-byte AudioSpecificConfig and the sample rate
     /// and channel count from the first header.
     fn adts_frames(data: &[u8]) -> (Vec<Bytes>, [u8; 2], u32, u8) {
@@ -974,67 +875,42 @@ mod tests {
         (frames, asc, AAC_SAMPLE_RATES[sfi as usize], ch)
     }
 
-    fn write_fixtures(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-        let h264 = dir.join("in.h264");
+    /// 2 s of `pix_fmt` H.264 (Annex-B) and of 48 kHz stereo AAC (ADTS).
+    fn write_fixtures(dir: &Path, pix_fmt: &str) -> (Vec<u8>, Vec<u8>) {
+        let h264 = fixtures::x264_annexb(dir, pix_fmt, 2);
         let aac = dir.join("in.aac");
-        run(Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=30",
-                "-t",
-                "2",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-                "-g",
-                "30",
-                "-bf",
-                "0",
-                "-x264-params",
-                "aud=1",
-                "-bsf:v",
-                "h264_mp4toannexb",
-                "-f",
-                "h264",
-            ])
-            .arg(&h264));
-        run(Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000",
-                "-t",
-                "2",
-                "-ac",
-                "2",
-                "-c:a",
-                "aac",
-                "-f",
-                "adts",
-            ])
-            .arg(&aac));
-        (std::fs::read(h264).unwrap(), std::fs::read(aac).unwrap())
+        fixtures::run(
+            Command::new("ffmpeg")
+                .args([
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "sine=frequency=440:sample_rate=48000",
+                    "-t",
+                    "2",
+                    "-ac",
+                    "2",
+                    "-c:a",
+                    "aac",
+                    "-f",
+                    "adts",
+                ])
+                .arg(&aac),
+        );
+        (h264, std::fs::read(aac).unwrap())
     }
 
-    #[test]
-    fn ffprobe_decodes_init_and_fragments() {
+    /// ffmpeg encodes 2 s of `pix_fmt` video and AAC, we package an init segment and 200 ms
+    /// fragments, ffprobe decodes the file: its stream entries, and the number of AAC frames.
+    fn package_and_probe(pix_fmt: &str) -> (serde_json::Value, usize) {
         let dir = tempfile::tempdir().unwrap();
-        let (h264_data, aac_data) = write_fixtures(dir.path());
+        let (h264_data, aac_data) = write_fixtures(dir.path(), pix_fmt);
 
-        let nals = annexb_nals(&h264_data);
-        let (sps, pps, aus) = access_units(&nals);
+        let (sps, pps, aus) = fixtures::access_units(&h264_data);
         assert_eq!(aus.len(), 60, "expected 2 s of 30 fps video");
         assert!(aus[0].keyframe && aus[30].keyframe);
         let (aac_frames, asc, sample_rate, channels) = adts_frames(&aac_data);
@@ -1108,36 +984,33 @@ mod tests {
 
         let out = dir.path().join("out.mp4");
         std::fs::write(&out, &file).unwrap();
-        let probe = run(Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_entries",
-                "stream=codec_name,nb_read_frames",
-                "-of",
-                "json",
-            ])
-            .arg(&out));
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        assert!(
-            stderr.trim().is_empty(),
-            "ffprobe reported errors:\n{stderr}"
-        );
-        let json: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-        eprintln!("ffprobe: {json}");
-        let streams = json["streams"]
+        (fixtures::ffprobe_streams(&out), aac_frames.len())
+    }
+
+    fn stream<'a>(json: &'a serde_json::Value, codec: &str) -> &'a serde_json::Value {
+        json["streams"]
             .as_array()
-            .expect("no streams in ffprobe output");
-        let frames = |codec: &str| -> u64 {
-            let s = streams
-                .iter()
-                .find(|s| s["codec_name"] == codec)
-                .unwrap_or_else(|| panic!("no {codec} stream in {json}"));
-            s["nb_read_frames"].as_str().unwrap().parse().unwrap()
-        };
-        assert_eq!(frames("h264"), 60, "{json}");
-        assert_eq!(frames("aac"), aac_frames.len() as u64, "{json}");
-        assert_eq!(streams.len(), 2, "{json}");
+            .and_then(|s| s.iter().find(|s| s["codec_name"] == codec))
+            .unwrap_or_else(|| panic!("no {codec} stream in {json}"))
+    }
+
+    #[test]
+    fn ffprobe_decodes_init_and_fragments() {
+        let (json, aac_frames) = package_and_probe("yuv420p");
+        let frames = |codec: &str| stream(&json, codec)["nb_read_frames"].as_str().unwrap();
+        assert_eq!(frames("h264"), "60", "{json}");
+        assert_eq!(frames("aac"), aac_frames.to_string(), "{json}");
+        assert_eq!(json["streams"].as_array().unwrap().len(), 2, "{json}");
+    }
+
+    /// High 4:2:2 10-bit: the init segment's avcC says so (the toolbox's writer), and ffprobe
+    /// decodes every frame as that profile and pixel format.
+    #[test]
+    fn ffprobe_decodes_high_422_10bit() {
+        let (json, _) = package_and_probe("yuv422p10le");
+        let video = stream(&json, "h264");
+        assert_eq!(video["profile"], "High 4:2:2", "{json}");
+        assert_eq!(video["pix_fmt"], "yuv422p10le", "{json}");
+        assert_eq!(video["nb_read_frames"], "60", "{json}");
     }
 }

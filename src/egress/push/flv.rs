@@ -26,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::chunk::ChunkedBody;
 
+use crate::media::codec::h264::{avcc_record, H264Error};
 use crate::media::{AacParams, Codec, Frame, H264Params, TrackKind, TrackSet, CLOCK_HZ};
 
 /// FLV video tag: frame type 1 (key frame) / 2 (inter frame) in the high nibble, codec 7 (AVC).
@@ -186,82 +187,12 @@ fn aac_profile_name(aot: u8) -> &'static str {
     }
 }
 
-/// Why an `AVCDecoderConfigurationRecord` could not be produced.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FlvError {
-    #[error("H.264 parameters carry no avcC and no SPS/PPS")]
-    NoParameterSets,
-    #[error("an H.264 parameter set is longer than 65535 bytes")]
-    ParameterSetTooLong,
-    #[error("NAL length size {0} cannot be described in an avcC (1, 2 or 4)")]
-    LengthSize(u8),
-}
-
-/// The AVC sequence header tag body: `17 00 000000` + avcC.
-pub fn avc_sequence_header(p: &H264Params) -> Result<Bytes, FlvError> {
-    let avcc = if p.avcc.is_empty() {
-        build_avcc(p)?
-    } else {
-        p.avcc.clone()
-    };
+/// The AVC sequence header tag body: `17 00 000000` + avcC (the toolbox's [`avcc_record`]).
+pub fn avc_sequence_header(p: &H264Params) -> Result<Bytes, H264Error> {
+    let avcc = avcc_record(p)?;
     let mut b = BytesMut::with_capacity(5 + avcc.len());
     b.put_slice(&[AVC_KEY, 0, 0, 0, 0]);
     b.put_slice(&avcc);
-    Ok(b.freeze())
-}
-
-/// Build an `AVCDecoderConfigurationRecord` (ISO/IEC 14496-15 §5.3.3.1) from SPS/PPS, for sources
-/// that carry parameter sets in-band rather than as an avcC.
-pub fn build_avcc(p: &H264Params) -> Result<Bytes, FlvError> {
-    if p.sps.is_empty() || p.pps.is_empty() {
-        return Err(FlvError::NoParameterSets);
-    }
-    let length_minus_one = match p.nalu_length_size {
-        1 => 0u8,
-        2 => 1,
-        4 => 3,
-        other => return Err(FlvError::LengthSize(other)),
-    };
-    let sps0 = &p.sps[0];
-    // Profile/compat/level from the SPS itself when present (bytes 1..4 after the NAL header).
-    let (profile, compat, level) = if sps0.len() >= 4 {
-        (sps0[1], sps0[2], sps0[3])
-    } else {
-        (p.profile_idc, p.constraint_flags, p.level_idc)
-    };
-    let mut b = BytesMut::with_capacity(
-        16 + p
-            .sps
-            .iter()
-            .chain(&p.pps)
-            .map(|s| s.len() + 2)
-            .sum::<usize>(),
-    );
-    b.put_u8(1);
-    b.put_u8(profile);
-    b.put_u8(compat);
-    b.put_u8(level);
-    b.put_u8(0xFC | length_minus_one);
-    b.put_u8(0xE0 | (p.sps.len().min(31) as u8));
-    for s in p.sps.iter().take(31) {
-        let len = u16::try_from(s.len()).map_err(|_| FlvError::ParameterSetTooLong)?;
-        b.put_u16(len);
-        b.put_slice(s);
-    }
-    b.put_u8(p.pps.len().min(255) as u8);
-    for s in p.pps.iter().take(255) {
-        let len = u16::try_from(s.len()).map_err(|_| FlvError::ParameterSetTooLong)?;
-        b.put_u16(len);
-        b.put_slice(s);
-    }
-    // High profiles carry chroma format / bit depth / SPS-ext fields. 4:2:0, 8 bit, no SPS-ext is
-    // what every RTMP platform accepts; decoders take the real values from the SPS.
-    if matches!(profile, 100 | 110 | 122 | 144) {
-        b.put_u8(0xFC | 1);
-        b.put_u8(0xF8);
-        b.put_u8(0xF8);
-        b.put_u8(0);
-    }
     Ok(b.freeze())
 }
 
@@ -394,7 +325,7 @@ mod tests {
 
     #[test]
     fn avcc_built_from_parameter_sets_matches_the_encoders() {
-        let built = build_avcc(&h264(Bytes::new())).unwrap();
+        let built = avcc_record(&h264(Bytes::new())).unwrap();
         // x264 writes the same record (its High-profile trailer included).
         assert_eq!(&built[..], AVCC);
         let parsed = crate::media::codec::h264::parse_avcc(built).unwrap();
@@ -403,7 +334,66 @@ mod tests {
         assert_eq!(&h.video.unwrap().payload()[5..], AVCC);
         let mut none = h264(Bytes::new());
         none.sps.clear();
-        assert_eq!(build_avcc(&none), Err(FlvError::NoParameterSets));
+        assert_eq!(avcc_record(&none), Err(H264Error::NoSps));
+        let h = Headers::from_tracks(&tracks(Some(Codec::H264(none)), None));
+        assert!(h.refusal.unwrap().contains("no SPS"));
+    }
+
+    /// An FLV file of what a destination receives for a WHIP-like source (parameter sets, no
+    /// received avcC) in High 4:2:2 10-bit: the toolbox writes the record, ffprobe decodes it all.
+    #[test]
+    fn ffprobe_decodes_flv_with_a_high_422_10bit_avcc() {
+        use crate::media::codec::h264::fixtures;
+        let dir = tempfile::tempdir().unwrap();
+        let stream = fixtures::x264_annexb(dir.path(), "yuv422p10le", 1);
+        let (sps, pps, aus) = fixtures::access_units(&stream);
+        let p = H264Params {
+            avcc: Bytes::new(),
+            profile_idc: sps[1],
+            constraint_flags: sps[2],
+            level_idc: sps[3],
+            sps: vec![sps],
+            pps: vec![pps],
+            width: 320,
+            height: 240,
+            nalu_length_size: 4,
+        };
+        let h = Headers::from_tracks(&tracks(Some(Codec::H264(p)), None));
+        assert_eq!(h.refusal, None);
+        let seq = h.video.unwrap().payload();
+        // chroma_format_idc 2, 10-bit luma and chroma, no SPS extensions.
+        assert_eq!(&seq[seq.len() - 4..], &[0xfe, 0xfa, 0xfa, 0]);
+
+        // FLV header (video only), then each tag and its PreviousTagSize.
+        let mut file = b"FLV\x01\x01\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+        let mut put = |body: &[u8], ms: u32| {
+            let (len, ts) = ((body.len() as u32).to_be_bytes(), ms.to_be_bytes());
+            file.extend_from_slice(&[9, len[1], len[2], len[3], ts[1], ts[2], ts[3], ts[0]]);
+            file.extend_from_slice(&[0, 0, 0]);
+            file.extend_from_slice(body);
+            file.extend_from_slice(&(11 + body.len() as u32).to_be_bytes());
+        };
+        put(&seq, 0);
+        let m = FlvMuxer::new();
+        for (i, au) in aus.iter().enumerate() {
+            let t = m.tag(&Frame {
+                kind: TrackKind::Video,
+                dts: i as i64 * 3000,
+                pts: i as i64 * 3000,
+                keyframe: au.keyframe,
+                data: au.avcc.clone(),
+                wallclock: SystemTime::now(),
+            });
+            put(&t.body.payload(), t.ms() as u32);
+        }
+        let path = dir.path().join("out.flv");
+        std::fs::write(&path, &file).unwrap();
+        let json = fixtures::ffprobe_streams(&path);
+        let video = &json["streams"][0];
+        assert_eq!(video["codec_name"], "h264", "{json}");
+        assert_eq!(video["profile"], "High 4:2:2", "{json}");
+        assert_eq!(video["pix_fmt"], "yuv422p10le", "{json}");
+        assert_eq!(video["nb_read_frames"], aus.len().to_string(), "{json}");
     }
 
     #[test]

@@ -12,22 +12,18 @@
 //! would need a conversion copy first, and it returns `Bytes`, which str0m would copy again into
 //! an `Arc<[u8]>`. Writing the payloads directly from the AVCC slices is one copy instead of three.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// NAL unit types used here (H.264 Table 7-1, RFC 6184 §5.4).
-pub mod nal {
-    pub const SLICE: u8 = 1;
-    pub const IDR: u8 = 5;
-    pub const SEI: u8 = 6;
-    pub const SPS: u8 = 7;
-    pub const PPS: u8 = 8;
-    pub const AUD: u8 = 9;
-    pub const FILLER: u8 = 12;
-    pub const STAP_A: u8 = 24;
-    pub const FU_A: u8 = 28;
-}
+use crate::media::codec::h264::{
+    nal_type, H264Error, Nalus, NAL_AUD, NAL_FILLER, NAL_IDR, NAL_PPS, NAL_SPS,
+};
+
+/// RTP payload types of RFC 6184 §5.4 (in the NAL unit type field).
+pub const STAP_A: u8 = 24;
+pub const FU_A: u8 = 28;
 
 /// One RTP payload, shared by every viewer.
 #[derive(Clone, Debug)]
@@ -39,10 +35,8 @@ pub struct RtpPayload {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PacketizeError {
-    #[error("NAL unit length {len} runs past the end of the frame ({left} bytes left)")]
-    Truncated { len: usize, left: usize },
-    #[error("NAL unit length size {0} is not 1, 2 or 4")]
-    BadLengthSize(u8),
+    #[error(transparent)]
+    Framing(#[from] H264Error),
     #[error("access unit carries no NAL unit")]
     Empty,
 }
@@ -52,7 +46,7 @@ pub enum PacketizeError {
 pub struct H264Packetizer {
     /// Largest payload emitted (RTP header, extensions and SRTP tag come on top).
     max_payload: usize,
-    length_size: usize,
+    length_size: u8,
     sps: Vec<Bytes>,
     pps: Vec<Bytes>,
 }
@@ -65,11 +59,11 @@ impl H264Packetizer {
         max_payload: usize,
     ) -> Result<Self, PacketizeError> {
         if !matches!(nalu_length_size, 1 | 2 | 4) {
-            return Err(PacketizeError::BadLengthSize(nalu_length_size));
+            return Err(H264Error::LengthSize(nalu_length_size.wrapping_sub(1)).into());
         }
         Ok(Self {
             max_payload: max_payload.max(64),
-            length_size: nalu_length_size as usize,
+            length_size: nalu_length_size,
             sps,
             pps,
         })
@@ -87,36 +81,6 @@ impl H264Packetizer {
         )
     }
 
-    /// Split an AVCC access unit into NAL unit slices.
-    pub fn nal_units<'a>(&self, au: &'a [u8]) -> Result<Vec<&'a [u8]>, PacketizeError> {
-        let mut out = Vec::with_capacity(4);
-        let mut rest = au;
-        while !rest.is_empty() {
-            if rest.len() < self.length_size {
-                return Err(PacketizeError::Truncated {
-                    len: self.length_size,
-                    left: rest.len(),
-                });
-            }
-            let mut len = 0usize;
-            for b in &rest[..self.length_size] {
-                len = (len << 8) | *b as usize;
-            }
-            rest = &rest[self.length_size..];
-            if len > rest.len() {
-                return Err(PacketizeError::Truncated {
-                    len,
-                    left: rest.len(),
-                });
-            }
-            if len > 0 {
-                out.push(&rest[..len]);
-            }
-            rest = &rest[len..];
-        }
-        Ok(out)
-    }
-
     /// Packetize one access unit into `out` (appended). The last payload has the marker set.
     pub fn packetize(
         &self,
@@ -124,38 +88,29 @@ impl H264Packetizer {
         keyframe: bool,
         out: &mut Vec<RtpPayload>,
     ) -> Result<(), PacketizeError> {
-        let nalus = self.nal_units(au)?;
+        let nalus = Nalus::avcc(au, self.length_size)?;
+        // The first pass checks the framing and finds what the AU holds; the passes after it walk
+        // the length prefixes again instead of building a list of units.
+        let (mut is_idr, mut inband_ps) = (false, false);
+        for n in nalus.clone() {
+            let t = nal_type(n?);
+            is_idr |= t == NAL_IDR;
+            inband_ps |= matches!(t, NAL_SPS | NAL_PPS);
+        }
         let start = out.len();
-        let is_idr = nalus.iter().any(|n| n[0] & 0x1f == nal::IDR);
-        let inband_ps = nalus
-            .iter()
-            .any(|n| matches!(n[0] & 0x1f, nal::SPS | nal::PPS));
         if (is_idr || keyframe) && !inband_ps {
-            let ps: Vec<&[u8]> = self
-                .sps
-                .iter()
-                .chain(self.pps.iter())
-                .map(|b| b.as_ref())
-                .filter(|b| !b.is_empty())
-                .collect();
-            self.emit_group(&ps, out);
+            let ps = self.sps.iter().chain(&self.pps).map(|b| &b[..]);
+            self.emit_group(ps.filter(|b| !b.is_empty()), out);
         }
         // In-band parameter sets at the head of the AU travel together as one STAP-A.
-        let mut i = 0;
-        let mut head: Vec<&[u8]> = Vec::new();
-        while i < nalus.len() && matches!(nalus[i][0] & 0x1f, nal::SPS | nal::PPS | nal::AUD) {
-            if nalus[i][0] & 0x1f != nal::AUD {
-                head.push(nalus[i]);
+        let units = nalus.map_while(Result::ok);
+        let head = |n: &&[u8]| matches!(nal_type(n), NAL_SPS | NAL_PPS | NAL_AUD);
+        let ps = units.clone().take_while(head);
+        self.emit_group(ps.filter(|n| nal_type(n) != NAL_AUD), out);
+        for n in units.skip_while(head) {
+            if !matches!(nal_type(n), NAL_AUD | NAL_FILLER) {
+                self.emit_nal(n, out);
             }
-            i += 1;
-        }
-        self.emit_group(&head, out);
-        for n in &nalus[i..] {
-            let t = n[0] & 0x1f;
-            if t == nal::AUD || t == nal::FILLER {
-                continue;
-            }
-            self.emit_nal(n, out);
         }
         if out.len() == start {
             return Err(PacketizeError::Empty);
@@ -167,33 +122,35 @@ impl H264Packetizer {
     }
 
     /// Several small NAL units: one STAP-A when they fit, else one by one.
-    fn emit_group(&self, nalus: &[&[u8]], out: &mut Vec<RtpPayload>) {
-        match nalus.len() {
-            0 => {}
-            1 => self.emit_nal(nalus[0], out),
-            _ => {
-                let size = 1 + nalus.iter().map(|n| 2 + n.len()).sum::<usize>();
-                if size <= self.max_payload && nalus.iter().all(|n| n.len() <= 0xffff) {
-                    let mut buf = Vec::with_capacity(size);
-                    // F = OR of the F bits, NRI = max NRI of the aggregated units.
-                    let f = nalus.iter().fold(0u8, |a, n| a | (n[0] & 0x80));
-                    let nri = nalus.iter().map(|n| n[0] & 0x60).max().unwrap_or(0x60);
-                    buf.push(f | nri | nal::STAP_A);
-                    for n in nalus {
-                        buf.extend_from_slice(&(n.len() as u16).to_be_bytes());
-                        buf.extend_from_slice(n);
-                    }
-                    out.push(RtpPayload {
-                        data: Arc::from(buf),
-                        marker: false,
-                    });
-                } else {
-                    for n in nalus {
-                        self.emit_nal(n, out);
-                    }
-                }
-            }
+    fn emit_group<'a>(
+        &self,
+        nalus: impl Iterator<Item = &'a [u8]> + Clone,
+        out: &mut Vec<RtpPayload>,
+    ) {
+        // F = OR of the F bits, NRI = max NRI of the aggregated units.
+        let (mut count, mut size, mut f, mut nri, mut fits) = (0, 1, 0u8, 0u8, true);
+        for n in nalus.clone() {
+            count += 1;
+            size += 2 + n.len();
+            f |= n[0] & 0x80;
+            nri = nri.max(n[0] & 0x60);
+            fits &= n.len() <= 0xffff;
         }
+        if count < 2 || size > self.max_payload || !fits {
+            nalus.for_each(|n| self.emit_nal(n, out));
+            return;
+        }
+        let data = shared_payload(size, |w| {
+            w.put(&[f | nri | STAP_A]);
+            for n in nalus {
+                w.put(&(n.len() as u16).to_be_bytes());
+                w.put(n);
+            }
+        });
+        out.push(RtpPayload {
+            data,
+            marker: false,
+        });
     }
 
     fn emit_nal(&self, n: &[u8], out: &mut Vec<RtpPayload>) {
@@ -205,7 +162,7 @@ impl H264Packetizer {
             return;
         }
         // FU-A: indicator (F|NRI|28), header (S|E|R|type), then a chunk of the NAL body.
-        let indicator = (n[0] & 0xe0) | nal::FU_A;
+        let indicator = (n[0] & 0xe0) | FU_A;
         let typ = n[0] & 0x1f;
         let body = &n[1..];
         let chunk = self.max_payload - 2;
@@ -218,18 +175,47 @@ impl H264Packetizer {
             if k + 1 == count {
                 hdr |= 0x40;
             }
-            // Build the Arc in place: one allocation, one copy of the chunk.
-            let mut buf: Arc<[u8]> = Arc::from(vec![0u8; part.len() + 2]);
-            let b = Arc::get_mut(&mut buf).expect("fresh Arc is unique");
-            b[0] = indicator;
-            b[1] = hdr;
-            b[2..].copy_from_slice(part);
+            // One allocation (the shared payload itself), one copy of the chunk.
+            let data = shared_payload(part.len() + 2, |w| {
+                w.put(&[indicator, hdr]);
+                w.put(part);
+            });
             out.push(RtpPayload {
-                data: buf,
+                data,
                 marker: false,
             });
         }
     }
+}
+
+/// Writes a payload front to back into its not yet initialized buffer.
+struct Fill<'a> {
+    buf: &'a mut [MaybeUninit<u8>],
+    /// Bytes `..pos` are written.
+    pos: usize,
+}
+
+impl Fill<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let dst = &mut self.buf[self.pos..self.pos + bytes.len()];
+        for (d, s) in dst.iter_mut().zip(bytes) {
+            d.write(*s);
+        }
+        self.pos += bytes.len();
+    }
+}
+
+/// A shared payload of exactly `len` bytes written by `fill`: one allocation (the `Arc`'s own)
+/// and no zeroing pass, where `Arc::from(vec)` costs a second allocation and copy.
+fn shared_payload(len: usize, fill: impl FnOnce(&mut Fill<'_>)) -> Arc<[u8]> {
+    let mut arc = Arc::<[u8]>::new_uninit_slice(len);
+    let buf = Arc::get_mut(&mut arc).expect("a new Arc is unique");
+    let mut w = Fill { buf, pos: 0 };
+    fill(&mut w);
+    assert_eq!(w.pos, len, "payload length");
+    // SAFETY: `Fill::put` writes bytes in order from offset 0 and `pos` counts them, so all `len`
+    // bytes are initialized.
+    unsafe { arc.assume_init() }
 }
 
 /// Depacketizer for tests and the test client: RTP payloads of one access unit → Annex B.
@@ -245,7 +231,7 @@ pub fn depacketize_annexb(payloads: &[&[u8]]) -> Result<Vec<u8>, String> {
                 out.extend_from_slice(&[0, 0, 0, 1]);
                 out.extend_from_slice(p);
             }
-            nal::STAP_A => {
+            STAP_A => {
                 let mut r = &p[1..];
                 while r.len() >= 2 {
                     let len = u16::from_be_bytes([r[0], r[1]]) as usize;
@@ -258,7 +244,7 @@ pub fn depacketize_annexb(payloads: &[&[u8]]) -> Result<Vec<u8>, String> {
                     r = &r[len..];
                 }
             }
-            nal::FU_A => {
+            FU_A => {
                 if p.len() < 2 {
                     return Err("short FU-A".into());
                 }
@@ -326,7 +312,7 @@ mod tests {
             let au = avcc(&[&aud, &sei, &big], ls);
             let mut out = Vec::new();
             p.packetize(&au, true, &mut out).unwrap();
-            assert_eq!(out[0].data[0] & 0x1f, nal::STAP_A);
+            assert_eq!(out[0].data[0] & 0x1f, STAP_A);
             assert!(out.iter().all(|x| x.data.len() <= 1200));
             assert!(out.last().unwrap().marker);
             assert_eq!(out.iter().filter(|x| x.marker).count(), 1);
@@ -364,8 +350,9 @@ mod tests {
         let mut out = Vec::new();
         assert!(p.packetize(&[0, 0, 0, 9, 1], false, &mut out).is_err());
         assert!(p.packetize(&[0, 0], false, &mut out).is_err());
+        assert!(p.packetize(&[0, 0, 0, 0], false, &mut out).is_err());
         assert_eq!(
-            p.packetize(&[0, 0, 0, 0], false, &mut out),
+            p.packetize(&avcc(&[&[0x09, 0xf0], &[0x0c, 0xff]], 4), false, &mut out),
             Err(PacketizeError::Empty)
         );
         assert!(H264Packetizer::new(3, vec![], vec![], 1200).is_err());
