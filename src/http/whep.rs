@@ -26,7 +26,7 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::egress::sfu::admission::{Refusal, SlotKind};
+use crate::webrtc::admission::{Refusal, SlotKind};
 use crate::egress::sfu::{SessionInfo, SfuHandle, WhepError};
 use crate::webrtc::Role;
 

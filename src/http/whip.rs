@@ -149,7 +149,7 @@ async fn create(
     let sfu2 = sfu.clone();
     let who = format!("whip:{peer}");
     let res = tokio::task::spawn_blocking(move || {
-        crate::ingest::whip::create_session(&sfu2, &registry, &name, &offer, who, ip)
+        sfu2.create_publisher(&registry, &name, &offer, who, ip)
     })
     .await;
     let res = match res {

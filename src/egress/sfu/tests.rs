@@ -239,7 +239,7 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
         );
     }
     assert_eq!(core.viewer_count(), 3);
-    assert!(core.viewer(ida).unwrap().connected());
+    assert!(core.peer(ida).unwrap().connected());
 
     // Live frame: the same payload allocation goes to all three viewers (str0m keeps it for
     // NACK); no per-viewer copy before SRTP.
@@ -415,7 +415,7 @@ fn garbage_and_bad_stun_disturb_no_one() {
     }
     assert!(!a.frames.is_empty());
     let evil: SocketAddr = "10.0.0.66:6666".parse().unwrap();
-    let ufrag = core.viewer(ida).unwrap().local_ufrag.clone();
+    let ufrag = core.peer(ida).unwrap().link.local_ufrag.clone();
     // STUN with the right ufrag but a wrong MESSAGE-INTEGRITY.
     let mut stun = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
     stun.extend_from_slice(&[7; 12]);
@@ -451,7 +451,7 @@ fn garbage_and_bad_stun_disturb_no_one() {
         step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
     }
     assert!(a.frames.len() > n, "viewer still served");
-    assert!(core.viewer(ida).unwrap().dead.is_none());
+    assert!(core.peer(ida).unwrap().link.dead.is_none());
 }
 
 fn core_unknown(core: &WorkerCore) -> u64 {
@@ -579,7 +579,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
 
 #[test]
 fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
-    use admission::{Refusal, SlotKind};
+    use crate::webrtc::admission::{Refusal, SlotKind};
     let cfg = crate::config::SfuConfig {
         workers: 2,
         port_base: 0,
