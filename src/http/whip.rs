@@ -35,8 +35,7 @@ use crate::ingest::whip::WhipError;
 // Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
 // gives both one shape): one implementation, in `whep`.
 use super::whep::{
-    content_type_is, cors, ice_links, options_resource, options_session, reply, retry_after, sfu,
-    SDP, SDPFRAG,
+    created, offer_preamble, options_resource, options_session, reply, retry_after,
 };
 use crate::webrtc::Role;
 
@@ -116,34 +115,10 @@ async fn create(
     if let Some(r) = refuse(&state, &headers, &stream) {
         return r;
     }
-    if !content_type_is(&headers, SDP) {
-        return reply(
-            &state,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "WHIP offers must be Content-Type: application/sdp",
-        );
-    }
-    let Ok(offer) = std::str::from_utf8(&body) else {
-        return reply(&state, StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    let (offer, sfu) = match offer_preamble(&state, Role::Publisher, &headers, &body, &stream) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !crate::media::stream::valid_stream_name(&stream) {
-        return reply(
-            &state,
-            StatusCode::BAD_REQUEST,
-            format!("'{stream}' is not a valid stream name"),
-        );
-    }
-    let Some(sfu) = sfu(&state).cloned() else {
-        return retry_after(
-            reply(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "WebRTC is disabled on this server ([sfu] enabled = false); publish over RTMP",
-            ),
-            60,
-        );
-    };
-    let offer = offer.to_string();
     let name = stream.clone();
     let registry = state.registry.clone();
     let sfu2 = sfu.clone();
@@ -167,20 +142,7 @@ async fn create(
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
                 session = &c.session_id[..16], "WHIP publisher created");
             watch_kick(sfu, c.stream.clone(), c.session_id.clone());
-            let mut r = Response::new(Body::from(c.answer));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-            if let Ok(v) = HeaderValue::from_str(&format!("/whip/{stream}/{}", c.session_id)) {
-                h.insert(header::LOCATION, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&c.etag) {
-                h.insert(header::ETAG, v);
-            }
-            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-            ice_links(&state, h);
-            cors(h, &state.cfg.hls.cors_origin);
-            r
+            created(&state, Role::Publisher, &stream, &c.session_id, c.answer, &c.etag)
         }
         Err(e) => {
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,

@@ -657,15 +657,6 @@ impl WorkerCore {
         }
     }
 
-    /// When a rate-limited keyframe request of peer `p` may be served (a viewer's answer from
-    /// the cache, a publisher's PLI).
-    fn keyframe_retry_at(&self, p: &SfuPeer) -> Option<Instant> {
-        match &p.role {
-            SfuRole::Viewer(v) => v.keyframe_retry_at(p.link.created, self.timing.keyframe_answer),
-            SfuRole::Publisher(w) => w.keyframe_retry_at(&p.link),
-        }
-    }
-
     /// The keyframe work of a peer: a viewer's start or answer from the GOP cache, a
     /// publisher's requests to its sender. Output is drained.
     fn keyframe_work(&mut self, id: u64, now: Instant) {
@@ -728,7 +719,7 @@ impl WorkerCore {
             return;
         }
         self.next_deadline = self.next_deadline.min(p.link.next_timeout);
-        if let Some(t) = self.keyframe_retry_at(p) {
+        if let Some(t) = keyframe_retry_at(p, self.timing.keyframe_answer) {
             self.next_deadline = self
                 .next_deadline
                 .min(t.max(now + Duration::from_millis(1)));
@@ -746,12 +737,7 @@ impl WorkerCore {
         let deadlines = self.timing.deadlines();
         for (id, p) in self.peers.iter_mut() {
             p.check_deadlines(now, &deadlines);
-            let retry = match &p.role {
-                SfuRole::Viewer(v) => {
-                    v.keyframe_retry_at(p.link.created, self.timing.keyframe_answer)
-                }
-                SfuRole::Publisher(w) => w.keyframe_retry_at(&p.link),
-            };
+            let retry = keyframe_retry_at(p, self.timing.keyframe_answer);
             if p.link.dead.is_some() || p.link.next_timeout <= now || retry.is_some_and(|t| t <= now)
             {
                 due.push(*id);
@@ -781,6 +767,15 @@ impl WorkerCore {
         for id in ids {
             self.remove(id, why);
         }
+    }
+}
+
+/// When a rate-limited keyframe request of peer `p` may be served (a viewer's answer from the
+/// cache, at most one per `answer_interval`; a publisher's PLI).
+fn keyframe_retry_at(p: &SfuPeer, answer_interval: Duration) -> Option<Instant> {
+    match &p.role {
+        SfuRole::Viewer(v) => v.keyframe_retry_at(p.link.created, answer_interval),
+        SfuRole::Publisher(w) => w.keyframe_retry_at(&p.link),
     }
 }
 
