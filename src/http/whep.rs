@@ -26,8 +26,8 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::webrtc::admission::{Refusal, SlotKind};
 use crate::egress::sfu::{SessionInfo, SfuHandle, WhepError};
+use crate::webrtc::admission::{Refusal, SlotKind};
 use crate::webrtc::Role;
 
 pub(super) const SDP: &str = "application/sdp";
@@ -143,7 +143,14 @@ async fn create(
     match res {
         Ok(c) => {
             tracing::info!(stream = %stream, session = &c.session_id[..16], "WHEP viewer created");
-            created(&state, Role::Viewer, &stream, &c.session_id, c.answer, &c.etag)
+            created(
+                &state,
+                Role::Viewer,
+                &stream,
+                &c.session_id,
+                c.answer,
+                &c.etag,
+            )
         }
         Err(WhepError::UnknownStream(n)) if state.cfg.streams.iter().any(|s| s.name == n) => {
             // Configured but never published since start: known, just not live.

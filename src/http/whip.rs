@@ -14,11 +14,10 @@
 //! - `DELETE` → 200: the publisher leaves and the stream goes idle. `OPTIONS` → 204 with CORS.
 //!   Other methods → 405.
 //!
-//! An API kick (`DELETE /api/v1/streams/{name}/publisher`) ends the WHIP session too.
+//! An API kick (`DELETE /api/v1/streams/{name}/publisher`) ends the WHIP session too: the core
+//! kicks through the publisher's control handle, and its worker drops the peer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
@@ -29,14 +28,11 @@ use axum::Router;
 
 use super::AppState;
 use crate::config::KeyLookup;
-use crate::egress::sfu::SfuHandle;
 use crate::ingest::whip::WhipError;
 
 // Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
 // gives both one shape): one implementation, in `whep`.
-use super::whep::{
-    created, offer_preamble, options_resource, options_session, reply, retry_after,
-};
+use super::whep::{created, offer_preamble, options_resource, options_session, reply, retry_after};
 use crate::webrtc::Role;
 
 pub fn routes() -> Router<AppState> {
@@ -141,8 +137,14 @@ async fn create(
         Ok(c) => {
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
                 session = &c.session_id[..16], "WHIP publisher created");
-            watch_kick(sfu, c.stream.clone(), c.session_id.clone());
-            created(&state, Role::Publisher, &stream, &c.session_id, c.answer, &c.etag)
+            created(
+                &state,
+                Role::Publisher,
+                &stream,
+                &c.session_id,
+                c.answer,
+                &c.etag,
+            )
         }
         Err(e) => {
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
@@ -150,29 +152,6 @@ async fn create(
             error_response(&state, e)
         }
     }
-}
-
-/// End the session when the API kicks the stream's publisher; stop watching once it is gone.
-fn watch_kick(sfu: Arc<SfuHandle>, stream: Arc<crate::media::Stream>, session: String) {
-    tokio::spawn(async move {
-        // One future for the whole session: once polled it is registered, so a kick between
-        // two checks is not missed.
-        let kicked = stream.kicked();
-        tokio::pin!(kicked);
-        loop {
-            tokio::select! {
-                _ = &mut kicked => {
-                    let _ = sfu.delete(&session);
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    if sfu.session(&session).is_none() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
 }
 
 fn error_response(state: &AppState, e: WhipError) -> Response<Body> {

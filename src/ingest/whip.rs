@@ -3,24 +3,28 @@
 //! ```text
 //!  HTTP POST /whip/{stream} ─ key check, begin_publish, build Rtc (ICE-lite, frame mode) ─┐
 //!                                                                                          ▼
-//!  publisher UDP ─► SFU worker (least loaded) ─► WhipSession: str0m depacketizes RTP into
+//!  publisher UDP ─► SFU worker (least loaded) ─► WhipPublisher: str0m depacketizes RTP into
 //!                   MediaData (Annex-B H.264 AU / Opus packet) ─► H264Assembler (AVCC, avcC
 //!                   from in-band SPS/PPS) ─► media::Publisher::push (90 kHz) ─► every egress
 //! ```
 //!
-//! - The publisher's `Rtc` runs in str0m's frame mode (viewers' `Rtc`s run in RTP mode); it
-//!   lives on an SFU worker next to the viewers and is driven by the same loop and timers.
+//! - [`WhipPublisher`] is the publisher role of a [`crate::webrtc::peer::Peer`]: the peer (input,
+//!   timeouts, liveness) is the viewers' one. Its `Rtc` runs in str0m's frame mode (viewers'
+//!   run in RTP mode); it lives on an SFU worker next to the viewers, driven by the same loop.
+//!   The POST that places it is [`crate::egress::sfu::publish`]: this module never imports the
+//!   SFU.
 //! - [`H264Assembler`] is sans-IO: Annex-B access units in, AVCC (4-byte lengths) out, with SPS,
 //!   PPS and AUD moved out of the frames into an `avcC` built from what was seen in-band.
 //! - Timestamps: each track's RTP clock is anchored to the arrival time of its first frame on
 //!   one session clock, then advances with the RTP timestamps (90 kHz video, 48 kHz Opus →
 //!   90 kHz), so audio and video stay aligned without waiting for RTCP sender reports.
-//! - Keyframe requests (PLI/FIR) from viewers of the stream reach the publisher through the
-//!   [`crate::egress::sfu::SessionTable`] publisher hook, rate-limited per publisher.
-//! - Dropping a [`WhipSession`] (DELETE, ICE timeout, idle) drops the `Publisher`: the stream
-//!   goes idle.
+//! - The core reaches the publisher through its [`WhipControl`] (given to the registry when
+//!   publishing begins): viewers' keyframe requests per layer and API kicks are flags its worker
+//!   takes; PLIs are paced by [`crate::media::control::KeyframeRequests`].
+//! - Dropping the peer (DELETE, kick, ICE timeout, idle) drops the `Publisher`: the stream goes
+//!   idle.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,8 +34,11 @@ use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::{Event, IceCreds, Rtc};
 
 use super::simulcast::{LayerSet, Placement};
+use crate::io::Waker;
 use crate::media::codec::h264::{parse_avcc, H264Error, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
-use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
+use crate::media::{
+    Codec, H264Params, OpusParams, PublishError, Publisher, PublisherControl, TrackKind,
+};
 use crate::webrtc::offer::OfferError;
 use crate::webrtc::peer::{DropReason, Link, PeerRole};
 
@@ -338,21 +345,49 @@ impl TrackClock {
     }
 }
 
-/// Keyframe requests a viewer's worker raises and the publisher's worker takes: one bit per
-/// simulcast layer (bit 0: the stream's video track).
-#[derive(Default, Debug)]
-pub struct KeyframeFlag(AtomicU32);
+/// How the core reaches a WHIP publisher ([`PublisherControl`]): a kick and keyframe requests
+/// (one bit per simulcast layer; bit 0: the stream's video track) are flags its worker takes,
+/// woken through the worker's waker. Whoever asks never waits for the worker.
+pub struct WhipControl {
+    layers: AtomicU32,
+    kicked: AtomicBool,
+    waker: Waker,
+}
 
-impl KeyframeFlag {
-    pub fn raise(&self, layer: u8) {
-        self.0
+impl WhipControl {
+    /// `waker`: of the worker that hosts the publisher.
+    pub fn new(waker: Waker) -> Self {
+        Self {
+            layers: AtomicU32::new(0),
+            kicked: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// The layers asked for since the last call.
+    fn take_keyframes(&self) -> u32 {
+        self.layers.swap(0, Ordering::AcqRel)
+    }
+
+    fn keyframes_pending(&self) -> bool {
+        self.layers.load(Ordering::Acquire) != 0
+    }
+
+    pub fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+}
+
+impl PublisherControl for WhipControl {
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn request_keyframe(&self, layer: u8) {
+        self.layers
             .fetch_or(1 << (layer as u32).min(31), Ordering::AcqRel);
-    }
-    pub fn take(&self) -> u32 {
-        self.0.swap(0, Ordering::AcqRel)
-    }
-    fn pending(&self) -> bool {
-        self.0.load(Ordering::Acquire) != 0
+        self.waker.wake();
     }
 }
 
@@ -378,7 +413,7 @@ pub struct WhipPublisher {
     opus_set: bool,
     t0: Option<Instant>,
     audio_clock: Option<TrackClock>,
-    pub keyframe_flag: Arc<KeyframeFlag>,
+    control: Arc<WhipControl>,
     pub stats: WhipStats,
 }
 
@@ -400,7 +435,8 @@ impl PeerRole for WhipPublisher {
 }
 
 impl WhipPublisher {
-    pub fn new(publisher: Publisher, keyframe_flag: Arc<KeyframeFlag>) -> Self {
+    /// `control`: the handle the stream was given when `publisher` began.
+    pub fn new(publisher: Publisher, control: Arc<WhipControl>) -> Self {
         Self {
             stream: Arc::from(publisher.name()),
             publisher,
@@ -410,22 +446,25 @@ impl WhipPublisher {
             opus_set: false,
             t0: None,
             audio_clock: None,
-            keyframe_flag,
+            control,
             stats: WhipStats::default(),
         }
     }
 
-    /// Ask the publisher for keyframes that viewers (by layer) or lost frames (by rid) want,
-    /// at most one per rid per 500 ms. True when a request was written (the caller drains the
-    /// peer).
-    pub fn maybe_request_keyframe(&mut self, link: &mut Link, now: Instant) -> bool {
-        let mask = self.keyframe_flag.take();
-        if !link.connected() {
-            if mask != 0 {
-                self.keyframe_flag.0.fetch_or(mask, Ordering::AcqRel);
-            }
+    /// Act on the core's requests: a kick marks the peer dead; keyframes that viewers (by
+    /// layer), lost frames or the schedule (by rid) want are asked for, paced by
+    /// [`crate::media::control::KeyframeRequests`]. True when a request was written (the caller
+    /// drains the peer).
+    pub fn on_control(&mut self, link: &mut Link, now: Instant) -> bool {
+        if self.control.kicked() {
+            link.kill(DropReason::Kicked);
             return false;
         }
+        if !link.connected() {
+            // Taken once connected (the keyframe_retry_at deadline says when).
+            return false;
+        }
+        let mask = self.control.take_keyframes();
         self.video.want_keyframes(mask, now);
         let Some(mid) = self.video_mid else {
             return false;
@@ -452,7 +491,7 @@ impl WhipPublisher {
         if !link.connected() {
             return None;
         }
-        if self.keyframe_flag.pending() {
+        if self.control.keyframes_pending() {
             return Some(link.created);
         }
         self.video.next_request_at(link.created)
@@ -564,7 +603,10 @@ impl WhipPublisher {
 
     /// Record why the session ended on the stream (shown by the API) before it is dropped.
     pub fn end(&mut self, why: DropReason) {
-        if !matches!(why, DropReason::Deleted | DropReason::Shutdown) {
+        if !matches!(
+            why,
+            DropReason::Deleted | DropReason::Shutdown | DropReason::Kicked
+        ) {
             self.publisher
                 .fail(format!("WHIP publisher dropped: {}", why.as_str()));
         }

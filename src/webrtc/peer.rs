@@ -184,7 +184,11 @@ impl<R: PeerRole> Peer<R> {
         };
         self.link.last_rx = now;
         if let Err(e) = self.link.rtc.handle_input(Input::Receive(now, r)) {
-            tracing::debug!(peer = self.link.id, role = self.role.kind(), "rtc input: {e}");
+            tracing::debug!(
+                peer = self.link.id,
+                role = self.role.kind(),
+                "rtc input: {e}"
+            );
         }
         self.drain(now, out);
     }
@@ -192,7 +196,11 @@ impl<R: PeerRole> Peer<R> {
     /// Drive str0m's timers (ICE consent, RTCP, DTLS retransmits) and send what is due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
         if let Err(e) = self.link.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(peer = self.link.id, role = self.role.kind(), "rtc timeout: {e}");
+            tracing::debug!(
+                peer = self.link.id,
+                role = self.role.kind(),
+                "rtc timeout: {e}"
+            );
         }
         self.drain(now, out);
     }

@@ -17,9 +17,9 @@
 //!   the datagram, which moves into the send batch; one batch per fan-out.
 //! - The HTTP side builds the viewer's `Rtc` (ICE-lite, RTP mode, a shared DTLS certificate) and
 //!   answers the offer off the worker cores, then moves it to the worker.
-//! - WHIP publishers (peers with the [`crate::ingest::whip::WhipPublisher`] role, `Rtc` in frame mode) live on the
-//!   least-loaded worker next to the viewers; viewers' keyframe requests reach them through the
-//!   [`SessionTable`] publisher hook (a flag + the publisher worker's waker).
+//! - WHIP publishers (peers with the [`crate::ingest::whip::WhipPublisher`] role, `Rtc` in frame
+//!   mode) live on the least-loaded worker next to the viewers; viewers' keyframe requests reach them through the
+//!   core ([`crate::media::Stream::request_keyframe`] → the publisher's control handle).
 //! - ICE-TCP ([`tcp`]): a passive TCP candidate per worker (`ice_tcp_port_base + i`); a listener
 //!   thread deframes RFC 4571 packets into the worker, which feeds them to the same `Rtc`s as
 //!   `Protocol::Tcp` and sends those peers' datagrams back through that thread.
@@ -101,15 +101,6 @@ pub enum ControlMsg {
     Shutdown,
 }
 
-/// How a viewer's worker reaches the WHIP publisher of its stream (keyframe requests).
-#[derive(Clone)]
-pub struct PublisherHook {
-    pub session: u64,
-    pub worker: usize,
-    pub flag: Arc<crate::ingest::whip::KeyframeFlag>,
-    pub waker: Waker,
-}
-
 /// A viewer whose offer has been answered, on its way to a worker.
 pub struct NewViewer {
     pub id: u64,
@@ -146,8 +137,6 @@ pub struct SessionInfo {
 #[derive(Default)]
 pub struct SessionTable {
     by_viewer: Mutex<HashMap<u64, SessionInfo>>,
-    /// WHIP publishers by stream name (keyframe requests from viewers go there).
-    publishers: Mutex<HashMap<Arc<str>, PublisherHook>>,
 }
 
 impl SessionTable {
@@ -159,10 +148,9 @@ impl SessionTable {
     /// WebRTC viewers of `stream` per simulcast layer (index 0 = best).
     pub fn layers_of(&self, stream: &str) -> [usize; crate::media::MAX_LAYERS] {
         let mut out = [0; crate::media::MAX_LAYERS];
-        // The stream's WHIP publisher has a session here too; it is not a viewer.
-        let publisher = self.publishers.lock().get(stream).map(|h| h.session);
         for s in self.by_viewer.lock().values() {
-            if s.stream == stream && Some(s.viewer) != publisher {
+            // The stream's WHIP publisher has a session here too; it is not a viewer.
+            if s.stream == stream && s.role == Role::Viewer {
                 out[(s.layer as usize).min(out.len() - 1)] += 1;
             }
         }
@@ -190,30 +178,6 @@ impl SessionTable {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-    /// Register the WHIP publisher of `stream`.
-    pub fn set_publisher(&self, stream: Arc<str>, hook: PublisherHook) {
-        self.publishers.lock().insert(stream, hook);
-    }
-    /// Forget the WHIP publisher of `stream` if it is still `session`.
-    pub fn clear_publisher(&self, stream: &str, session: u64) {
-        let mut g = self.publishers.lock();
-        if g.get(stream).is_some_and(|h| h.session == session) {
-            g.remove(stream);
-        }
-    }
-    /// A viewer of `stream` wants a keyframe: forward to its WHIP publisher, if it has one (the
-    /// publisher's worker rate-limits). Called on keyframe requests only, never per packet.
-    pub fn request_keyframe(&self, stream: &str, layer: u8) -> bool {
-        let hook = self.publishers.lock().get(stream).cloned();
-        match hook {
-            Some(h) => {
-                h.flag.raise(layer);
-                h.waker.wake();
-                true
-            }
-            None => false,
-        }
     }
     pub fn set_etag(&self, viewer: u64, etag: String) {
         if let Some(s) = self.by_viewer.lock().get_mut(&viewer) {
@@ -394,6 +358,7 @@ impl SfuHandle {
                 control_rx,
                 shared.clone(),
                 sessions.clone(),
+                registry.clone(),
                 candidates.clone(),
                 worker::Timing::from_cfg(cfg),
             );

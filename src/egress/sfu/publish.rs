@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ControlMsg, PublisherHook, SfuHandle};
+use super::{ControlMsg, SfuHandle};
 use crate::ingest::whip::{
-    build_publisher_rtc, media_mids, simulcast_rids, KeyframeFlag, WhipError, WhipPublisher,
+    build_publisher_rtc, media_mids, simulcast_rids, WhipControl, WhipError, WhipPublisher,
 };
 use crate::media::Registry;
 use crate::webrtc::admission::SlotKind;
@@ -20,8 +20,6 @@ pub struct WhipCreated {
     pub session_id: String,
     pub answer: String,
     pub etag: String,
-    /// The stream now published.
-    pub stream: Arc<crate::media::Stream>,
 }
 
 impl SfuHandle {
@@ -58,24 +56,15 @@ impl SfuHandle {
                 "the offer has no usable H.264 video m-line".into(),
             ));
         }
-        let publisher = registry.begin_publish(stream, peer)?;
-        let stream_arc = publisher.stream().clone();
+        // The core reaches the publisher (kick, keyframe requests) through its worker.
+        let control = Arc::new(WhipControl::new(worker.waker.clone()));
+        let publisher = registry.begin_publish(stream, peer, control.clone())?;
         let ids = self.new_ids();
-        let flag = Arc::new(KeyframeFlag::default());
-        let mut role = WhipPublisher::new(publisher, flag.clone());
+        let mut role = WhipPublisher::new(publisher, control);
         role.set_mids(video, audio);
         role.set_video(simulcast_rids(offer), self.cfg.whip_keyframe_interval_ms);
         let mut p = Peer::new(ids.id, Arc::from(stream), rtc, creds.ufrag, role, now);
         p.set_slot(Some(slot));
-        self.sessions.set_publisher(
-            Arc::from(stream),
-            PublisherHook {
-                session: ids.id,
-                worker: worker.index,
-                flag,
-                waker: worker.waker.clone(),
-            },
-        );
         let created = self.hand_over(
             worker,
             &ids,
@@ -84,7 +73,6 @@ impl SfuHandle {
             ControlMsg::AddPublisher(Box::new(p)),
         );
         if let Err(e) = created {
-            self.sessions.clear_publisher(stream, ids.id);
             // Dropping the peer (inside the error) drops the Publisher: the stream is idle again.
             return Err(match e {
                 super::HandOver::Full => WhipError::Full,
@@ -95,7 +83,6 @@ impl SfuHandle {
             session_id: ids.session_id,
             answer: answer.to_sdp_string(),
             etag: ids.etag,
-            stream: stream_arc,
         })
     }
 }

@@ -182,6 +182,7 @@ fn core() -> WorkerCore {
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),
+        crate::media::Registry::new(),
     )
 }
 

@@ -23,7 +23,7 @@ use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShare
 use crate::config::SfuConfig;
 use crate::ingest::whip::WhipPublisher;
 use crate::io::{Outgoing, UdpDriver};
-use crate::media::{TrackKind, MAX_LAYERS};
+use crate::media::{Registry, TrackKind, MAX_LAYERS};
 use crate::webrtc::admission::{thread_cpu_time, LoadMeter};
 use crate::webrtc::peer::{Deadlines, DropReason, Link, Peer, PeerRole};
 use str0m::net::Protocol;
@@ -223,7 +223,7 @@ fn select_layer(
     c: &StreamCache,
     estimate: u64,
     now: Instant,
-    sessions: &SessionTable,
+    registry: &Registry,
 ) {
     let rates = c.rates(now);
     if rates.iter().filter(|&&r| r > 0).count() < 2 && rates[v.layer() as usize] > 0 {
@@ -233,7 +233,7 @@ fn select_layer(
     if v.set_target_layer(target) && target != v.layer() {
         tracing::debug!(viewer = link.id, stream = %link.stream, from = v.layer(), to = target,
             estimate, "simulcast layer change");
-        sessions.request_keyframe(&link.stream, target);
+        request_keyframe(registry, &link.stream, target);
     }
     if v.estimate().is_some() {
         let best = rates.iter().copied().find(|&r| r > 0).unwrap_or(0);
@@ -256,6 +256,8 @@ pub struct WorkerCore {
     timing: Timing,
     shared: Arc<WorkerShared>,
     sessions: Arc<SessionTable>,
+    /// Keyframe requests go to a stream's publisher through the core.
+    registry: Arc<Registry>,
     /// Datagrams to send, flushed by the driver once per batch.
     pub out: Vec<Outgoing>,
     /// Earliest time any peer needs attention (timers, idle checks).
@@ -276,6 +278,7 @@ impl WorkerCore {
         timing: Timing,
         shared: Arc<WorkerShared>,
         sessions: Arc<SessionTable>,
+        registry: Arc<Registry>,
     ) -> Self {
         Self {
             index,
@@ -288,6 +291,7 @@ impl WorkerCore {
             timing,
             shared,
             sessions,
+            registry,
             out: Vec::with_capacity(1024),
             next_deadline: Instant::now(),
             local_tcp: Vec::new(),
@@ -378,7 +382,6 @@ impl WorkerCore {
             }
             SfuRole::Publisher(w) => {
                 self.publishers.retain(|x| *x != id);
-                self.sessions.clear_publisher(stream, id);
                 self.shared.publishers.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(worker = self.index, publisher = id, stream = %stream,
                     side = "ingest", reason = why.as_str(), video_frames = w.stats.video_frames,
@@ -388,11 +391,13 @@ impl WorkerCore {
         }
     }
 
-    /// Forward viewers' keyframe requests to this worker's publishers (rate-limited there).
+    /// Act on what the core asked of this worker's publishers: kicks, keyframe requests
+    /// (paced there).
     pub fn on_publisher_requests(&mut self, now: Instant) {
-        for i in 0..self.publishers.len() {
+        // Backwards: a kicked publisher leaves the list while it is walked.
+        for i in (0..self.publishers.len()).rev() {
             let id = self.publishers[i];
-            self.keyframe_work(id, now);
+            self.after_input(id, now);
         }
     }
 
@@ -460,7 +465,7 @@ impl WorkerCore {
                 } else {
                     u64::MAX
                 });
-                select_layer(&mut p.link, v, c, est, now, &self.sessions);
+                select_layer(&mut p.link, v, c, est, now, &self.registry);
             }
         }
     }
@@ -667,11 +672,11 @@ impl WorkerCore {
             return;
         }
         let wrote = match &mut p.role {
-            SfuRole::Publisher(w) => w.maybe_request_keyframe(&mut p.link, now),
+            SfuRole::Publisher(w) => w.on_control(&mut p.link, now),
             SfuRole::Viewer(v) => {
                 if let Some(est) = v.take_estimate() {
                     if let Some(c) = self.streams.get(&p.link.stream) {
-                        select_layer(&mut p.link, v, c, est, now, &self.sessions);
+                        select_layer(&mut p.link, v, c, est, now, &self.registry);
                     }
                 }
                 if !(v.needs_start
@@ -696,7 +701,7 @@ impl WorkerCore {
                     // A WHIP publisher can be asked for a fresh keyframe (rate-limited on its
                     // worker).
                     if answering || no_cache {
-                        self.sessions.request_keyframe(&p.link.stream, v.layer());
+                        request_keyframe(&self.registry, &p.link.stream, v.layer());
                     }
                     wrote
                 }
@@ -738,7 +743,9 @@ impl WorkerCore {
         for (id, p) in self.peers.iter_mut() {
             p.check_deadlines(now, &deadlines);
             let retry = keyframe_retry_at(p, self.timing.keyframe_answer);
-            if p.link.dead.is_some() || p.link.next_timeout <= now || retry.is_some_and(|t| t <= now)
+            if p.link.dead.is_some()
+                || p.link.next_timeout <= now
+                || retry.is_some_and(|t| t <= now)
             {
                 due.push(*id);
             } else {
@@ -767,6 +774,14 @@ impl WorkerCore {
         for id in ids {
             self.remove(id, why);
         }
+    }
+}
+
+/// Ask the publisher of `stream` (through the core) for a keyframe of `layer`. Called on
+/// keyframe requests and layer changes only, never per packet.
+fn request_keyframe(registry: &Registry, stream: &str, layer: u8) {
+    if let Some(s) = registry.get(stream) {
+        s.request_keyframe(layer);
     }
 }
 
@@ -889,11 +904,12 @@ impl Worker {
         control_rx: Receiver<ControlMsg>,
         shared: Arc<WorkerShared>,
         sessions: Arc<SessionTable>,
+        registry: Arc<Registry>,
         local: Vec<SocketAddr>,
         timing: Timing,
     ) -> Self {
         Self {
-            core: WorkerCore::new(index, local, timing, shared, sessions),
+            core: WorkerCore::new(index, local, timing, shared, sessions, registry),
             driver,
             media_rx,
             control_rx,
