@@ -110,7 +110,7 @@ async fn create(
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     let (offer, sfu) = match offer_preamble(&state, Role::Viewer, &headers, &body, &stream) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = stream.clone();
     // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
@@ -168,28 +168,28 @@ pub(super) fn offer_preamble(
     headers: &HeaderMap,
     body: &Bytes,
     stream: &str,
-) -> Result<(String, Arc<SfuHandle>), Response<Body>> {
+) -> Result<(String, Arc<SfuHandle>), Box<Response<Body>>> {
     let what = match role {
         Role::Viewer => "WHEP",
         Role::Publisher => "WHIP",
     };
     if !content_type_is(headers, SDP) {
-        return Err(reply(
+        return Err(Box::new(reply(
             state,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("{what} offers must be Content-Type: application/sdp"),
-        ));
+        )));
     }
     let Ok(offer) = std::str::from_utf8(body) else {
-        return Err(reply(
+        return Err(Box::new(reply(
             state,
             StatusCode::BAD_REQUEST,
             "SDP offer is not UTF-8",
-        ));
+        )));
     };
     if !crate::media::stream::valid_stream_name(stream) {
         // A viewer asks for something that cannot exist; a publisher sent a bad name.
-        return Err(match role {
+        return Err(Box::new(match role {
             Role::Viewer => reply(
                 state,
                 StatusCode::NOT_FOUND,
@@ -200,7 +200,7 @@ pub(super) fn offer_preamble(
                 StatusCode::BAD_REQUEST,
                 format!("'{stream}' is not a valid stream name"),
             ),
-        });
+        }));
     }
     let Some(sfu) = sfu(state).cloned() else {
         let msg = match role {
@@ -211,10 +211,10 @@ pub(super) fn offer_preamble(
                 "WebRTC is disabled on this server ([sfu] enabled = false); publish over RTMP"
             }
         };
-        return Err(retry_after(
+        return Err(Box::new(retry_after(
             reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
             60,
-        ));
+        )));
     };
     Ok((offer.to_string(), sfu))
 }

@@ -113,7 +113,7 @@ async fn create(
     }
     let (offer, sfu) = match offer_preamble(&state, Role::Publisher, &headers, &body, &stream) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = stream.clone();
     let registry = state.registry.clone();

@@ -190,9 +190,12 @@ impl StreamCache {
 
 /// The roles a peer on a worker can have. An upstream subscriber (an edge pulling a stream
 /// from its origin) would be a third: frames in like a publisher, placed by the cluster.
+// The viewer stays inline: it is on the per-packet path, and there are thousands of them.
+#[allow(clippy::large_enum_variant)]
 pub enum SfuRole {
     Viewer(Viewer),
-    Publisher(WhipPublisher),
+    /// Boxed: viewers are the many, and each should cost only its own size.
+    Publisher(Box<WhipPublisher>),
 }
 
 impl PeerRole for SfuRole {
@@ -323,7 +326,7 @@ impl WorkerCore {
         tracing::info!(worker = self.index, publisher = p.id(), stream = %p.link.stream,
             side = "ingest", "WHIP publisher session added");
         self.publishers.push(p.id());
-        self.add_peer(p.with_role(SfuRole::Publisher), now);
+        self.add_peer(p.with_role(|r| SfuRole::Publisher(Box::new(r))), now);
     }
 
     pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
