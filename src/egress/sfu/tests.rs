@@ -171,6 +171,10 @@ impl Source {
 }
 
 fn core() -> WorkerCore {
+    core_with(crate::media::Registry::new())
+}
+
+fn core_with(registry: Arc<crate::media::Registry>) -> WorkerCore {
     WorkerCore::new(
         0,
         vec![SFU.parse().unwrap()],
@@ -182,7 +186,7 @@ fn core() -> WorkerCore {
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),
-        crate::media::Registry::new(),
+        registry,
     )
 }
 
@@ -613,4 +617,55 @@ fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
     assert!(sfu.admit(ip, SlotKind::Publisher).is_ok());
     let msg = WhepError::Refused(Refusal::Overloaded(87)).to_string();
     assert!(msg.contains("87 %") && msg.contains("capacity"), "{msg}");
+}
+
+/// Publishers are peers of the same map as viewers: the core kicks one through its control
+/// handle (its worker drops the peer, the stream goes idle), and one that never connects is
+/// dropped by the timer path every peer shares.
+#[test]
+fn publishers_leave_by_a_kick_through_the_core_and_by_the_shared_connect_deadline() {
+    use crate::ingest::whip::{build_publisher_rtc, WhipControl, WhipPublisher};
+    use crate::media::StreamState;
+    use crate::webrtc::peer::Peer;
+    let reg = crate::media::Registry::new();
+    let mut core = core_with(reg.clone());
+    let cert = cert();
+    let now = Instant::now();
+    for (id, name) in [(1, "a"), (2, "b")] {
+        let control = Arc::new(WhipControl::new(crate::io::Waker::new().unwrap()));
+        let publisher = reg
+            .begin_publish(name, "t".into(), control.clone())
+            .unwrap();
+        let (rtc, creds) = build_publisher_rtc(&cert, now);
+        let role = WhipPublisher::new(publisher, control);
+        core.add_publisher(
+            Peer::new(id, Arc::from(name), rtc, creds.ufrag, role, now),
+            now,
+        );
+    }
+    assert_eq!(core.publisher_count(), 2);
+    assert_eq!(core.viewer_count(), 0);
+    // A keyframe request before the publisher connected waits; the publisher stays.
+    assert!(reg.get("a").unwrap().request_keyframe(0));
+    core.on_publisher_requests(now);
+    assert_eq!(core.publisher_count(), 2);
+    // The API's kick reaches the worker through the core.
+    assert!(reg.get("a").unwrap().kick());
+    core.on_publisher_requests(now);
+    assert_eq!(core.publisher_count(), 1);
+    assert!(core.peer(1).is_none());
+    let a = reg.get("a").unwrap();
+    assert_eq!(a.state(), StreamState::Idle);
+    assert!(!a.kick(), "nobody is publishing any more");
+    assert_eq!(a.status().last_error, None, "a kick is not an error");
+    assert_eq!(reg.get("b").unwrap().state(), StreamState::Publishing);
+    // "b" never connects: the connect deadline drops it like a viewer.
+    core.on_timers(now + Duration::from_secs(6));
+    assert_eq!(core.publisher_count(), 0);
+    let b = reg.get("b").unwrap();
+    assert_eq!(b.state(), StreamState::Idle);
+    assert!(b
+        .status()
+        .last_error
+        .is_some_and(|e| e.contains("connect-timeout") || e.contains("idle")));
 }
