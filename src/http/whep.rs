@@ -128,17 +128,11 @@ async fn create(
                 return error_response(&state, WhepError::Refused(Refusal::PendingFull));
             }
         };
-    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, slot)).await;
+    let res = off_thread(&state, move || sfu.create_session(&name, &offer, slot)).await;
     drop(permit);
     let res = match res {
         Ok(r) => r,
-        Err(e) => {
-            return reply(
-                &state,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal: {e}"),
-            )
-        }
+        Err(r) => return *r,
     };
     match res {
         Ok(c) => {
@@ -217,6 +211,21 @@ pub(super) fn offer_preamble(
         )));
     };
     Ok((offer.to_string(), sfu))
+}
+
+/// Run the SDP work of a POST (answering the offer) on a blocking thread; a panic there is a
+/// 500.
+pub(super) async fn off_thread<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Box<Response<Body>>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Box::new(reply(
+            state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal: {e}"),
+        ))
+    })
 }
 
 /// 201 Created for a new WHEP or WHIP session: the answer, `Location`, `ETag`, `Accept-Patch`,

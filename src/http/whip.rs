@@ -32,7 +32,9 @@ use crate::ingest::whip::WhipError;
 
 // Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
 // gives both one shape): one implementation, in `whep`.
-use super::whep::{created, offer_preamble, options_resource, options_session, reply, retry_after};
+use super::whep::{
+    created, off_thread, offer_preamble, options_resource, options_session, reply, retry_after,
+};
 use crate::webrtc::Role;
 
 pub fn routes() -> Router<AppState> {
@@ -119,19 +121,13 @@ async fn create(
     let registry = state.registry.clone();
     let sfu2 = sfu.clone();
     let who = format!("whip:{peer}");
-    let res = tokio::task::spawn_blocking(move || {
+    let res = off_thread(&state, move || {
         sfu2.create_publisher(&registry, &name, &offer, who, ip)
     })
     .await;
     let res = match res {
         Ok(r) => r,
-        Err(e) => {
-            return reply(
-                &state,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal: {e}"),
-            )
-        }
+        Err(r) => return *r,
     };
     match res {
         Ok(c) => {

@@ -578,6 +578,14 @@ impl WorkerCore {
         !self.handshakes.is_empty()
     }
 
+    /// Our address a packet from `src` over `proto` arrived on, as str0m knows it.
+    fn local_addr(&self, proto: Protocol, src: SocketAddr) -> SocketAddr {
+        match proto {
+            Protocol::Tcp => local_for(&self.local_tcp, src),
+            _ => local_for(&self.local, src),
+        }
+    }
+
     fn session_connected(&self, id: u64) -> bool {
         self.peers.get(&id).is_some_and(|p| p.connected())
     }
@@ -593,11 +601,7 @@ impl WorkerCore {
     ) {
         self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
         let tcp = proto == Protocol::Tcp;
-        let dst = if tcp {
-            local_for(&self.local_tcp, src)
-        } else {
-            local_for(&self.local, src)
-        };
+        let dst = self.local_addr(proto, src);
         let id = if let Some(ufrag) = stun_local_ufrag(data) {
             match self.by_ufrag.get(ufrag) {
                 Some(id) => {
@@ -654,11 +658,7 @@ impl WorkerCore {
 
     /// Feed a packet to peer `id`, if it is still here.
     fn deliver(&mut self, id: u64, proto: Protocol, src: SocketAddr, data: &[u8], now: Instant) {
-        let dst = if proto == Protocol::Tcp {
-            local_for(&self.local_tcp, src)
-        } else {
-            local_for(&self.local, src)
-        };
+        let dst = self.local_addr(proto, src);
         if let Some(p) = self.peers.get_mut(&id) {
             p.handle_input(now, proto, src, dst, data, &mut self.out);
             self.after_input(id, now);
