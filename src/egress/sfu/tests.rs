@@ -400,8 +400,13 @@ fn pli_is_answered_from_cache_rate_limited_and_viewers_time_out() {
 
     // The client goes silent: dropped after the idle timeout, its session removed.
     let later = now + Duration::from_secs(6);
+    let sent = core.peer(ida).unwrap().link.bytes_out;
+    assert!(sent > 0);
     core.on_timers(later);
     assert_eq!(core.viewer_count(), 0);
+    // What it was sent is counted for /metrics (sfu_bytes_out) when it leaves.
+    let out = core.shared_stats().bytes_out.load(Ordering::Relaxed);
+    assert!(out >= sent, "bytes_out {out} < {sent}");
 }
 
 #[test]

@@ -379,6 +379,9 @@ impl WorkerCore {
                 self.shared
                     .packets_out
                     .fetch_add(v.stats.packets, Ordering::Relaxed);
+                self.shared
+                    .bytes_out
+                    .fetch_add(p.link.bytes_out, Ordering::Relaxed);
                 tracing::info!(worker = self.index, viewer = id, stream = %stream,
                     reason = why.as_str(), packets = v.stats.packets, frames = v.stats.frames,
                     "WHEP viewer left");
