@@ -33,7 +33,11 @@ fn bench_flv(c: &mut Criterion) {
         b.iter(|| {
             round += 1;
             let mut p = reg
-                .begin_publish(&format!("bench{}", round % 4), "bench".into())
+                .begin_publish(
+                    &format!("bench{}", round % 4),
+                    "bench".into(),
+                    std::sync::Arc::new(deltacast::media::KickSignal::default()),
+                )
                 .unwrap();
             let mut d = FlvDemuxer::new();
             let now = Instant::now();

@@ -321,6 +321,7 @@ fn setup(cert: &DtlsCert, n: u32) -> (WorkerCore, Vec<Client>, Source, Instant) 
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),
+        deltacast::media::Registry::new(),
     );
     let mut now = Instant::now();
     let mut src = Source::new();

@@ -26,8 +26,8 @@ use axum::routing::post;
 use axum::Router;
 
 use super::AppState;
-use crate::egress::sfu::admission::{Refusal, SlotKind};
 use crate::egress::sfu::{SessionInfo, SfuHandle, WhepError};
+use crate::webrtc::admission::{Refusal, SlotKind};
 use crate::webrtc::Role;
 
 pub(super) const SDP: &str = "application/sdp";
@@ -108,34 +108,10 @@ async fn create(
     let ip = ext
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    if !content_type_is(&headers, SDP) {
-        return reply(
-            &state,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "WHEP offers must be Content-Type: application/sdp",
-        );
-    }
-    let Ok(offer) = std::str::from_utf8(&body) else {
-        return reply(&state, StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    let (offer, sfu) = match offer_preamble(&state, Role::Viewer, &headers, &body, &stream) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    if !crate::media::stream::valid_stream_name(&stream) {
-        return reply(
-            &state,
-            StatusCode::NOT_FOUND,
-            format!("no stream named '{stream}'"),
-        );
-    }
-    let Some(sfu) = sfu(&state).cloned() else {
-        return retry_after(
-            reply(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "WebRTC playback is disabled on this server ([sfu] enabled = false); use LL-HLS",
-            ),
-            60,
-        );
-    };
-    let offer = offer.to_string();
     let name = stream.clone();
     // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
     let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
@@ -152,35 +128,23 @@ async fn create(
                 return error_response(&state, WhepError::Refused(Refusal::PendingFull));
             }
         };
-    let res = tokio::task::spawn_blocking(move || sfu.create_session(&name, &offer, slot)).await;
+    let res = off_thread(&state, move || sfu.create_session(&name, &offer, slot)).await;
     drop(permit);
     let res = match res {
         Ok(r) => r,
-        Err(e) => {
-            return reply(
-                &state,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal: {e}"),
-            )
-        }
+        Err(r) => return *r,
     };
     match res {
         Ok(c) => {
             tracing::info!(stream = %stream, session = &c.session_id[..16], "WHEP viewer created");
-            let mut r = Response::new(Body::from(c.answer));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-            if let Ok(v) = HeaderValue::from_str(&format!("/whep/{stream}/{}", c.session_id)) {
-                h.insert(header::LOCATION, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&c.etag) {
-                h.insert(header::ETAG, v);
-            }
-            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-            ice_links(&state, h);
-            cors(h, &state.cfg.hls.cors_origin);
-            r
+            created(
+                &state,
+                Role::Viewer,
+                &stream,
+                &c.session_id,
+                c.answer,
+                &c.etag,
+            )
         }
         Err(WhepError::UnknownStream(n)) if state.cfg.streams.iter().any(|s| s.name == n) => {
             // Configured but never published since start: known, just not live.
@@ -188,6 +152,110 @@ async fn create(
         }
         Err(e) => error_response(&state, e),
     }
+}
+
+/// The checks a WHEP or WHIP POST makes before any SDP work: content type, UTF-8, stream
+/// name, WebRTC on. The offer text and the SFU, or the reply.
+pub(super) fn offer_preamble(
+    state: &AppState,
+    role: Role,
+    headers: &HeaderMap,
+    body: &Bytes,
+    stream: &str,
+) -> Result<(String, Arc<SfuHandle>), Box<Response<Body>>> {
+    let what = match role {
+        Role::Viewer => "WHEP",
+        Role::Publisher => "WHIP",
+    };
+    if !content_type_is(headers, SDP) {
+        return Err(Box::new(reply(
+            state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{what} offers must be Content-Type: application/sdp"),
+        )));
+    }
+    let Ok(offer) = std::str::from_utf8(body) else {
+        return Err(Box::new(reply(
+            state,
+            StatusCode::BAD_REQUEST,
+            "SDP offer is not UTF-8",
+        )));
+    };
+    if !crate::media::stream::valid_stream_name(stream) {
+        // A viewer asks for something that cannot exist; a publisher sent a bad name.
+        return Err(Box::new(match role {
+            Role::Viewer => reply(
+                state,
+                StatusCode::NOT_FOUND,
+                format!("no stream named '{stream}'"),
+            ),
+            Role::Publisher => reply(
+                state,
+                StatusCode::BAD_REQUEST,
+                format!("'{stream}' is not a valid stream name"),
+            ),
+        }));
+    }
+    let Some(sfu) = sfu(state).cloned() else {
+        let msg = match role {
+            Role::Viewer => {
+                "WebRTC playback is disabled on this server ([sfu] enabled = false); use LL-HLS"
+            }
+            Role::Publisher => {
+                "WebRTC is disabled on this server ([sfu] enabled = false); publish over RTMP"
+            }
+        };
+        return Err(Box::new(retry_after(
+            reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
+            60,
+        )));
+    };
+    Ok((offer.to_string(), sfu))
+}
+
+/// Run the SDP work of a POST (answering the offer) on a blocking thread; a panic there is a
+/// 500.
+pub(super) async fn off_thread<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Box<Response<Body>>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        Box::new(reply(
+            state,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal: {e}"),
+        ))
+    })
+}
+
+/// 201 Created for a new WHEP or WHIP session: the answer, `Location`, `ETag`, `Accept-Patch`,
+/// the ICE server links, CORS.
+pub(super) fn created(
+    state: &AppState,
+    role: Role,
+    stream: &str,
+    session_id: &str,
+    answer: String,
+    etag: &str,
+) -> Response<Body> {
+    let base = match role {
+        Role::Viewer => "whep",
+        Role::Publisher => "whip",
+    };
+    let mut r = Response::new(Body::from(answer));
+    *r.status_mut() = StatusCode::CREATED;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    if let Ok(v) = HeaderValue::from_str(&format!("/{base}/{stream}/{session_id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    ice_links(state, h);
+    cors(h, &state.cfg.hls.cors_origin);
+    r
 }
 
 fn error_response(state: &AppState, e: WhepError) -> Response<Body> {

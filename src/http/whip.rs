@@ -14,11 +14,10 @@
 //! - `DELETE` → 200: the publisher leaves and the stream goes idle. `OPTIONS` → 204 with CORS.
 //!   Other methods → 405.
 //!
-//! An API kick (`DELETE /api/v1/streams/{name}/publisher`) ends the WHIP session too.
+//! An API kick (`DELETE /api/v1/streams/{name}/publisher`) ends the WHIP session too: the core
+//! kicks through the publisher's control handle, and its worker drops the peer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
@@ -29,14 +28,12 @@ use axum::Router;
 
 use super::AppState;
 use crate::config::KeyLookup;
-use crate::egress::sfu::SfuHandle;
 use crate::ingest::whip::WhipError;
 
 // Session PATCH/DELETE/OPTIONS and the reply helpers are the same for WHIP and WHEP (RFC 9725
 // gives both one shape): one implementation, in `whep`.
 use super::whep::{
-    content_type_is, cors, ice_links, options_resource, options_session, reply, retry_after, sfu,
-    SDP, SDPFRAG,
+    created, off_thread, offer_preamble, options_resource, options_session, reply, retry_after,
 };
 use crate::webrtc::Role;
 
@@ -116,71 +113,34 @@ async fn create(
     if let Some(r) = refuse(&state, &headers, &stream) {
         return r;
     }
-    if !content_type_is(&headers, SDP) {
-        return reply(
-            &state,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "WHIP offers must be Content-Type: application/sdp",
-        );
-    }
-    let Ok(offer) = std::str::from_utf8(&body) else {
-        return reply(&state, StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    let (offer, sfu) = match offer_preamble(&state, Role::Publisher, &headers, &body, &stream) {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    if !crate::media::stream::valid_stream_name(&stream) {
-        return reply(
-            &state,
-            StatusCode::BAD_REQUEST,
-            format!("'{stream}' is not a valid stream name"),
-        );
-    }
-    let Some(sfu) = sfu(&state).cloned() else {
-        return retry_after(
-            reply(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "WebRTC is disabled on this server ([sfu] enabled = false); publish over RTMP",
-            ),
-            60,
-        );
-    };
-    let offer = offer.to_string();
     let name = stream.clone();
     let registry = state.registry.clone();
     let sfu2 = sfu.clone();
     let who = format!("whip:{peer}");
-    let res = tokio::task::spawn_blocking(move || {
-        crate::ingest::whip::create_session(&sfu2, &registry, &name, &offer, who, ip)
+    let res = off_thread(&state, move || {
+        sfu2.create_publisher(&registry, &name, &offer, who, ip)
     })
     .await;
     let res = match res {
         Ok(r) => r,
-        Err(e) => {
-            return reply(
-                &state,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal: {e}"),
-            )
-        }
+        Err(r) => return *r,
     };
     match res {
         Ok(c) => {
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
                 session = &c.session_id[..16], "WHIP publisher created");
-            watch_kick(sfu, c.stream.clone(), c.session_id.clone());
-            let mut r = Response::new(Body::from(c.answer));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-            if let Ok(v) = HeaderValue::from_str(&format!("/whip/{stream}/{}", c.session_id)) {
-                h.insert(header::LOCATION, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&c.etag) {
-                h.insert(header::ETAG, v);
-            }
-            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-            ice_links(&state, h);
-            cors(h, &state.cfg.hls.cors_origin);
-            r
+            created(
+                &state,
+                Role::Publisher,
+                &stream,
+                &c.session_id,
+                c.answer,
+                &c.etag,
+            )
         }
         Err(e) => {
             tracing::info!(stream = %stream, side = "ingest", path = "whip", %peer,
@@ -188,29 +148,6 @@ async fn create(
             error_response(&state, e)
         }
     }
-}
-
-/// End the session when the API kicks the stream's publisher; stop watching once it is gone.
-fn watch_kick(sfu: Arc<SfuHandle>, stream: Arc<crate::media::Stream>, session: String) {
-    tokio::spawn(async move {
-        // One future for the whole session: once polled it is registered, so a kick between
-        // two checks is not missed.
-        let kicked = stream.kicked();
-        tokio::pin!(kicked);
-        loop {
-            tokio::select! {
-                _ = &mut kicked => {
-                    let _ = sfu.delete(&session);
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    if sfu.session(&session).is_none() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
 }
 
 fn error_response(state: &AppState, e: WhipError) -> Response<Body> {

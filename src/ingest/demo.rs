@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::flv::{self, FlvDemuxer};
-use crate::media::{PublishError, Publisher, Registry, TrackKind};
+use crate::media::{KickSignal, PublishError, Publisher, Registry, TrackKind};
 
 /// The embedded clip: 640x360 30 fps H.264 + 48 kHz stereo AAC-LC, exactly 8.000 s.
 pub static DEMO_FLV: &[u8] = include_bytes!("../../assets/demo.flv");
@@ -124,11 +124,12 @@ pub async fn run(registry: Arc<Registry>, name: String) {
     };
     let mut waiting_logged = false;
     loop {
-        match registry.begin_publish(&name, "demo".into()) {
+        let control = Arc::new(KickSignal::default());
+        match registry.begin_publish(&name, "demo".into(), control.clone()) {
             Ok(publisher) => {
                 waiting_logged = false;
                 tracing::info!(side = "ingest", stream = %name, "demo program publishing");
-                if let Err(e) = play(publisher, &tags).await {
+                if let Err(e) = play(publisher, &control, &tags).await {
                     tracing::error!(side = "ingest", stream = %name, "demo stopped: {e}");
                     return;
                 }
@@ -150,9 +151,12 @@ pub async fn run(registry: Arc<Registry>, name: String) {
 }
 
 /// Play the tags in real time, lap after lap, until the publisher is kicked.
-async fn play(mut publisher: Publisher, tags: &[FlvTag]) -> Result<(), String> {
-    let stream = publisher.stream().clone();
-    let kicked = stream.kicked();
+async fn play(
+    mut publisher: Publisher,
+    control: &KickSignal,
+    tags: &[FlvTag],
+) -> Result<(), String> {
+    let kicked = control.kicked();
     tokio::pin!(kicked);
     let mut demux = FlvDemuxer::new();
     let start = Instant::now();
@@ -266,7 +270,9 @@ mod tests {
         let reg = Registry::new();
         let rx = reg.add_sink("test", 4096);
         // Someone else holds the name: the demo waits.
-        let other = reg.begin_publish("demo", "someone".into()).unwrap();
+        let other = reg
+            .begin_publish("demo", "someone".into(), Arc::new(KickSignal::default()))
+            .unwrap();
         let task = tokio::spawn(run(reg.clone(), "demo".into()));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(rx

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use super::flv::{self, FlvDemuxer, FlvOutput};
 use crate::config::{Config, KeyLookup};
-use crate::media::{Codec, PublishError, Publisher, Registry};
+use crate::media::{Codec, KickSignal, PublishError, Publisher, Registry};
 
 /// Size of the one read buffer of each connection.
 pub const READ_BUF_BYTES: usize = 64 * 1024;
@@ -511,11 +511,14 @@ impl Connection {
                 );
             }
         };
-        match self.registry.begin_publish(&name, self.peer.to_string()) {
+        let control = Arc::new(KickSignal::default());
+        match self
+            .registry
+            .begin_publish(&name, self.peer.to_string(), control.clone())
+        {
             Ok(publisher) => {
                 self.name = Some(name.clone());
-                let stream = publisher.stream().clone();
-                self.kicked = Box::pin(async move { stream.kicked().await });
+                self.kicked = Box::pin(async move { control.kicked().await });
                 self.publishing = Some(Publishing {
                     publisher,
                     demux: FlvDemuxer::new(),

@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 use str0m::media::Rid;
 
 use super::whip::{AccessUnit, H264Assembler};
+use crate::media::control::KeyframeRequests;
 use crate::media::{Codec, MAX_LAYERS};
 
 /// A rid that sent nothing for this long is not ranked (its layer number goes to the others).
 pub const ACTIVE_WINDOW: Duration = Duration::from_millis(1500);
 /// Longest wait for every offered rid before layer 0 is chosen from those that arrived.
 pub const SETTLE: Duration = Duration::from_millis(400);
-/// Least time between two keyframe requests for one rid.
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One rid's video: its assembler, its clock slot (owned by the caller's clock logic) and its
 /// current parameters.
@@ -41,9 +40,9 @@ pub struct RidLayer {
     codec: Option<Arc<Codec>>,
     area: u64,
     last_frame: Option<Instant>,
-    last_key_request: Option<Instant>,
-    /// A viewer of this rid's layer asked for a keyframe.
-    key_wanted: bool,
+    /// Keyframe requests to this rid (viewers of its layer, the schedule, a better rid that
+    /// should take layer 0), paced by the one policy.
+    requests: KeyframeRequests,
 }
 
 /// Where an assembled access unit goes.
@@ -112,8 +111,7 @@ impl LayerSet {
             codec: None,
             area: 0,
             last_frame: None,
-            last_key_request: None,
-            key_wanted: false,
+            requests: KeyframeRequests::default(),
         });
         Some(self.layers.len() - 1)
     }
@@ -172,7 +170,7 @@ impl LayerSet {
             }
             l.last_frame = Some(now);
             if au.keyframe {
-                l.key_wanted = false;
+                l.requests.keyframe();
             }
         }
         let first = *self.first_frame.get_or_insert(now);
@@ -191,7 +189,7 @@ impl LayerSet {
             if i == best && au.keyframe {
                 self.primary = Some(best);
             } else {
-                self.layers[best].key_wanted = true;
+                self.layers[best].requests.want();
             }
         }
         if self.primary == Some(i) {
@@ -230,56 +228,52 @@ impl LayerSet {
         for n in 0..MAX_LAYERS {
             if mask & (1 << n) != 0 {
                 if let Some(i) = self.slot_of_layer(n, now) {
-                    self.layers[i].key_wanted = true;
+                    self.layers[i].requests.want();
                 }
             }
         }
     }
 
-    /// Rids to send a keyframe request for now (a viewer asked, or the assembler lost frames),
-    /// at most one per rid per [`KEYFRAME_REQUEST_INTERVAL`]. Marks them as requested.
+    /// Rids to send a keyframe request for now (a viewer asked, the assembler lost frames, or
+    /// layer 0's schedule), paced per rid by [`KeyframeRequests`]. Marks them as requested.
     pub fn due_requests(&mut self, now: Instant) -> Vec<Option<Rid>> {
         if self.scheduled_key_at().is_some_and(|t| t <= now) {
             if let Some(p) = self.primary {
-                self.layers[p].key_wanted = true;
+                self.layers[p].requests.want();
             }
         }
         let mut out = Vec::new();
         for l in self.layers.iter_mut() {
-            if !(l.key_wanted || l.h264.wants_keyframe()) {
-                continue;
+            if l.h264.wants_keyframe() {
+                l.requests.want();
             }
-            if l.last_key_request
-                .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
-            {
-                continue;
+            if l.requests.poll(now) {
+                out.push(l.rid);
             }
-            l.last_key_request = Some(now);
-            l.key_wanted = false;
-            out.push(l.rid);
         }
         out
     }
 
-    /// When the next rate-limited request may go out (None: nothing pending); `due` stands for
-    /// "at once" (any instant not in the future), so this code never reads the clock.
+    /// When the next paced request may go out (None: nothing pending); `due` stands for "at
+    /// once" (any instant not in the future), so this code never reads the clock.
     pub fn next_request_at(&self, due: Instant) -> Option<Instant> {
+        let wanted = |l: &RidLayer| {
+            let mut r = l.requests;
+            if l.h264.wants_keyframe() {
+                r.want();
+            }
+            r
+        };
         let asked = self
             .layers
             .iter()
-            .filter(|l| l.key_wanted || l.h264.wants_keyframe())
-            .map(|l| {
-                l.last_key_request
-                    .map_or(due, |t| t + KEYFRAME_REQUEST_INTERVAL)
-            })
+            .filter_map(|l| wanted(l).next_at(due))
             .min();
-        // The schedule, but never sooner than the rate limit allows for layer 0.
-        let scheduled = self.scheduled_key_at().map(|t| {
-            let limit = self
-                .primary
-                .and_then(|p| self.layers[p].last_key_request)
-                .map(|r| r + KEYFRAME_REQUEST_INTERVAL);
-            limit.map_or(t, |l| t.max(l))
+        // The schedule, but never sooner than the policy allows for layer 0.
+        let scheduled = self.scheduled_key_at().and_then(|t| {
+            let mut r = self.layers[self.primary?].requests;
+            r.want();
+            Some(r.next_at(due).map_or(t, |l| t.max(l)))
         });
         match (asked, scheduled) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -291,6 +285,7 @@ impl LayerSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::control::KEYFRAME_WAIT;
     use crate::media::H264Params;
     use bytes::Bytes;
 
@@ -369,12 +364,12 @@ mod tests {
         // through their assemblers here, so they want one too).
         s.want_keyframes(1 << 2, t);
         assert!(s.due_requests(t).contains(&rid("l")));
-        // Rate-limited.
+        // A request waiting for its keyframe absorbs new wants, and is repeated when the
+        // keyframe does not come.
         s.want_keyframes(1 << 2, t);
         assert!(s.due_requests(t + Duration::from_millis(100)).is_empty());
-        assert!(s
-            .due_requests(t + Duration::from_millis(600))
-            .contains(&rid("l")));
+        assert!(s.due_requests(t + Duration::from_millis(600)).is_empty());
+        assert!(s.due_requests(t + KEYFRAME_WAIT).contains(&rid("l")));
     }
 
     #[test]

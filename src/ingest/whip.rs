@@ -3,42 +3,47 @@
 //! ```text
 //!  HTTP POST /whip/{stream} ─ key check, begin_publish, build Rtc (ICE-lite, frame mode) ─┐
 //!                                                                                          ▼
-//!  publisher UDP ─► SFU worker (least loaded) ─► WhipSession: str0m depacketizes RTP into
+//!  publisher UDP ─► SFU worker (least loaded) ─► WhipPublisher: str0m depacketizes RTP into
 //!                   MediaData (Annex-B H.264 AU / Opus packet) ─► H264Assembler (AVCC, avcC
 //!                   from in-band SPS/PPS) ─► media::Publisher::push (90 kHz) ─► every egress
 //! ```
 //!
-//! - The publisher's `Rtc` runs in str0m's frame mode (viewers' `Rtc`s run in RTP mode); it
-//!   lives on an SFU worker next to the viewers and is driven by the same loop and timers.
+//! - [`WhipPublisher`] is the publisher role of a [`crate::webrtc::peer::Peer`]: the peer (input,
+//!   timeouts, liveness) is the viewers' one. Its `Rtc` runs in str0m's frame mode (viewers'
+//!   run in RTP mode); it lives on an SFU worker next to the viewers, driven by the same loop.
+//!   The POST that places it is [`crate::egress::sfu::publish`]: this module never imports the
+//!   SFU.
 //! - [`H264Assembler`] is sans-IO: Annex-B access units in, AVCC (4-byte lengths) out, with SPS,
 //!   PPS and AUD moved out of the frames into an `avcC` built from what was seen in-band.
 //! - Timestamps: each track's RTP clock is anchored to the arrival time of its first frame on
 //!   one session clock, then advances with the RTP timestamps (90 kHz video, 48 kHz Opus →
 //!   90 kHz), so audio and video stay aligned without waiting for RTCP sender reports.
-//! - Keyframe requests (PLI/FIR) from viewers of the stream reach the publisher through the
-//!   [`crate::egress::sfu::SessionTable`] publisher hook, rate-limited per publisher.
-//! - Dropping a [`WhipSession`] (DELETE, ICE timeout, idle) drops the `Publisher`: the stream
-//!   goes idle.
+//! - The core reaches the publisher through its [`WhipControl`] (given to the registry when
+//!   publishing begins): viewers' keyframe requests per layer and API kicks are flags its worker
+//!   takes; PLIs are paced by [`crate::media::control::KeyframeRequests`].
+//! - Dropping the peer (DELETE, kick, ICE timeout, idle) drops the `Publisher`: the stream goes
+//!   idle.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcError};
+use str0m::{Event, IceCreds, Rtc};
 
 use super::simulcast::{LayerSet, Placement};
-use crate::egress::sfu::session::DropReason;
-use crate::io::Outgoing;
+use crate::io::Waker;
 use crate::media::codec::h264::{
     nal_type, parse_avcc, write_avcc, H264Error, Nalus, NAL_AUD, NAL_FILLER, NAL_IDR, NAL_PPS,
     NAL_SPS,
 };
-use crate::media::{Codec, H264Params, OpusParams, PublishError, Publisher, TrackKind};
-use crate::webrtc::offer::{self, OfferError, Role};
+use crate::media::{
+    Codec, H264Params, OpusParams, PublishError, Publisher, PublisherControl, TrackKind,
+};
+use crate::webrtc::offer::OfferError;
+use crate::webrtc::peer::{DropReason, Link, PeerRole};
 
 /// Largest access unit accepted from a publisher (a bigger one is dropped).
 const MAX_AU_BYTES: usize = 8 << 20;
@@ -62,7 +67,7 @@ pub enum WhipError {
     #[error("publisher limit reached")]
     Full,
     #[error("{0}")]
-    Refused(crate::egress::sfu::admission::Refusal),
+    Refused(crate::webrtc::admission::Refusal),
     #[error("session not found")]
     NoSession,
     #[error("internal: {0}")]
@@ -248,21 +253,49 @@ impl TrackClock {
     }
 }
 
-/// Keyframe requests a viewer's worker raises and the publisher's worker takes: one bit per
-/// simulcast layer (bit 0: the stream's video track).
-#[derive(Default, Debug)]
-pub struct KeyframeFlag(AtomicU32);
+/// How the core reaches a WHIP publisher ([`PublisherControl`]): a kick and keyframe requests
+/// (one bit per simulcast layer; bit 0: the stream's video track) are flags its worker takes,
+/// woken through the worker's waker. Whoever asks never waits for the worker.
+pub struct WhipControl {
+    layers: AtomicU32,
+    kicked: AtomicBool,
+    waker: Waker,
+}
 
-impl KeyframeFlag {
-    pub fn raise(&self, layer: u8) {
-        self.0
+impl WhipControl {
+    /// `waker`: of the worker that hosts the publisher.
+    pub fn new(waker: Waker) -> Self {
+        Self {
+            layers: AtomicU32::new(0),
+            kicked: AtomicBool::new(false),
+            waker,
+        }
+    }
+
+    /// The layers asked for since the last call.
+    fn take_keyframes(&self) -> u32 {
+        self.layers.swap(0, Ordering::AcqRel)
+    }
+
+    fn keyframes_pending(&self) -> bool {
+        self.layers.load(Ordering::Acquire) != 0
+    }
+
+    pub fn kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+}
+
+impl PublisherControl for WhipControl {
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn request_keyframe(&self, layer: u8) {
+        self.layers
             .fetch_or(1 << (layer as u32).min(31), Ordering::AcqRel);
-    }
-    pub fn take(&self) -> u32 {
-        self.0.swap(0, Ordering::AcqRel)
-    }
-    fn pending(&self) -> bool {
-        self.0.load(Ordering::Acquire) != 0
+        self.waker.wake();
     }
 }
 
@@ -276,12 +309,10 @@ pub struct WhipStats {
     pub bad_frames: u64,
 }
 
-/// A WHIP publisher on an SFU worker: its `Rtc` and the `Publisher` it feeds.
-pub struct WhipSession {
-    pub id: u64,
+/// The publisher role of a WebRTC peer ([`crate::webrtc::peer`]): the `Publisher` a WHIP
+/// session feeds, and the depacketized media on its way there.
+pub struct WhipPublisher {
     pub stream: Arc<str>,
-    pub local_ufrag: String,
-    rtc: Rtc,
     publisher: Publisher,
     video_mid: Option<Mid>,
     audio_mid: Option<Mid>,
@@ -290,114 +321,58 @@ pub struct WhipSession {
     opus_set: bool,
     t0: Option<Instant>,
     audio_clock: Option<TrackClock>,
-    connected: bool,
-    pub keyframe_flag: Arc<KeyframeFlag>,
-    pub next_timeout: Instant,
-    pub last_rx: Instant,
-    pub created: Instant,
-    pub dead: Option<DropReason>,
+    control: Arc<WhipControl>,
     pub stats: WhipStats,
-    /// Admission slot (pending bounds): pending until ICE + DTLS complete, given back on drop.
-    slot: Option<crate::egress::sfu::admission::Slot>,
 }
 
-impl WhipSession {
-    pub fn new(
-        id: u64,
-        rtc: Rtc,
-        publisher: Publisher,
-        local_ufrag: String,
-        keyframe_flag: Arc<KeyframeFlag>,
-        now: Instant,
-    ) -> Self {
-        let (video_mid, audio_mid) = (None, None);
+impl PeerRole for WhipPublisher {
+    fn kind(&self) -> &'static str {
+        "publisher"
+    }
+
+    fn on_event(&mut self, link: &mut Link, e: Event, now: Instant) {
+        match e {
+            Event::Connected => {
+                tracing::info!(publisher = link.id, stream = %self.stream, side = "ingest",
+                    "WHIP publisher connected");
+            }
+            Event::MediaData(m) => self.on_media(m, now),
+            _ => {}
+        }
+    }
+}
+
+impl WhipPublisher {
+    /// `control`: the handle the stream was given when `publisher` began.
+    pub fn new(publisher: Publisher, control: Arc<WhipControl>) -> Self {
         Self {
-            id,
             stream: Arc::from(publisher.name()),
-            local_ufrag,
-            rtc,
             publisher,
-            video_mid,
-            audio_mid,
+            video_mid: None,
+            audio_mid: None,
             video: LayerSet::new(0, None),
             opus_set: false,
             t0: None,
             audio_clock: None,
-            connected: false,
-            keyframe_flag,
-            next_timeout: now,
-            last_rx: now,
-            created: now,
-            dead: None,
+            control,
             stats: WhipStats::default(),
-            slot: None,
         }
     }
 
-    /// Hold the session's admission slot.
-    pub fn set_slot(&mut self, slot: Option<crate::egress::sfu::admission::Slot>) {
-        self.slot = slot;
-    }
-
-    pub fn connected(&self) -> bool {
-        self.connected
-    }
-
-    pub fn rtc(&mut self) -> &mut Rtc {
-        &mut self.rtc
-    }
-
-    /// Does this datagram belong to this session (STUN integrity, or a known peer)?
-    pub fn accepts(
-        &self,
-        now: Instant,
-        proto: Protocol,
-        src: std::net::SocketAddr,
-        dst: std::net::SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        match Receive::new(proto, src, dst, data) {
-            Ok(r) => self.rtc.accepts(&Input::Receive(now, r)),
-            Err(_) => false,
-        }
-    }
-
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        proto: Protocol,
-        src: std::net::SocketAddr,
-        dst: std::net::SocketAddr,
-        data: &[u8],
-        out: &mut Vec<Outgoing>,
-    ) {
-        let Ok(r) = Receive::new(proto, src, dst, data) else {
-            return;
-        };
-        self.last_rx = now;
-        if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
-            tracing::debug!(publisher = self.id, "whip rtc input: {e}");
-        }
-        self.drain(now, out);
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(publisher = self.id, "whip rtc timeout: {e}");
-        }
-        self.drain(now, out);
-    }
-
-    /// Ask the publisher for keyframes that viewers (by layer) or lost frames (by rid) want,
-    /// at most one per rid per 500 ms. Returns true when a request was sent.
-    pub fn maybe_request_keyframe(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> bool {
-        let mask = self.keyframe_flag.take();
-        if !self.connected {
-            if mask != 0 {
-                self.keyframe_flag.0.fetch_or(mask, Ordering::AcqRel);
-            }
+    /// Act on the core's requests: a kick marks the peer dead; keyframes that viewers (by
+    /// layer), lost frames or the schedule (by rid) want are asked for, paced by
+    /// [`crate::media::control::KeyframeRequests`]. True when a request was written (the caller
+    /// drains the peer).
+    pub fn on_control(&mut self, link: &mut Link, now: Instant) -> bool {
+        if self.control.kicked() {
+            link.kill(DropReason::Kicked);
             return false;
         }
+        if !link.connected() {
+            // Taken once connected (the keyframe_retry_at deadline says when).
+            return false;
+        }
+        let mask = self.control.take_keyframes();
         self.video.want_keyframes(mask, now);
         let Some(mid) = self.video_mid else {
             return false;
@@ -406,7 +381,7 @@ impl WhipSession {
         if rids.is_empty() {
             return false;
         }
-        let Some(mut w) = self.rtc.writer(mid) else {
+        let Some(mut w) = link.rtc.writer(mid) else {
             return false;
         };
         let mut sent = false;
@@ -416,66 +391,18 @@ impl WhipSession {
                 sent = true;
             }
         }
-        if sent {
-            self.handle_timeout(now, out);
-        }
         sent
     }
 
     /// When a pending keyframe request may go out.
-    pub fn keyframe_retry_at(&self) -> Option<Instant> {
-        if !self.connected {
+    pub fn keyframe_retry_at(&self, link: &Link) -> Option<Instant> {
+        if !link.connected() {
             return None;
         }
-        if self.keyframe_flag.pending() {
-            return Some(self.created);
+        if self.control.keyframes_pending() {
+            return Some(link.created);
         }
-        self.video.next_request_at(self.created)
-    }
-
-    pub fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    self.next_timeout = t.max(now + Duration::from_micros(500));
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    out.push(Outgoing {
-                        dst: t.destination,
-                        data: t.contents.into(),
-                    });
-                }
-                Ok(Output::Event(e)) => self.on_event(e, now),
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn fail(&mut self, e: RtcError) {
-        tracing::info!(publisher = self.id, stream = %self.stream, side = "ingest", "whip rtc error: {e}");
-        self.dead.get_or_insert(DropReason::RtcError);
-    }
-
-    fn on_event(&mut self, e: Event, now: Instant) {
-        match e {
-            Event::Connected => {
-                self.connected = true;
-                if let Some(s) = self.slot.as_mut() {
-                    s.connected();
-                }
-                tracing::info!(publisher = self.id, stream = %self.stream, side = "ingest",
-                    "WHIP publisher connected");
-            }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.dead.get_or_insert(DropReason::IceDisconnected);
-            }
-            Event::MediaData(m) => self.on_media(m, now),
-            _ => {}
-        }
+        self.video.next_request_at(link.created)
     }
 
     /// `slot`: the video rid's slot in [`LayerSet`] (None for audio).
@@ -584,11 +511,13 @@ impl WhipSession {
 
     /// Record why the session ended on the stream (shown by the API) before it is dropped.
     pub fn end(&mut self, why: DropReason) {
-        if !matches!(why, DropReason::Deleted | DropReason::Shutdown) {
+        if !matches!(
+            why,
+            DropReason::Deleted | DropReason::Shutdown | DropReason::Kicked
+        ) {
             self.publisher
                 .fail(format!("WHIP publisher dropped: {}", why.as_str()));
         }
-        self.rtc.disconnect();
     }
 }
 
@@ -626,7 +555,7 @@ pub fn media_mids(rtc: &Rtc, mids: &[String]) -> (Option<Mid>, Option<Mid>) {
     (v, a)
 }
 
-impl WhipSession {
+impl WhipPublisher {
     /// Set the m-lines found in the offer (see [`media_mids`]).
     pub fn set_mids(&mut self, video: Option<Mid>, audio: Option<Mid>) {
         self.video_mid = video;
@@ -638,129 +567,6 @@ impl WhipSession {
     pub fn set_video(&mut self, rids: usize, keyframe_interval_ms: u64) {
         self.video = LayerSet::new(rids, Some(Duration::from_millis(keyframe_interval_ms)));
     }
-}
-
-/// Host candidates for a publisher on a worker (UDP, plus passive TCP when configured).
-pub fn add_candidates(rtc: &mut Rtc, udp: &[std::net::SocketAddr], tcp: &[std::net::SocketAddr]) {
-    for c in udp {
-        if let Ok(c) = Candidate::host(*c, "udp") {
-            rtc.add_local_candidate(c);
-        }
-    }
-    for c in tcp {
-        if let Ok(c) = Candidate::builder()
-            .tcp()
-            .host(*c)
-            .tcptype(str0m::net::TcpType::Passive)
-            .build()
-        {
-            rtc.add_local_candidate(c);
-        }
-    }
-}
-
-/// Result of a successful WHIP POST.
-pub struct WhipCreated {
-    /// Session URL id (`/whip/{stream}/{session_id}`).
-    pub session_id: String,
-    pub answer: String,
-    pub etag: String,
-    /// The stream now published (the HTTP side watches it for API kicks).
-    pub stream: Arc<crate::media::Stream>,
-}
-
-/// WHIP POST: check the offer, answer it on the least-loaded SFU worker, take the stream's
-/// publisher slot and hand the session to the worker.
-pub fn create_session(
-    sfu: &crate::egress::sfu::SfuHandle,
-    registry: &Arc<crate::media::Registry>,
-    stream: &str,
-    offer: &str,
-    peer: String,
-    ip: std::net::IpAddr,
-) -> Result<WhipCreated, WhipError> {
-    use crate::egress::sfu::admission::SlotKind;
-    use crate::egress::sfu::{ControlMsg, PublisherHook, SessionInfo};
-    use crossbeam_channel::TrySendError;
-    let checked = offer::check(offer, Role::Publisher)?;
-    if !crate::media::stream::valid_stream_name(stream) {
-        return Err(WhipError::BadName(stream.into()));
-    }
-    let mids = checked.mids;
-    // A publisher's handshake costs a worker what a viewer's does: it takes a pending slot (not
-    // a viewer slot, and it is never refused by load: that would cut every viewer off).
-    let (slot, worker) = sfu
-        .admit(ip, SlotKind::Publisher)
-        .map_err(WhipError::Refused)?;
-    let now = Instant::now();
-    let (mut rtc, creds) = build_publisher_rtc(sfu.dtls_cert(), now);
-    add_candidates(&mut rtc, &worker.candidates, &worker.tcp_candidates);
-    let answer = rtc
-        .sdp_api()
-        .accept_offer(checked.sdp)
-        .map_err(|e| WhipError::BadSdp(e.to_string()))?;
-    let (video, audio) = media_mids(&rtc, &mids);
-    if video.is_none() {
-        return Err(WhipError::Unsupported(
-            "the offer has no usable H.264 video m-line".into(),
-        ));
-    }
-    let publisher = registry.begin_publish(stream, peer)?;
-    let stream_arc = publisher.stream().clone();
-    let id = loop {
-        let id = rand::random::<u64>() >> 1;
-        if id != 0 && sfu.sessions.get(id).is_none() {
-            break id;
-        }
-    };
-    let token = format!("{:016x}", rand::random::<u64>());
-    let session_id = format!("{id:016x}{token}");
-    let etag = format!("\"{:016x}\"", rand::random::<u64>());
-    let flag = Arc::new(KeyframeFlag::default());
-    let mut session = WhipSession::new(id, rtc, publisher, creds.ufrag, flag.clone(), now);
-    session.set_mids(video, audio);
-    session.set_video(simulcast_rids(offer), sfu.cfg.whip_keyframe_interval_ms);
-    session.set_slot(Some(slot));
-    sfu.sessions.insert(SessionInfo {
-        viewer: id,
-        role: Role::Publisher,
-        worker: worker.index,
-        stream: stream.into(),
-        token,
-        etag: etag.clone(),
-        created: now,
-        layer: 0,
-    });
-    sfu.sessions.set_publisher(
-        Arc::from(stream),
-        PublisherHook {
-            session: id,
-            worker: worker.index,
-            flag,
-            waker: worker.waker.clone(),
-        },
-    );
-    worker.shared.publishers.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = worker
-        .control_tx
-        .try_send(ControlMsg::AddPublisher(Box::new(session)))
-    {
-        sfu.sessions.remove(id);
-        sfu.sessions.clear_publisher(stream, id);
-        worker.shared.publishers.fetch_sub(1, Ordering::Relaxed);
-        // Dropping the session (inside the error) drops the Publisher: the stream is idle again.
-        return Err(match e {
-            TrySendError::Full(_) => WhipError::Full,
-            TrySendError::Disconnected(_) => WhipError::Internal("SFU worker stopped".into()),
-        });
-    }
-    worker.waker.wake();
-    Ok(WhipCreated {
-        session_id,
-        answer: answer.to_sdp_string(),
-        etag,
-        stream: stream_arc,
-    })
 }
 
 #[cfg(test)]

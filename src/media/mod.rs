@@ -3,10 +3,12 @@
 
 pub mod bridge;
 pub mod codec;
+pub mod control;
 pub mod frame;
 pub mod stream;
 pub mod track;
 
+pub use control::{KickSignal, PublisherControl};
 pub use frame::{Frame, TrackKind, CLOCK_HZ};
 pub use stream::{
     Envelope, LayerFrame, MediaEvent, PublishError, Publisher, Registry, Stream, StreamState,

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
+use super::control::PublisherControl;
 use super::frame::{Frame, TrackKind, CLOCK_HZ};
 use super::track::{Codec, TrackSet};
 
@@ -242,6 +243,8 @@ struct Inner {
     rate_bucket_start: Option<Instant>,
     rate_bucket_bytes: u64,
     bitrate_bps: u64,
+    /// The current publisher's control handle (see [`crate::media::control`]).
+    control: Option<Arc<dyn PublisherControl>>,
 }
 
 /// One named live program.
@@ -252,8 +255,6 @@ pub struct Stream {
     frames_in: AtomicU64,
     /// Highest simulcast layer seen this session + 1 (1: no simulcast).
     layers: AtomicU8,
-    /// Asks the current publisher to disconnect (API "kick").
-    kick: tokio::sync::Notify,
 }
 
 impl Stream {
@@ -280,14 +281,21 @@ impl Stream {
         (g.tracks.clone(), frames)
     }
 
-    /// Wait until someone asks the current publisher to leave.
-    pub async fn kicked(&self) {
-        self.kick.notified().await
+    /// The current publisher's control handle, if one is publishing.
+    fn control(&self) -> Option<Arc<dyn PublisherControl>> {
+        self.inner.lock().control.clone()
     }
 
-    /// Ask the current publisher (if any) to disconnect.
-    pub fn kick(&self) {
-        self.kick.notify_waiters();
+    /// Ask the current publisher (if any) to disconnect; false when none is publishing.
+    pub fn kick(&self) -> bool {
+        // Called outside the stream lock: the publisher's leaving takes it.
+        self.control().map(|c| c.kick()).is_some()
+    }
+
+    /// Ask the current publisher (if any) for a keyframe of simulcast layer `layer` (0: the
+    /// video track); it paces the requests it sends. False when none is publishing.
+    pub fn request_keyframe(&self, layer: u8) -> bool {
+        self.control().map(|c| c.request_keyframe(layer)).is_some()
     }
 
     /// Simulcast layers of the video track this session (1 without simulcast).
@@ -412,11 +420,13 @@ impl Registry {
     }
 
     /// Start publishing `name`. A stream that went idle resumes (same timeline, new session);
-    /// a stream with a live publisher refuses.
+    /// a stream with a live publisher refuses. `control` is how the core reaches this publisher
+    /// (kick, keyframe requests) until it leaves.
     pub fn begin_publish(
         self: &Arc<Self>,
         name: &str,
         peer: String,
+        control: Arc<dyn PublisherControl>,
     ) -> Result<Publisher, PublishError> {
         if !valid_stream_name(name) {
             return Err(PublishError::BadName(name.into()));
@@ -444,11 +454,11 @@ impl Registry {
                             rate_bucket_start: None,
                             rate_bucket_bytes: 0,
                             bitrate_bps: 0,
+                            control: None,
                         }),
                         bytes_in: AtomicU64::new(0),
                         frames_in: AtomicU64::new(0),
                         layers: AtomicU8::new(1),
-                        kick: tokio::sync::Notify::new(),
                     })
                 })
                 .clone()
@@ -459,6 +469,7 @@ impl Registry {
                 return Err(PublishError::AlreadyPublishing(name.into()));
             }
             g.state = StreamState::Publishing;
+            g.control = Some(control);
             stream.layers.store(1, Ordering::Relaxed);
             g.sessions += 1;
             g.publisher = Some(peer);
@@ -782,6 +793,7 @@ impl Drop for Publisher {
         }
         g.publisher = None;
         g.publishing_since = None;
+        g.control = None;
         self.registry.deliver(&stream, &mut g, MediaEvent::Idle);
         tracing::info!(stream = %self.stream.name, "publisher left; stream idle");
     }
@@ -791,6 +803,46 @@ impl Drop for Publisher {
 mod tests {
     use super::*;
     use crate::media::track::AacParams;
+    use crate::media::KickSignal;
+
+    /// A control that records what the core asked.
+    #[derive(Default)]
+    struct Recorder {
+        kicks: AtomicU64,
+        layers: Mutex<Vec<u8>>,
+    }
+
+    impl PublisherControl for Recorder {
+        fn kick(&self) {
+            self.kicks.fetch_add(1, Ordering::Relaxed);
+        }
+        fn request_keyframe(&self, layer: u8) {
+            self.layers.lock().push(layer);
+        }
+    }
+
+    #[test]
+    fn the_core_reaches_the_current_publisher_through_its_control_only_while_it_publishes() {
+        let reg = Registry::new();
+        let first = Arc::new(Recorder::default());
+        let p = reg.begin_publish("c", "a".into(), first.clone()).unwrap();
+        let s = reg.get("c").unwrap();
+        assert!(s.request_keyframe(2));
+        assert!(s.kick());
+        assert_eq!(*first.layers.lock(), vec![2]);
+        assert_eq!(first.kicks.load(Ordering::Relaxed), 1);
+        drop(p);
+        // Gone: nothing reaches the old publisher's handle any more.
+        assert!(!s.kick());
+        assert!(!s.request_keyframe(0));
+        assert_eq!(first.kicks.load(Ordering::Relaxed), 1);
+        // The next publisher brings its own handle.
+        let second = Arc::new(Recorder::default());
+        let _p = reg.begin_publish("c", "b".into(), second.clone()).unwrap();
+        assert!(s.request_keyframe(0));
+        assert_eq!(*second.layers.lock(), vec![0]);
+        assert_eq!(first.layers.lock().len(), 1);
+    }
 
     fn aac() -> Codec {
         Codec::Aac(AacParams {
@@ -805,9 +857,12 @@ mod tests {
     fn second_publisher_refused_and_resume_keeps_timeline_monotonic() {
         let reg = Registry::new();
         let rx = reg.add_sink("test", 256);
-        let mut p = reg.begin_publish("show", "a".into()).unwrap();
+        let mut p = reg
+            .begin_publish("show", "a".into(), Arc::new(KickSignal::default()))
+            .unwrap();
         assert_eq!(
-            reg.begin_publish("show", "b".into()).err(),
+            reg.begin_publish("show", "b".into(), Arc::new(KickSignal::default()))
+                .err(),
             Some(PublishError::AlreadyPublishing("show".into()))
         );
         p.set_codec(aac());
@@ -825,7 +880,9 @@ mod tests {
         }
         drop(p);
         assert_eq!(reg.get("show").unwrap().state(), StreamState::Idle);
-        let mut p = reg.begin_publish("show", "a".into()).unwrap();
+        let mut p = reg
+            .begin_publish("show", "a".into(), Arc::new(KickSignal::default()))
+            .unwrap();
         p.set_codec(aac());
         p.push(
             TrackKind::Audio,
@@ -861,7 +918,9 @@ mod tests {
     fn slow_sink_drops_and_memory_stays_bounded() {
         let reg = Registry::new();
         let rx = reg.add_sink("slow", 64);
-        let mut p = reg.begin_publish("s", "a".into()).unwrap();
+        let mut p = reg
+            .begin_publish("s", "a".into(), Arc::new(KickSignal::default()))
+            .unwrap();
         p.set_codec(aac());
         let now = Instant::now();
         for i in 0..10_000 {

@@ -15,7 +15,7 @@ use rml_rtmp::sessions::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::media::{AacParams, Codec, OpusParams, Publisher, TrackKind};
+use crate::media::{AacParams, Codec, KickSignal, OpusParams, Publisher, TrackKind};
 
 // ───────────────────────────── test RTMP server ─────────────────────────────
 
@@ -276,7 +276,9 @@ struct Feed {
 
 impl Feed {
     fn new(reg: &Arc<Registry>, name: &str, audio: Codec) -> Feed {
-        let mut p = reg.begin_publish(name, "test".into()).unwrap();
+        let mut p = reg
+            .begin_publish(name, "test".into(), Arc::new(KickSignal::default()))
+            .unwrap();
         p.set_codec(h264());
         p.set_codec(audio);
         Feed {

@@ -17,18 +17,18 @@
 //!   the datagram, which moves into the send batch; one batch per fan-out.
 //! - The HTTP side builds the viewer's `Rtc` (ICE-lite, RTP mode, a shared DTLS certificate) and
 //!   answers the offer off the worker cores, then moves it to the worker.
-//! - WHIP publishers ([`crate::ingest::whip::WhipSession`], `Rtc` in frame mode) live on the
-//!   least-loaded worker next to the viewers; viewers' keyframe requests reach them through the
-//!   [`SessionTable`] publisher hook (a flag + the publisher worker's waker).
+//! - WHIP publishers (peers with the [`crate::ingest::whip::WhipPublisher`] role, `Rtc` in frame
+//!   mode) live on the least-loaded worker next to the viewers; viewers' keyframe requests reach them through the
+//!   core ([`crate::media::Stream::request_keyframe`] → the publisher's control handle).
 //! - ICE-TCP ([`tcp`]): a passive TCP candidate per worker (`ice_tcp_port_base + i`); a listener
 //!   thread deframes RFC 4571 packets into the worker, which feeds them to the same `Rtc`s as
 //!   `Protocol::Tcp` and sends those peers' datagrams back through that thread.
-//! - Admission ([`admission`]): a session reserves its slot atomically before its offer is
+//! - Admission ([`crate::webrtc::admission`]): a session reserves its slot atomically before its offer is
 //!   answered (viewer cap, pending bounds total and per address), and viewers are placed only on
 //!   workers whose measured loop load is under `sfu.admit_max_busy_pct`; otherwise 503.
 
-pub mod admission;
 pub mod packetizer;
+pub mod publish;
 pub mod router;
 pub mod session;
 pub mod tcp;
@@ -45,13 +45,14 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
-use str0m::{Candidate, IceCreds, Rtc};
+use str0m::{IceCreds, Rtc};
 
 use crate::config::SfuConfig;
 use crate::io::{DriverKind, IoRequest, Waker};
 use crate::media::{Registry, StreamState, TrackKind};
+use crate::webrtc::admission::{Admission, LoadSignal, Refusal, Slot, SlotKind};
 use crate::webrtc::offer::{self, OfferError, Role};
-use admission::{Admission, LoadSignal, Refusal, Slot, SlotKind};
+use crate::webrtc::peer::{add_candidates, Peer};
 use packetizer::RtpPayload;
 use session::{choose_audio, choose_video, AudioOut, VideoOut};
 
@@ -94,19 +95,10 @@ pub enum MediaMsg {
 /// HTTP → worker.
 pub enum ControlMsg {
     Add(Box<NewViewer>),
-    /// A WHIP publisher session (see [`crate::ingest::whip`]).
-    AddPublisher(Box<crate::ingest::whip::WhipSession>),
+    /// A WHIP publisher's peer (see [`publish`]).
+    AddPublisher(Box<Peer<crate::ingest::whip::WhipPublisher>>),
     Remove(u64),
     Shutdown,
-}
-
-/// How a viewer's worker reaches the WHIP publisher of its stream (keyframe requests).
-#[derive(Clone)]
-pub struct PublisherHook {
-    pub session: u64,
-    pub worker: usize,
-    pub flag: Arc<crate::ingest::whip::KeyframeFlag>,
-    pub waker: Waker,
 }
 
 /// A viewer whose offer has been answered, on its way to a worker.
@@ -145,8 +137,6 @@ pub struct SessionInfo {
 #[derive(Default)]
 pub struct SessionTable {
     by_viewer: Mutex<HashMap<u64, SessionInfo>>,
-    /// WHIP publishers by stream name (keyframe requests from viewers go there).
-    publishers: Mutex<HashMap<Arc<str>, PublisherHook>>,
 }
 
 impl SessionTable {
@@ -158,10 +148,9 @@ impl SessionTable {
     /// WebRTC viewers of `stream` per simulcast layer (index 0 = best).
     pub fn layers_of(&self, stream: &str) -> [usize; crate::media::MAX_LAYERS] {
         let mut out = [0; crate::media::MAX_LAYERS];
-        // The stream's WHIP publisher has a session here too; it is not a viewer.
-        let publisher = self.publishers.lock().get(stream).map(|h| h.session);
         for s in self.by_viewer.lock().values() {
-            if s.stream == stream && Some(s.viewer) != publisher {
+            // The stream's WHIP publisher has a session here too; it is not a viewer.
+            if s.stream == stream && s.role == Role::Viewer {
                 out[(s.layer as usize).min(out.len() - 1)] += 1;
             }
         }
@@ -189,30 +178,6 @@ impl SessionTable {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-    /// Register the WHIP publisher of `stream`.
-    pub fn set_publisher(&self, stream: Arc<str>, hook: PublisherHook) {
-        self.publishers.lock().insert(stream, hook);
-    }
-    /// Forget the WHIP publisher of `stream` if it is still `session`.
-    pub fn clear_publisher(&self, stream: &str, session: u64) {
-        let mut g = self.publishers.lock();
-        if g.get(stream).is_some_and(|h| h.session == session) {
-            g.remove(stream);
-        }
-    }
-    /// A viewer of `stream` wants a keyframe: forward to its WHIP publisher, if it has one (the
-    /// publisher's worker rate-limits). Called on keyframe requests only, never per packet.
-    pub fn request_keyframe(&self, stream: &str, layer: u8) -> bool {
-        let hook = self.publishers.lock().get(stream).cloned();
-        match hook {
-            Some(h) => {
-                h.flag.raise(layer);
-                h.waker.wake();
-                true
-            }
-            None => false,
-        }
     }
     pub fn set_etag(&self, viewer: u64, etag: String) {
         if let Some(s) = self.by_viewer.lock().get_mut(&viewer) {
@@ -313,7 +278,7 @@ impl From<OfferError> for WhepError {
 /// The SFU as the rest of the process sees it.
 pub struct SfuHandle {
     pub cfg: SfuConfig,
-    /// Slots and pending bounds (see [`admission`]).
+    /// Slots and pending bounds (see [`crate::webrtc::admission`]).
     pub admission: Arc<Admission>,
     /// Offers being answered at once (SDP + `Rtc` setup is CPU work on blocking threads): the
     /// HTTP side waits for a permit, so a burst of POSTs queues as tasks, not as threads.
@@ -324,6 +289,21 @@ pub struct SfuHandle {
     cert: str0m::config::DtlsCert,
     router: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub router_shared: Arc<router::RouterShared>,
+}
+
+/// A new session's ids (see [`SfuHandle::new_ids`]).
+struct NewIds {
+    id: u64,
+    token: String,
+    /// The URL id: `id` in hex, then `token`.
+    session_id: String,
+    etag: String,
+}
+
+/// Why a worker did not take a session.
+enum HandOver {
+    Full,
+    Stopped,
 }
 
 /// Result of a successful WHEP POST.
@@ -378,6 +358,7 @@ impl SfuHandle {
                 control_rx,
                 shared.clone(),
                 sessions.clone(),
+                registry.clone(),
                 candidates.clone(),
                 worker::Timing::from_cfg(cfg),
             );
@@ -526,13 +507,8 @@ impl SfuHandle {
         // layers there is nothing to choose, so the estimator's per-packet work is skipped.
         let bwe = (s.simulcast_layers() > 1).then_some(self.cfg.bwe_initial_kbps * 1000);
         let (mut rtc, creds) = build_viewer_rtc(&self.cert, Instant::now(), bwe);
-        for c in &worker.candidates {
-            if let Ok(c) = Candidate::host(*c, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
         // Passive ICE-TCP candidates (RFC 6544) for viewers whose UDP is blocked.
-        crate::ingest::whip::add_candidates(&mut rtc, &[], &worker.tcp_candidates);
+        add_candidates(&mut rtc, &worker.candidates, &worker.tcp_candidates);
         let answer = rtc
             .sdp_api()
             .accept_offer(parsed)
@@ -541,28 +517,9 @@ impl SfuHandle {
             return Err(WhepError::NoH264);
         };
         let audio = choose_audio(&rtc, &mids);
-        let id = loop {
-            let id = rand::random::<u64>() >> 1;
-            if id != 0 && self.sessions.get(id).is_none() {
-                break id;
-            }
-        };
-        let token = format!("{:016x}", rand::random::<u64>());
-        let session_id = format!("{id:016x}{token}");
-        let etag = format!("\"{:016x}\"", rand::random::<u64>());
-        self.sessions.insert(SessionInfo {
-            viewer: id,
-            role: Role::Viewer,
-            worker: worker.index,
-            stream: stream.into(),
-            token,
-            etag: etag.clone(),
-            created: Instant::now(),
-            layer: 0,
-        });
-        worker.shared.viewers.fetch_add(1, Ordering::Relaxed);
+        let ids = self.new_ids();
         let nv = NewViewer {
-            id,
+            id: ids.id,
             stream: Arc::from(stream),
             rtc,
             video,
@@ -571,20 +528,70 @@ impl SfuHandle {
             bwe: bwe.is_some(),
             slot: Some(slot),
         };
-        if let Err(e) = worker.control_tx.try_send(ControlMsg::Add(Box::new(nv))) {
-            self.sessions.remove(id);
-            worker.shared.viewers.fetch_sub(1, Ordering::Relaxed);
+        let msg = ControlMsg::Add(Box::new(nv));
+        match self.hand_over(worker, &ids, Role::Viewer, stream, msg) {
+            Ok(()) => Ok(Created {
+                session_id: ids.session_id,
+                answer: answer.to_sdp_string(),
+                etag: ids.etag,
+            }),
+            Err(HandOver::Full) => Err(WhepError::Full),
+            Err(HandOver::Stopped) => Err(WhepError::Internal("worker stopped".into())),
+        }
+    }
+
+    /// Ids for a new session: unique among the sessions, a secret URL token, an ETag.
+    fn new_ids(&self) -> NewIds {
+        let id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && self.sessions.get(id).is_none() {
+                break id;
+            }
+        };
+        let token = format!("{:016x}", rand::random::<u64>());
+        NewIds {
+            id,
+            session_id: format!("{id:016x}{token}"),
+            token,
+            etag: format!("\"{:016x}\"", rand::random::<u64>()),
+        }
+    }
+
+    /// Register a session for signaling and hand its peer to `worker`; undone when the worker's
+    /// queue refuses it (the peer inside the message is dropped, with its slot).
+    fn hand_over(
+        &self,
+        worker: &WorkerHandle,
+        ids: &NewIds,
+        role: Role,
+        stream: &str,
+        msg: ControlMsg,
+    ) -> Result<(), HandOver> {
+        self.sessions.insert(SessionInfo {
+            viewer: ids.id,
+            role,
+            worker: worker.index,
+            stream: stream.into(),
+            token: ids.token.clone(),
+            etag: ids.etag.clone(),
+            created: Instant::now(),
+            layer: 0,
+        });
+        let count = match role {
+            Role::Viewer => &worker.shared.viewers,
+            Role::Publisher => &worker.shared.publishers,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = worker.control_tx.try_send(msg) {
+            self.sessions.remove(ids.id);
+            count.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
-                TrySendError::Full(_) => WhepError::Full,
-                TrySendError::Disconnected(_) => WhepError::Internal("worker stopped".into()),
+                TrySendError::Full(_) => HandOver::Full,
+                TrySendError::Disconnected(_) => HandOver::Stopped,
             });
         }
         worker.waker.wake();
-        Ok(Created {
-            session_id,
-            answer: answer.to_sdp_string(),
-            etag,
-        })
+        Ok(())
     }
 
     /// Look a session URL id up (constant-time token check).

@@ -1,55 +1,28 @@
-//! One WHEP viewer: its str0m `Rtc` (ICE-lite, RTP mode) and what the SFU keeps next to it
-//! (sequence numbers, the timestamp mapping, keyframe state). Sans-IO: datagrams, frames and time
-//! come in as arguments; datagrams to send go out into the caller's outbox.
+//! The viewer role of a WebRTC peer ([`crate::webrtc::peer`]): what the SFU keeps next to a
+//! WHEP viewer's `Rtc` (ICE-lite, RTP mode): sequence numbers, the timestamp mapping, keyframe
+//! and simulcast-layer state. Sans-IO: frames and time come in as arguments; the RTP written
+//! here leaves when the worker drains the peer.
 //!
 //! Per packet the viewer does only what must differ per viewer: `RtpWrite` with its own sequence
 //! number, timestamp and payload type, pointing at the shared payload (`Arc<[u8]>`, no copy);
-//! str0m writes the header and SRTP-encrypts into the datagram it hands back (the one per-viewer
-//! copy), which moves into the send batch without another copy.
+//! str0m copies it into its send buffer, then writes the header and SRTP-encrypts into a new
+//! datagram, which moves into the send batch without another copy.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::media::{MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
-use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use str0m::{Event, Rtc};
 
 use super::SfuFrame;
-use crate::io::Outgoing;
 use crate::media::TrackKind;
+use crate::webrtc::peer::{DropReason, Link, PeerRole};
 
 /// Spacing of the re-timestamped GOP-cache frames a new viewer gets at once (1 ms at 90 kHz): the
 /// decoder runs through them immediately and shows the newest, instead of playing the cached
 /// seconds back in real time.
 const FAST_START_STEP: i64 = 90;
-
-/// Why a viewer was dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    Deleted,
-    IceDisconnected,
-    Idle,
-    ConnectTimeout,
-    StreamEnded,
-    RtcError,
-    Shutdown,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Deleted => "deleted",
-            DropReason::IceDisconnected => "ice-disconnected",
-            DropReason::Idle => "idle",
-            DropReason::ConnectTimeout => "connect-timeout",
-            DropReason::StreamEnded => "stream-ended",
-            DropReason::RtcError => "rtc-error",
-            DropReason::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// Video output of a viewer: the negotiated m-line and payload type.
 #[derive(Clone, Copy, Debug)]
@@ -75,11 +48,10 @@ struct AudioState {
     epoch: u64,
 }
 
-/// Per-viewer counters.
+/// Per-viewer counters (bytes sent: [`Link::bytes_out`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ViewerStats {
     pub packets: u64,
-    pub bytes: u64,
     pub frames: u64,
     pub frames_skipped: u64,
     pub keyframe_requests: u64,
@@ -88,13 +60,9 @@ pub struct ViewerStats {
     pub layer_switches: u64,
 }
 
+/// The viewer role: what is sent to one WHEP viewer, and how.
 pub struct Viewer {
-    pub id: u64,
-    pub stream: Arc<str>,
-    pub local_ufrag: String,
-    rtc: Rtc,
     video: VideoOut,
-    connected: bool,
     /// Just connected: the worker sends the GOP cache before the next live frame.
     pub needs_start: bool,
     /// Waiting for a keyframe (joined without a cache, or missed frames).
@@ -109,12 +77,6 @@ pub struct Viewer {
     last_epoch: u64,
     last_key_answer: Option<Instant>,
     pending_keyframe_request: bool,
-    pub next_timeout: Instant,
-    pub last_rx: Instant,
-    pub created: Instant,
-    /// Where this viewer's media goes (the ICE-nominated remote address).
-    pub remote: Option<SocketAddr>,
-    pub dead: Option<DropReason>,
     pub stats: ViewerStats,
     audio: Option<AudioState>,
     /// Simulcast layer being sent (0 = best), and the one to move to at its next keyframe.
@@ -127,30 +89,73 @@ pub struct Viewer {
     pub reported_layer: u8,
     /// str0m's bandwidth estimation runs for this viewer.
     pub bwe: bool,
-    /// Admission slot: pending until ICE + DTLS complete, given back when the viewer is dropped.
-    slot: Option<super::admission::Slot>,
+}
+
+impl PeerRole for Viewer {
+    fn kind(&self) -> &'static str {
+        "viewer"
+    }
+
+    fn on_event(&mut self, link: &mut Link, e: Event, _now: Instant) {
+        match e {
+            Event::Connected => self.needs_start = true,
+            Event::EgressBitrateEstimate(k) => {
+                let bps = match k {
+                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate.as_u64(),
+                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate.as_u64(),
+                    _ => return,
+                };
+                self.estimate = Some(bps);
+                self.estimate_fresh = true;
+            }
+            Event::KeyframeRequest(r) if r.mid == self.video.mid => {
+                self.stats.keyframe_requests += 1;
+                tracing::trace!(viewer = link.id, kind = ?r.kind, "keyframe request");
+                self.pending_keyframe_request = true;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Viewer {
-    /// Send the stream's (Opus) audio on this m-line too.
-    pub fn set_audio(&mut self, out: Option<AudioOut>) {
-        self.audio = out.map(|out| AudioState {
-            out,
+    pub fn new(video: VideoOut, audio: Option<AudioOut>, bwe: bool) -> Self {
+        Self {
+            video,
+            needs_start: false,
+            need_keyframe: true,
             seq: 1 + (rand::random::<u16>() as u64 & 0x3fff),
-            offset: None,
+            ts_offset: rand::random::<u32>() as i64,
             last_ts: None,
-            epoch: 0,
-        });
+            last_index: None,
+            last_epoch: 0,
+            last_key_answer: None,
+            pending_keyframe_request: false,
+            stats: ViewerStats::default(),
+            audio: audio.map(|out| AudioState {
+                out,
+                seq: 1 + (rand::random::<u16>() as u64 & 0x3fff),
+                offset: None,
+                last_ts: None,
+                epoch: 0,
+            }),
+            layer: 0,
+            target_layer: 0,
+            estimate: None,
+            estimate_fresh: false,
+            reported_layer: 0,
+            bwe,
+        }
     }
 
     /// Write one Opus packet. Audio starts once video has started, on the same clock origin.
-    fn send_audio(&mut self, f: &SfuFrame, now: Instant, out: &mut Vec<Outgoing>) {
+    fn send_audio(&mut self, link: &mut Link, f: &SfuFrame, now: Instant) -> bool {
         let Some(last_video) = self.last_ts else {
-            return;
+            return false;
         };
         let video_offset = self.ts_offset;
         let Some(a) = self.audio.as_mut() else {
-            return;
+            return false;
         };
         let to48 = |t: i64| t * 48 / 90;
         let mut offset = *a.offset.get_or_insert(to48(video_offset));
@@ -171,9 +176,9 @@ impl Viewer {
         let (mid, pt) = (a.out.mid, a.out.pt);
         let seq = a.seq;
         a.seq += f.packets.len() as u64;
-        let mut direct = self.rtc.direct_api();
+        let mut direct = link.rtc.direct_api();
         let Some(tx) = direct.stream_tx_by_mid(mid, None) else {
-            return;
+            return false;
         };
         for (i, p) in f.packets.iter().enumerate() {
             tx.write_rtp(
@@ -183,53 +188,7 @@ impl Viewer {
             );
             self.stats.packets += 1;
         }
-        self.tick(now, out);
-    }
-
-    pub fn new(
-        id: u64,
-        stream: Arc<str>,
-        rtc: Rtc,
-        video: VideoOut,
-        local_ufrag: String,
-        now: Instant,
-    ) -> Self {
-        Self {
-            id,
-            stream,
-            local_ufrag,
-            rtc,
-            video,
-            connected: false,
-            needs_start: false,
-            need_keyframe: true,
-            seq: 1 + (rand::random::<u16>() as u64 & 0x3fff),
-            ts_offset: rand::random::<u32>() as i64,
-            last_ts: None,
-            last_index: None,
-            last_epoch: 0,
-            last_key_answer: None,
-            pending_keyframe_request: false,
-            next_timeout: now,
-            last_rx: now,
-            created: now,
-            remote: None,
-            dead: None,
-            stats: ViewerStats::default(),
-            audio: None,
-            layer: 0,
-            target_layer: 0,
-            estimate: None,
-            estimate_fresh: false,
-            reported_layer: 0,
-            bwe: false,
-            slot: None,
-        }
-    }
-
-    /// Hold the viewer's admission slot (see [`super::admission`]).
-    pub fn set_slot(&mut self, slot: Option<super::admission::Slot>) {
-        self.slot = slot;
+        true
     }
 
     /// The simulcast layer being sent.
@@ -268,159 +227,33 @@ impl Viewer {
 
     /// Tell str0m's BWE what to sustain (the layer being sent) and what to probe for (the best
     /// layer), so the estimate can grow back after congestion.
-    pub fn set_bwe_bitrates(&mut self, minimum: u64, desired: u64) {
+    pub fn set_bwe_bitrates(&mut self, link: &mut Link, minimum: u64, desired: u64) {
         use str0m::bwe::Bitrate;
-        self.rtc
+        link.rtc
             .bwe()
             .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired.max(minimum)));
-    }
-
-    pub fn connected(&self) -> bool {
-        self.connected
-    }
-
-    pub fn rtc(&mut self) -> &mut Rtc {
-        &mut self.rtc
-    }
-
-    /// Does this datagram belong to this viewer (STUN integrity, or a known peer address)?
-    pub fn accepts(&self, now: Instant, src: SocketAddr, dst: SocketAddr, data: &[u8]) -> bool {
-        self.accepts_proto(now, Protocol::Udp, src, dst, data)
-    }
-
-    /// [`Viewer::accepts`] for a packet that came over `proto` (UDP, or ICE-TCP).
-    pub fn accepts_proto(
-        &self,
-        now: Instant,
-        proto: Protocol,
-        src: SocketAddr,
-        dst: SocketAddr,
-        data: &[u8],
-    ) -> bool {
-        match Receive::new(proto, src, dst, data) {
-            Ok(r) => self.rtc.accepts(&Input::Receive(now, r)),
-            Err(_) => false,
-        }
-    }
-
-    /// Feed one datagram. Malformed input is dropped (str0m rejects it without state change).
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        src: SocketAddr,
-        dst: SocketAddr,
-        data: &[u8],
-        out: &mut Vec<Outgoing>,
-    ) {
-        self.handle_packet(now, Protocol::Udp, src, dst, data, out)
-    }
-
-    /// [`Viewer::handle_datagram`] for a packet that came over `proto` (UDP, or ICE-TCP).
-    pub fn handle_packet(
-        &mut self,
-        now: Instant,
-        proto: Protocol,
-        src: SocketAddr,
-        dst: SocketAddr,
-        data: &[u8],
-        out: &mut Vec<Outgoing>,
-    ) {
-        let Ok(r) = Receive::new(proto, src, dst, data) else {
-            return;
-        };
-        self.last_rx = now;
-        if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
-            tracing::debug!(viewer = self.id, "rtc input: {e}");
-        }
-        self.drain(now, out);
-    }
-
-    /// Drive timers (ICE consent, RTCP reports, DTLS retransmits).
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            tracing::debug!(viewer = self.id, "rtc timeout: {e}");
-        }
-        self.drain(now, out);
-    }
-
-    /// Drain str0m's output until it returns a timeout.
-    pub fn drain(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    // Never spin: str0m may ask for "now".
-                    self.next_timeout = t.max(now + Duration::from_micros(500));
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    self.remote = Some(t.destination);
-                    let data: Vec<u8> = t.contents.into();
-                    self.stats.bytes += data.len() as u64;
-                    out.push(Outgoing {
-                        dst: t.destination,
-                        data,
-                    });
-                }
-                Ok(Output::Event(e)) => self.on_event(e),
-                Err(e) => {
-                    self.fail(e);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn fail(&mut self, e: RtcError) {
-        tracing::info!(viewer = self.id, stream = %self.stream, "rtc error: {e}");
-        self.dead.get_or_insert(DropReason::RtcError);
-    }
-
-    fn on_event(&mut self, e: Event) {
-        match e {
-            Event::Connected => {
-                self.connected = true;
-                self.needs_start = true;
-                if let Some(s) = self.slot.as_mut() {
-                    s.connected();
-                }
-                tracing::debug!(viewer = self.id, stream = %self.stream, "viewer connected");
-            }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.dead.get_or_insert(DropReason::IceDisconnected);
-            }
-            Event::EgressBitrateEstimate(k) => {
-                let bps = match k {
-                    str0m::bwe::BweKind::Twcc { estimate, .. } => estimate.as_u64(),
-                    str0m::bwe::BweKind::Remb { estimate, .. } => estimate.as_u64(),
-                    _ => return,
-                };
-                self.estimate = Some(bps);
-                self.estimate_fresh = true;
-            }
-            Event::KeyframeRequest(r) if r.mid == self.video.mid => {
-                self.stats.keyframe_requests += 1;
-                tracing::trace!(viewer = self.id, kind = ?r.kind, "keyframe request");
-                self.pending_keyframe_request = true;
-            }
-            _ => {}
-        }
     }
 
     pub fn keyframe_request_pending(&self) -> bool {
         self.pending_keyframe_request
     }
 
-    /// When a rate-limited keyframe request may be answered.
-    pub fn keyframe_retry_at(&self, interval: Duration) -> Option<Instant> {
+    /// When a rate-limited keyframe request may be answered (`created`: the peer's start).
+    pub fn keyframe_retry_at(&self, created: Instant, interval: Duration) -> Option<Instant> {
         if !self.pending_keyframe_request {
             return None;
         }
-        Some(self.last_key_answer.map_or(self.created, |t| t + interval))
+        Some(self.last_key_answer.map_or(created, |t| t + interval))
     }
 
     /// A keyframe request waits here until `take_keyframe_request` allows an answer.
-    pub fn take_keyframe_request(&mut self, now: Instant, min_interval: Duration) -> bool {
-        if !self.pending_keyframe_request || !self.connected {
+    pub fn take_keyframe_request(
+        &mut self,
+        link: &Link,
+        now: Instant,
+        min_interval: Duration,
+    ) -> bool {
+        if !self.pending_keyframe_request || !link.connected() {
             return false;
         }
         if let Some(t) = self.last_key_answer {
@@ -436,14 +269,15 @@ impl Viewer {
 
     /// Start (or restart, for a keyframe request) from a GOP cache: the cached frames go out at
     /// once with timestamps 1 ms apart after the last one sent; live frames continue from there.
-    /// With no usable cache the viewer waits for the next keyframe.
-    pub fn start_from_gop(&mut self, gop: &[Arc<SfuFrame>], now: Instant, out: &mut Vec<Outgoing>) {
+    /// With no usable cache the viewer waits for the next keyframe. True when RTP was written
+    /// (the caller drains the peer).
+    pub fn start_from_gop(&mut self, link: &mut Link, gop: &[Arc<SfuFrame>], now: Instant) -> bool {
         self.needs_start = false;
         let video: Vec<&Arc<SfuFrame>> =
             gop.iter().filter(|f| f.kind == TrackKind::Video).collect();
         if video.first().is_none_or(|f| !f.keyframe) {
             self.need_keyframe = true;
-            return;
+            return false;
         }
         let base = match self.last_ts {
             Some(t) => t + 3000, // one 30 fps frame after the last sent
@@ -451,9 +285,9 @@ impl Viewer {
         };
         for (i, f) in video.iter().enumerate() {
             let ts = base + i as i64 * FAST_START_STEP;
-            self.write_frame_at(f, ts, now);
-            if self.dead.is_some() {
-                return;
+            self.write_frame_at(link, f, ts, now);
+            if link.dead.is_some() {
+                return false;
             }
         }
         let last = video[video.len() - 1];
@@ -461,23 +295,23 @@ impl Viewer {
         self.last_index = Some(last.index);
         self.last_epoch = last.epoch;
         self.need_keyframe = false;
-        self.tick(now, out);
+        true
     }
 
-    /// Write one live frame (shared payloads) and flush what str0m sends for it.
-    pub fn send_frame(&mut self, f: &SfuFrame, now: Instant, out: &mut Vec<Outgoing>) {
-        if !self.connected || self.needs_start {
-            return;
+    /// Write one live frame (shared payloads). True when RTP was written (the caller drains the
+    /// peer).
+    pub fn send_frame(&mut self, link: &mut Link, f: &SfuFrame, now: Instant) -> bool {
+        if !link.connected() || self.needs_start {
+            return false;
         }
         if f.kind == TrackKind::Audio {
-            self.send_audio(f, now, out);
-            return;
+            return self.send_audio(link, f, now);
         }
         let mut switched = false;
         if f.layer != self.layer {
             // Another simulcast layer: taken only at its keyframe, when it is the target.
             if f.layer != self.target_layer || !f.keyframe {
-                return;
+                return false;
             }
             self.layer = f.layer;
             self.last_index = None;
@@ -493,7 +327,7 @@ impl Viewer {
         }
         if self.need_keyframe && !f.keyframe {
             self.stats.frames_skipped += 1;
-            return;
+            return false;
         }
         self.need_keyframe = false;
         let mut ts = f.pts + self.ts_offset;
@@ -511,16 +345,16 @@ impl Viewer {
         }
         self.last_index = Some(f.index);
         self.last_epoch = f.epoch;
-        self.write_frame_at(f, ts, now);
-        self.tick(now, out);
+        self.write_frame_at(link, f, ts, now);
+        true
     }
 
     /// Write a frame's packets into str0m (no I/O yet).
-    fn write_frame_at(&mut self, f: &SfuFrame, ts: i64, now: Instant) {
+    fn write_frame_at(&mut self, link: &mut Link, f: &SfuFrame, ts: i64, now: Instant) {
         let pt = self.video.pt;
-        let mut direct = self.rtc.direct_api();
+        let mut direct = link.rtc.direct_api();
         let Some(tx) = direct.stream_tx_by_mid(self.video.mid, None) else {
-            self.dead.get_or_insert(DropReason::RtcError);
+            link.kill(DropReason::RtcError);
             return;
         };
         for p in f.packets.iter() {
@@ -534,10 +368,6 @@ impl Viewer {
         }
         self.stats.frames += 1;
         self.last_ts = Some(ts);
-    }
-
-    fn tick(&mut self, now: Instant, out: &mut Vec<Outgoing>) {
-        self.handle_timeout(now, out);
     }
 }
 

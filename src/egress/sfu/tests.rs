@@ -171,6 +171,10 @@ impl Source {
 }
 
 fn core() -> WorkerCore {
+    core_with(crate::media::Registry::new())
+}
+
+fn core_with(registry: Arc<crate::media::Registry>) -> WorkerCore {
     WorkerCore::new(
         0,
         vec![SFU.parse().unwrap()],
@@ -182,6 +186,7 @@ fn core() -> WorkerCore {
         },
         Arc::new(WorkerShared::default()),
         Arc::new(SessionTable::default()),
+        registry,
     )
 }
 
@@ -239,7 +244,7 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
         );
     }
     assert_eq!(core.viewer_count(), 3);
-    assert!(core.viewer(ida).unwrap().connected());
+    assert!(core.peer(ida).unwrap().connected());
 
     // Live frame: the same payload allocation goes to all three viewers (str0m keeps it for
     // NACK); no per-viewer copy before SRTP.
@@ -395,8 +400,13 @@ fn pli_is_answered_from_cache_rate_limited_and_viewers_time_out() {
 
     // The client goes silent: dropped after the idle timeout, its session removed.
     let later = now + Duration::from_secs(6);
+    let sent = core.peer(ida).unwrap().link.bytes_out;
+    assert!(sent > 0);
     core.on_timers(later);
     assert_eq!(core.viewer_count(), 0);
+    // What it was sent is counted for /metrics (sfu_bytes_out) when it leaves.
+    let out = core.shared_stats().bytes_out.load(Ordering::Relaxed);
+    assert!(out >= sent, "bytes_out {out} < {sent}");
 }
 
 #[test]
@@ -415,7 +425,7 @@ fn garbage_and_bad_stun_disturb_no_one() {
     }
     assert!(!a.frames.is_empty());
     let evil: SocketAddr = "10.0.0.66:6666".parse().unwrap();
-    let ufrag = core.viewer(ida).unwrap().local_ufrag.clone();
+    let ufrag = core.peer(ida).unwrap().link.local_ufrag.clone();
     // STUN with the right ufrag but a wrong MESSAGE-INTEGRITY.
     let mut stun = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
     stun.extend_from_slice(&[7; 12]);
@@ -451,7 +461,7 @@ fn garbage_and_bad_stun_disturb_no_one() {
         step(&mut core, &mut [&mut a], &mut now, Duration::from_millis(2));
     }
     assert!(a.frames.len() > n, "viewer still served");
-    assert!(core.viewer(ida).unwrap().dead.is_none());
+    assert!(core.peer(ida).unwrap().link.dead.is_none());
 }
 
 fn core_unknown(core: &WorkerCore) -> u64 {
@@ -579,7 +589,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
 
 #[test]
 fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
-    use admission::{Refusal, SlotKind};
+    use crate::webrtc::admission::{Refusal, SlotKind};
     let cfg = crate::config::SfuConfig {
         workers: 2,
         port_base: 0,
@@ -612,4 +622,55 @@ fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
     assert!(sfu.admit(ip, SlotKind::Publisher).is_ok());
     let msg = WhepError::Refused(Refusal::Overloaded(87)).to_string();
     assert!(msg.contains("87 %") && msg.contains("capacity"), "{msg}");
+}
+
+/// Publishers are peers of the same map as viewers: the core kicks one through its control
+/// handle (its worker drops the peer, the stream goes idle), and one that never connects is
+/// dropped by the timer path every peer shares.
+#[test]
+fn publishers_leave_by_a_kick_through_the_core_and_by_the_shared_connect_deadline() {
+    use crate::ingest::whip::{build_publisher_rtc, WhipControl, WhipPublisher};
+    use crate::media::StreamState;
+    use crate::webrtc::peer::Peer;
+    let reg = crate::media::Registry::new();
+    let mut core = core_with(reg.clone());
+    let cert = cert();
+    let now = Instant::now();
+    for (id, name) in [(1, "a"), (2, "b")] {
+        let control = Arc::new(WhipControl::new(crate::io::Waker::new().unwrap()));
+        let publisher = reg
+            .begin_publish(name, "t".into(), control.clone())
+            .unwrap();
+        let (rtc, creds) = build_publisher_rtc(&cert, now);
+        let role = WhipPublisher::new(publisher, control);
+        core.add_publisher(
+            Peer::new(id, Arc::from(name), rtc, creds.ufrag, role, now),
+            now,
+        );
+    }
+    assert_eq!(core.publisher_count(), 2);
+    assert_eq!(core.viewer_count(), 0);
+    // A keyframe request before the publisher connected waits; the publisher stays.
+    assert!(reg.get("a").unwrap().request_keyframe(0));
+    core.on_publisher_requests(now);
+    assert_eq!(core.publisher_count(), 2);
+    // The API's kick reaches the worker through the core.
+    assert!(reg.get("a").unwrap().kick());
+    core.on_publisher_requests(now);
+    assert_eq!(core.publisher_count(), 1);
+    assert!(core.peer(1).is_none());
+    let a = reg.get("a").unwrap();
+    assert_eq!(a.state(), StreamState::Idle);
+    assert!(!a.kick(), "nobody is publishing any more");
+    assert_eq!(a.status().last_error, None, "a kick is not an error");
+    assert_eq!(reg.get("b").unwrap().state(), StreamState::Publishing);
+    // "b" never connects: the connect deadline drops it like a viewer.
+    core.on_timers(now + Duration::from_secs(6));
+    assert_eq!(core.publisher_count(), 0);
+    let b = reg.get("b").unwrap();
+    assert_eq!(b.state(), StreamState::Idle);
+    assert!(b
+        .status()
+        .last_error
+        .is_some_and(|e| e.contains("connect-timeout") || e.contains("idle")));
 }

@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::admission::{thread_cpu_time, LoadMeter};
-use super::session::{choose_layer, DropReason, Viewer};
+use super::session::{choose_layer, Viewer};
 use super::tcp::ConnMark;
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
 use crate::config::SfuConfig;
-use crate::ingest::whip::WhipSession;
+use crate::ingest::whip::WhipPublisher;
 use crate::io::{Outgoing, UdpDriver};
-use crate::media::{TrackKind, MAX_LAYERS};
+use crate::media::{Registry, TrackKind, MAX_LAYERS};
+use crate::webrtc::admission::{thread_cpu_time, LoadMeter};
+use crate::webrtc::peer::{Deadlines, DropReason, Link, Peer, PeerRole};
 use str0m::net::Protocol;
 
 /// Most frames / bytes a worker's GOP cache keeps per stream (a longer GOP is not cached; late
@@ -66,6 +67,13 @@ impl Timing {
             connect: Duration::from_millis(c.connect_timeout_ms),
             keyframe_answer: Duration::from_millis(c.keyframe_answer_interval_ms),
             bwe_initial: c.bwe_initial_kbps.saturating_mul(1000),
+        }
+    }
+
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            connect: self.connect,
+            idle: self.idle,
         }
     }
 }
@@ -180,15 +188,45 @@ impl StreamCache {
     }
 }
 
+/// The roles a peer on a worker can have. An upstream subscriber (an edge pulling a stream
+/// from its origin) would be a third: frames in like a publisher, placed by the cluster.
+// The viewer stays inline: it is on the per-packet path, and there are thousands of them.
+#[allow(clippy::large_enum_variant)]
+pub enum SfuRole {
+    Viewer(Viewer),
+    /// Boxed: viewers are the many, and each should cost only its own size.
+    Publisher(Box<WhipPublisher>),
+}
+
+impl PeerRole for SfuRole {
+    fn kind(&self) -> &'static str {
+        match self {
+            SfuRole::Viewer(v) => v.kind(),
+            SfuRole::Publisher(p) => p.kind(),
+        }
+    }
+
+    fn on_event(&mut self, link: &mut Link, e: str0m::Event, now: Instant) {
+        match self {
+            SfuRole::Viewer(v) => v.on_event(link, e, now),
+            SfuRole::Publisher(p) => p.on_event(link, e, now),
+        }
+    }
+}
+
+/// A peer hosted by a worker.
+pub type SfuPeer = Peer<SfuRole>;
+
 /// Re-choose a viewer's simulcast layer from a bandwidth estimate and the layers' measured
 /// rates; a new target gets a keyframe request to the publisher (the switch happens at that
 /// layer's keyframe), and str0m's BWE is told what to sustain and what to probe for.
 fn select_layer(
+    link: &mut Link,
     v: &mut Viewer,
     c: &StreamCache,
     estimate: u64,
     now: Instant,
-    sessions: &SessionTable,
+    registry: &Registry,
 ) {
     let rates = c.rates(now);
     if rates.iter().filter(|&&r| r > 0).count() < 2 && rates[v.layer() as usize] > 0 {
@@ -196,34 +234,37 @@ fn select_layer(
     }
     let target = choose_layer(v.layer(), estimate, &rates);
     if v.set_target_layer(target) && target != v.layer() {
-        tracing::debug!(viewer = v.id, stream = %v.stream, from = v.layer(), to = target,
+        tracing::debug!(viewer = link.id, stream = %link.stream, from = v.layer(), to = target,
             estimate, "simulcast layer change");
-        sessions.request_keyframe(&v.stream, target);
+        request_keyframe(registry, &link.stream, target);
     }
     if v.estimate().is_some() {
         let best = rates.iter().copied().find(|&r| r > 0).unwrap_or(0);
-        v.set_bwe_bitrates(rates[target as usize], best + best / 4);
+        v.set_bwe_bitrates(link, rates[target as usize], best + best / 4);
     }
 }
 
 /// The worker's state without any I/O.
 pub struct WorkerCore {
     pub index: usize,
-    viewers: HashMap<u64, Viewer>,
+    /// Every peer on this worker, viewers and publishers (ids are unique across both).
+    peers: HashMap<u64, SfuPeer>,
     by_ufrag: HashMap<String, u64>,
     by_addr: HashMap<SocketAddr, u64>,
     streams: HashMap<Arc<str>, StreamCache>,
+    /// The publishers among `peers` (polled for keyframe requests each turn).
+    publishers: Vec<u64>,
     /// Our candidate addresses (what str0m sees as a datagram's destination).
     local: Vec<SocketAddr>,
     timing: Timing,
     shared: Arc<WorkerShared>,
     sessions: Arc<SessionTable>,
+    /// Keyframe requests go to a stream's publisher through the core.
+    registry: Arc<Registry>,
     /// Datagrams to send, flushed by the driver once per batch.
     pub out: Vec<Outgoing>,
-    /// Earliest time any viewer needs attention (timers, idle checks).
+    /// Earliest time any peer needs attention (timers, idle checks).
     next_deadline: Instant,
-    /// WHIP publishers on this worker (keyed like viewers; ids are unique across both).
-    publishers: HashMap<u64, WhipSession>,
     /// Our passive ICE-TCP candidate addresses (empty: ICE-TCP off).
     local_tcp: Vec<SocketAddr>,
     /// Remote addresses that reached us over ICE-TCP: datagrams for them leave through
@@ -240,20 +281,22 @@ impl WorkerCore {
         timing: Timing,
         shared: Arc<WorkerShared>,
         sessions: Arc<SessionTable>,
+        registry: Arc<Registry>,
     ) -> Self {
         Self {
             index,
-            viewers: HashMap::new(),
+            peers: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             streams: HashMap::new(),
+            publishers: Vec::new(),
             local,
             timing,
             shared,
             sessions,
+            registry,
             out: Vec::with_capacity(1024),
             next_deadline: Instant::now(),
-            publishers: HashMap::new(),
             local_tcp: Vec::new(),
             tcp_peers: HashMap::new(),
             next_layer_check: Instant::now(),
@@ -270,40 +313,97 @@ impl WorkerCore {
         self.publishers.len()
     }
 
-    /// Host a WHIP publisher session.
-    pub fn add_publisher(&mut self, mut p: WhipSession, now: Instant) {
+    /// Host a peer: flush its first output and make it findable by its ICE ufrag.
+    fn add_peer(&mut self, mut p: SfuPeer, now: Instant) {
         p.drain(now, &mut self.out);
-        self.next_deadline = self.next_deadline.min(p.next_timeout);
-        self.by_ufrag.insert(p.local_ufrag.clone(), p.id);
-        tracing::info!(worker = self.index, publisher = p.id, stream = %p.stream,
-            side = "ingest", "WHIP publisher session added");
-        self.publishers.insert(p.id, p);
+        self.next_deadline = self.next_deadline.min(p.link.next_timeout);
+        self.by_ufrag.insert(p.link.local_ufrag.clone(), p.id());
+        self.peers.insert(p.id(), p);
     }
 
-    /// Drop a WHIP publisher: its `Publisher` goes with it, so the stream goes idle.
-    pub fn remove_publisher(&mut self, id: u64, why: DropReason) {
-        let Some(mut p) = self.publishers.remove(&id) else {
+    /// Host a WHIP publisher's peer.
+    pub fn add_publisher(&mut self, p: Peer<WhipPublisher>, now: Instant) {
+        tracing::info!(worker = self.index, publisher = p.id(), stream = %p.link.stream,
+            side = "ingest", "WHIP publisher session added");
+        self.publishers.push(p.id());
+        self.add_peer(p.with_role(|r| SfuRole::Publisher(Box::new(r))), now);
+    }
+
+    pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
+        let NewViewer {
+            id,
+            stream,
+            rtc,
+            video,
+            audio,
+            ufrag,
+            bwe,
+            slot,
+        } = nv;
+        let mut v = Viewer::new(video, audio, bwe);
+        if let Some(c) = self.streams.get(&stream) {
+            if bwe && c.simulcast(now) {
+                // Start on the layer the initial estimate affords; BWE moves it from there.
+                let rates = c.rates(now);
+                v.set_start_layer(choose_layer(0, self.timing.bwe_initial, &rates));
+            }
+        }
+        let mut p = Peer::new(id, stream.clone(), rtc, ufrag, SfuRole::Viewer(v), now);
+        p.set_slot(slot);
+        self.streams.entry(stream).or_default().viewers.push(id);
+        self.add_peer(p, now);
+    }
+
+    /// Drop a peer, whatever its role. A publisher's `Publisher` goes with it, so its stream
+    /// goes idle.
+    pub fn remove(&mut self, id: u64, why: DropReason) {
+        let Some(mut p) = self.peers.remove(&id) else {
             return;
         };
-        p.end(why);
-        p.drain(Instant::now(), &mut self.out);
-        self.by_ufrag.remove(&p.local_ufrag);
+        if let SfuRole::Publisher(w) = &mut p.role {
+            w.end(why);
+        }
+        p.close(Instant::now(), &mut self.out);
+        self.by_ufrag.remove(&p.link.local_ufrag);
         self.by_addr.retain(|_, x| *x != id);
         self.tcp_peers.retain(|_, x| *x != id);
         self.sessions.remove(id);
-        self.sessions.clear_publisher(&p.stream, id);
-        self.shared.publishers.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(worker = self.index, publisher = id, stream = %p.stream,
-            side = "ingest", reason = why.as_str(), video_frames = p.stats.video_frames,
-            audio_frames = p.stats.audio_frames, keyframe_requests = p.stats.keyframe_requests,
-            "WHIP publisher left");
+        let stream = &p.link.stream;
+        match &p.role {
+            SfuRole::Viewer(v) => {
+                if let Some(s) = self.streams.get_mut(stream) {
+                    s.viewers.retain(|x| *x != id);
+                }
+                self.shared.viewers.fetch_sub(1, Ordering::Relaxed);
+                self.shared.viewers_dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .packets_out
+                    .fetch_add(v.stats.packets, Ordering::Relaxed);
+                self.shared
+                    .bytes_out
+                    .fetch_add(p.link.bytes_out, Ordering::Relaxed);
+                tracing::info!(worker = self.index, viewer = id, stream = %stream,
+                    reason = why.as_str(), packets = v.stats.packets, frames = v.stats.frames,
+                    "WHEP viewer left");
+            }
+            SfuRole::Publisher(w) => {
+                self.publishers.retain(|x| *x != id);
+                self.shared.publishers.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(worker = self.index, publisher = id, stream = %stream,
+                    side = "ingest", reason = why.as_str(), video_frames = w.stats.video_frames,
+                    audio_frames = w.stats.audio_frames,
+                    keyframe_requests = w.stats.keyframe_requests, "WHIP publisher left");
+            }
+        }
     }
 
-    /// Forward viewers' keyframe requests to this worker's publishers (rate-limited there).
+    /// Act on what the core asked of this worker's publishers: kicks, keyframe requests
+    /// (paced there).
     pub fn on_publisher_requests(&mut self, now: Instant) {
-        for p in self.publishers.values_mut() {
-            p.maybe_request_keyframe(now, &mut self.out);
-            self.next_deadline = self.next_deadline.min(p.next_timeout);
+        // Backwards: a kicked publisher leaves the list while it is walked.
+        for i in (0..self.publishers.len()).rev() {
+            let id = self.publishers[i];
+            self.after_input(id, now);
         }
     }
 
@@ -318,11 +418,19 @@ impl WorkerCore {
     }
 
     pub fn viewer_count(&self) -> usize {
-        self.viewers.len()
+        self.peers.len() - self.publishers.len()
     }
 
+    pub fn peer(&self, id: u64) -> Option<&SfuPeer> {
+        self.peers.get(&id)
+    }
+
+    /// The viewer role of peer `id`, if it is a viewer.
     pub fn viewer(&self, id: u64) -> Option<&Viewer> {
-        self.viewers.get(&id)
+        match &self.peers.get(&id)?.role {
+            SfuRole::Viewer(v) => Some(v),
+            SfuRole::Publisher(_) => None,
+        }
     }
 
     pub fn shared_stats(&self) -> &WorkerShared {
@@ -342,79 +450,30 @@ impl WorkerCore {
         self.next_layer_check = now + Duration::from_millis(500);
         for c in self.streams.values() {
             for id in &c.viewers {
-                if let Some(v) = self.viewers.get_mut(id) {
-                    if !v.connected() {
-                        continue;
-                    }
-                    if v.layer() != v.reported_layer {
-                        v.reported_layer = v.layer();
-                        self.shared.layer_switches.fetch_add(1, Ordering::Relaxed);
-                        self.sessions.set_layer(v.id, v.layer());
-                    }
-                    // Without an estimator (joined before the stream had layers) nothing limits
-                    // the viewer: it gets the best layer present.
-                    let est = v.estimate().unwrap_or(if v.bwe {
-                        self.timing.bwe_initial
-                    } else {
-                        u64::MAX
-                    });
-                    select_layer(v, c, est, now, &self.sessions);
+                let Some(p) = self.peers.get_mut(id) else {
+                    continue;
+                };
+                let SfuRole::Viewer(v) = &mut p.role else {
+                    continue;
+                };
+                if !p.link.connected() {
+                    continue;
                 }
+                if v.layer() != v.reported_layer {
+                    v.reported_layer = v.layer();
+                    self.shared.layer_switches.fetch_add(1, Ordering::Relaxed);
+                    self.sessions.set_layer(*id, v.layer());
+                }
+                // Without an estimator (joined before the stream had layers) nothing limits
+                // the viewer: it gets the best layer present.
+                let est = v.estimate().unwrap_or(if v.bwe {
+                    self.timing.bwe_initial
+                } else {
+                    u64::MAX
+                });
+                select_layer(&mut p.link, v, c, est, now, &self.registry);
             }
         }
-    }
-
-    pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
-        let NewViewer {
-            id,
-            stream,
-            rtc,
-            video,
-            audio,
-            ufrag,
-            bwe,
-            slot,
-        } = *Box::new(nv);
-        let mut v = Viewer::new(id, stream.clone(), rtc, video, ufrag.clone(), now);
-        v.set_slot(slot);
-        v.set_audio(audio);
-        v.bwe = bwe;
-        if let Some(c) = self.streams.get(&stream) {
-            if bwe && c.simulcast(now) {
-                // Start on the layer the initial estimate affords; BWE moves it from there.
-                let rates = c.rates(now);
-                v.set_start_layer(choose_layer(0, self.timing.bwe_initial, &rates));
-            }
-        }
-        v.drain(now, &mut self.out);
-        self.next_deadline = self.next_deadline.min(v.next_timeout);
-        self.by_ufrag.insert(ufrag, id);
-        self.streams.entry(stream).or_default().viewers.push(id);
-        self.viewers.insert(id, v);
-    }
-
-    pub fn remove_viewer(&mut self, id: u64, why: DropReason) {
-        let Some(mut v) = self.viewers.remove(&id) else {
-            self.remove_publisher(id, why);
-            return;
-        };
-        v.rtc().disconnect();
-        v.drain(Instant::now(), &mut self.out);
-        self.by_ufrag.remove(&v.local_ufrag);
-        self.by_addr.retain(|_, x| *x != id);
-        self.tcp_peers.retain(|_, x| *x != id);
-        if let Some(s) = self.streams.get_mut(&v.stream) {
-            s.viewers.retain(|x| *x != id);
-        }
-        self.sessions.remove(id);
-        self.shared.viewers.fetch_sub(1, Ordering::Relaxed);
-        self.shared.viewers_dropped.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .packets_out
-            .fetch_add(v.stats.packets, Ordering::Relaxed);
-        tracing::info!(worker = self.index, viewer = id, stream = %v.stream,
-            reason = why.as_str(), packets = v.stats.packets, frames = v.stats.frames,
-            "WHEP viewer left");
     }
 
     /// Router input: cache and fan out (the datagrams stay in [`WorkerCore::out`]).
@@ -440,9 +499,13 @@ impl WorkerCore {
                 // Borrowed out of the cache for the loop so the flush can take `self`.
                 let ids = std::mem::take(&mut cache.viewers);
                 for id in ids.iter() {
-                    if let Some(v) = self.viewers.get_mut(id) {
-                        v.send_frame(&f, now, &mut self.out);
-                        self.next_deadline = self.next_deadline.min(v.next_timeout);
+                    if let Some(p) = self.peers.get_mut(id) {
+                        if let SfuRole::Viewer(v) = &mut p.role {
+                            if v.send_frame(&mut p.link, &f, now) {
+                                p.handle_timeout(now, &mut self.out);
+                            }
+                        }
+                        self.next_deadline = self.next_deadline.min(p.link.next_timeout);
                     }
                     if self.out.len() >= FLUSH_AT {
                         flush(self);
@@ -460,8 +523,8 @@ impl WorkerCore {
             MediaMsg::Ended(name) => {
                 if let Some(c) = self.streams.remove(&name) {
                     for id in c.viewers {
-                        if let Some(v) = self.viewers.get_mut(&id) {
-                            v.dead = Some(DropReason::StreamEnded);
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.link.kill(DropReason::StreamEnded);
                         }
                     }
                     self.next_deadline = now;
@@ -518,11 +581,16 @@ impl WorkerCore {
         !self.handshakes.is_empty()
     }
 
-    fn session_connected(&self, id: u64) -> bool {
-        match self.viewers.get(&id) {
-            Some(v) => v.connected(),
-            None => self.publishers.get(&id).is_some_and(|p| p.connected()),
+    /// Our address a packet from `src` over `proto` arrived on, as str0m knows it.
+    fn local_addr(&self, proto: Protocol, src: SocketAddr) -> SocketAddr {
+        match proto {
+            Protocol::Tcp => local_for(&self.local_tcp, src),
+            _ => local_for(&self.local, src),
         }
+    }
+
+    fn session_connected(&self, id: u64) -> bool {
+        self.peers.get(&id).is_some_and(|p| p.connected())
     }
 
     fn input(
@@ -536,22 +604,15 @@ impl WorkerCore {
     ) {
         self.shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
         let tcp = proto == Protocol::Tcp;
-        let dst = if tcp {
-            local_for(&self.local_tcp, src)
-        } else {
-            local_for(&self.local, src)
-        };
+        let dst = self.local_addr(proto, src);
         let id = if let Some(ufrag) = stun_local_ufrag(data) {
             match self.by_ufrag.get(ufrag) {
                 Some(id) => {
                     let id = *id;
-                    let ok = match self.viewers.get(&id) {
-                        Some(v) => v.accepts_proto(now, proto, src, dst, data),
-                        None => self
-                            .publishers
-                            .get(&id)
-                            .is_some_and(|p| p.accepts(now, proto, src, dst, data)),
-                    };
+                    let ok = self
+                        .peers
+                        .get(&id)
+                        .is_some_and(|p| p.accepts(now, proto, src, dst, data));
                     if !ok {
                         None
                     } else {
@@ -598,190 +659,144 @@ impl WorkerCore {
         self.deliver(id, proto, src, data, now);
     }
 
-    /// Feed a packet to session `id` (viewer or publisher), if it is still here.
+    /// Feed a packet to peer `id`, if it is still here.
     fn deliver(&mut self, id: u64, proto: Protocol, src: SocketAddr, data: &[u8], now: Instant) {
-        let dst = if proto == Protocol::Tcp {
-            local_for(&self.local_tcp, src)
-        } else {
-            local_for(&self.local, src)
-        };
-        if let Some(v) = self.viewers.get_mut(&id) {
-            v.handle_packet(now, proto, src, dst, data, &mut self.out);
+        let dst = self.local_addr(proto, src);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.handle_input(now, proto, src, dst, data, &mut self.out);
             self.after_input(id, now);
-        } else if let Some(p) = self.publishers.get_mut(&id) {
-            p.handle_datagram(now, proto, src, dst, data, &mut self.out);
-            self.after_publisher_input(id, now);
         }
     }
 
-    /// Act on what an input left pending on a publisher: keyframe requests, death.
-    fn after_publisher_input(&mut self, id: u64, now: Instant) {
-        let Some(p) = self.publishers.get_mut(&id) else {
+    /// The keyframe work of a peer: a viewer's start or answer from the GOP cache, a
+    /// publisher's requests to its sender. Output is drained.
+    fn keyframe_work(&mut self, id: u64, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        if p.dead.is_none() {
-            p.maybe_request_keyframe(now, &mut self.out);
-        }
-        if let Some(why) = p.dead {
-            self.remove_publisher(id, why);
+        if p.link.dead.is_some() {
             return;
         }
-        self.next_deadline = self.next_deadline.min(p.next_timeout);
-        if let Some(t) = p.keyframe_retry_at() {
+        let wrote = match &mut p.role {
+            SfuRole::Publisher(w) => w.on_control(&mut p.link, now),
+            SfuRole::Viewer(v) => {
+                if let Some(est) = v.take_estimate() {
+                    if let Some(c) = self.streams.get(&p.link.stream) {
+                        select_layer(&mut p.link, v, c, est, now, &self.registry);
+                    }
+                }
+                if !(v.needs_start
+                    || v.take_keyframe_request(&p.link, now, self.timing.keyframe_answer))
+                {
+                    false
+                } else {
+                    let answering = !v.needs_start;
+                    let empty = Vec::new();
+                    let gop = self
+                        .streams
+                        .get(&p.link.stream)
+                        .map(|c| &c.gops[v.layer() as usize])
+                        .filter(|g| g.valid)
+                        .map(|g| &g.frames)
+                        .unwrap_or(&empty);
+                    let no_cache = gop.is_empty();
+                    let wrote = v.start_from_gop(&mut p.link, gop, now);
+                    if answering {
+                        self.shared.keyframe_answers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A WHIP publisher can be asked for a fresh keyframe (rate-limited on its
+                    // worker).
+                    if answering || no_cache {
+                        request_keyframe(&self.registry, &p.link.stream, v.layer());
+                    }
+                    wrote
+                }
+            }
+        };
+        if wrote {
+            p.handle_timeout(now, &mut self.out);
+        }
+        self.next_deadline = self.next_deadline.min(p.link.next_timeout);
+    }
+
+    /// Act on what an input (or a timer) left pending on a peer: keyframe work, death.
+    fn after_input(&mut self, id: u64, now: Instant) {
+        self.keyframe_work(id, now);
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        if let Some(why) = p.link.dead {
+            self.remove(id, why);
+            return;
+        }
+        self.next_deadline = self.next_deadline.min(p.link.next_timeout);
+        if let Some(t) = keyframe_retry_at(p, self.timing.keyframe_answer) {
             self.next_deadline = self
                 .next_deadline
                 .min(t.max(now + Duration::from_millis(1)));
         }
     }
 
-    /// Timers of the publishers: str0m timeouts, idle and connect deadlines.
-    fn publisher_timers(&mut self, now: Instant, next: &mut Instant) {
-        if self.publishers.is_empty() {
-            return;
-        }
-        let mut due = Vec::new();
-        for (id, p) in self.publishers.iter_mut() {
-            if p.dead.is_none() {
-                if now.duration_since(p.last_rx) > self.timing.idle {
-                    p.dead = Some(DropReason::Idle);
-                } else if !p.connected() && now.duration_since(p.created) > self.timing.connect {
-                    p.dead = Some(DropReason::ConnectTimeout);
-                }
-            }
-            if p.dead.is_some()
-                || p.next_timeout <= now
-                || p.keyframe_retry_at().is_some_and(|t| t <= now)
-            {
-                due.push(*id);
-            } else {
-                *next = (*next).min(p.next_timeout);
-            }
-            *next = (*next).min(p.last_rx + self.timing.idle);
-            if !p.connected() {
-                *next = (*next).min(p.created + self.timing.connect);
-            }
-            if let Some(t) = p.keyframe_retry_at() {
-                *next = (*next).min(t.max(now + Duration::from_millis(1)));
-            }
-        }
-        for id in due {
-            if let Some(p) = self.publishers.get_mut(&id) {
-                if p.dead.is_none() && p.next_timeout <= now {
-                    p.handle_timeout(now, &mut self.out);
-                }
-            }
-            self.after_publisher_input(id, now);
-            if let Some(p) = self.publishers.get(&id) {
-                *next = (*next).min(p.next_timeout);
-            }
-        }
-    }
-
-    /// Act on what an input left pending on a viewer: start, keyframe answer, death.
-    fn after_input(&mut self, id: u64, now: Instant) {
-        let Some(v) = self.viewers.get_mut(&id) else {
-            return;
-        };
-        if v.dead.is_none() {
-            if let Some(est) = v.take_estimate() {
-                if let Some(c) = self.streams.get(&v.stream) {
-                    select_layer(v, c, est, now, &self.sessions);
-                }
-            }
-        }
-        if v.dead.is_none()
-            && (v.needs_start || v.take_keyframe_request(now, self.timing.keyframe_answer))
-        {
-            let answering = !v.needs_start;
-            let empty = Vec::new();
-            let gop = self
-                .streams
-                .get(&v.stream)
-                .map(|c| &c.gops[v.layer() as usize])
-                .filter(|g| g.valid)
-                .map(|g| &g.frames)
-                .unwrap_or(&empty);
-            let no_cache = gop.is_empty();
-            v.start_from_gop(gop, now, &mut self.out);
-            if answering {
-                self.shared.keyframe_answers.fetch_add(1, Ordering::Relaxed);
-            }
-            // A WHIP publisher can be asked for a fresh keyframe (rate-limited on its worker).
-            if answering || no_cache {
-                self.sessions.request_keyframe(&v.stream, v.layer());
-            }
-        }
-        if let Some(why) = v.dead {
-            self.remove_viewer(id, why);
-            return;
-        }
-        self.next_deadline = self.next_deadline.min(v.next_timeout);
-        if let Some(t) = v.keyframe_retry_at(self.timing.keyframe_answer) {
-            self.next_deadline = self.next_deadline.min(t);
-        }
-    }
-
-    /// Timers: str0m timeouts, idle and connect deadlines. Cheap when nothing is due.
+    /// Timers: str0m timeouts, idle and connect deadlines, rate-limited keyframe work. Cheap
+    /// when nothing is due.
     pub fn on_timers(&mut self, now: Instant) {
         if now < self.next_deadline {
             return;
         }
         let mut next = now + Duration::from_secs(1);
         let mut due: Vec<u64> = Vec::new();
-        let mut waiting: Vec<u64> = Vec::new();
-        for (id, v) in self.viewers.iter_mut() {
-            if v.keyframe_retry_at(self.timing.keyframe_answer)
-                .is_some_and(|t| t <= now)
+        let deadlines = self.timing.deadlines();
+        for (id, p) in self.peers.iter_mut() {
+            p.check_deadlines(now, &deadlines);
+            let retry = keyframe_retry_at(p, self.timing.keyframe_answer);
+            if p.link.dead.is_some()
+                || p.link.next_timeout <= now
+                || retry.is_some_and(|t| t <= now)
             {
-                waiting.push(*id);
-            }
-            if v.dead.is_none() {
-                if now.duration_since(v.last_rx) > self.timing.idle {
-                    v.dead = Some(DropReason::Idle);
-                } else if !v.connected() && now.duration_since(v.created) > self.timing.connect {
-                    v.dead = Some(DropReason::ConnectTimeout);
-                }
-            }
-            if v.dead.is_some() || v.next_timeout <= now {
                 due.push(*id);
             } else {
-                next = next.min(v.next_timeout);
+                next = next.min(p.link.next_timeout);
             }
-            next = next.min(v.last_rx + self.timing.idle);
-            if !v.connected() {
-                next = next.min(v.created + self.timing.connect);
-            }
-            if let Some(t) = v.keyframe_retry_at(self.timing.keyframe_answer) {
+            next = next.min(p.liveness_deadline(&deadlines));
+            if let Some(t) = retry {
                 next = next.min(t.max(now + Duration::from_millis(1)));
             }
         }
-        self.publisher_timers(now, &mut next);
         self.check_layers(now);
         next = next.min(self.next_layer_check);
         self.next_deadline = next;
         for id in due {
-            if let Some(v) = self.viewers.get_mut(&id) {
-                if v.dead.is_none() {
-                    v.handle_timeout(now, &mut self.out);
+            if let Some(p) = self.peers.get_mut(&id) {
+                if p.link.dead.is_none() && p.link.next_timeout <= now {
+                    p.handle_timeout(now, &mut self.out);
                 }
             }
-            self.after_input(id, now);
-        }
-        // Keyframe requests that were rate-limited get their turn here.
-        for id in waiting {
             self.after_input(id, now);
         }
     }
 
     pub fn drop_all(&mut self, why: DropReason) {
-        let ids: Vec<u64> = self.viewers.keys().copied().collect();
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
         for id in ids {
-            self.remove_viewer(id, why);
+            self.remove(id, why);
         }
-        let ids: Vec<u64> = self.publishers.keys().copied().collect();
-        for id in ids {
-            self.remove_publisher(id, why);
-        }
+    }
+}
+
+/// Ask the publisher of `stream` (through the core) for a keyframe of `layer`. Called on
+/// keyframe requests and layer changes only, never per packet.
+fn request_keyframe(registry: &Registry, stream: &str, layer: u8) {
+    if let Some(s) = registry.get(stream) {
+        s.request_keyframe(layer);
+    }
+}
+
+/// When a rate-limited keyframe request of peer `p` may be served (a viewer's answer from the
+/// cache, at most one per `answer_interval`; a publisher's PLI).
+fn keyframe_retry_at(p: &SfuPeer, answer_interval: Duration) -> Option<Instant> {
+    match &p.role {
+        SfuRole::Viewer(v) => v.keyframe_retry_at(p.link.created, answer_interval),
+        SfuRole::Publisher(w) => w.keyframe_retry_at(&p.link),
     }
 }
 
@@ -895,11 +910,12 @@ impl Worker {
         control_rx: Receiver<ControlMsg>,
         shared: Arc<WorkerShared>,
         sessions: Arc<SessionTable>,
+        registry: Arc<Registry>,
         local: Vec<SocketAddr>,
         timing: Timing,
     ) -> Self {
         Self {
-            core: WorkerCore::new(index, local, timing, shared, sessions),
+            core: WorkerCore::new(index, local, timing, shared, sessions, registry),
             driver,
             media_rx,
             control_rx,
@@ -918,7 +934,7 @@ impl Worker {
                 match self.control_rx.try_recv() {
                     Ok(ControlMsg::Add(nv)) => self.core.add_viewer(*nv, now),
                     Ok(ControlMsg::AddPublisher(p)) => self.core.add_publisher(*p, now),
-                    Ok(ControlMsg::Remove(id)) => self.core.remove_viewer(id, DropReason::Deleted),
+                    Ok(ControlMsg::Remove(id)) => self.core.remove(id, DropReason::Deleted),
                     Ok(ControlMsg::Shutdown) => {
                         self.core.drop_all(DropReason::Shutdown);
                         self.flush();
