@@ -4,12 +4,10 @@
 //!
 //! Needs `ffmpeg` and `ffprobe` on PATH; the tests fail (not skip) without them.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 const PART_TARGET_S: f64 = 0.2;
 
@@ -739,14 +737,14 @@ fn demo_stream_plays_without_an_encoder() {
 /// serves a playlist without it; far-future requests are 400, live and idle.
 #[test]
 fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
-    use common::nginx::Nginx;
+    use testkit::nginx::Nginx;
     require_tool("ffmpeg");
     // Default segments (2 s): a blocking answer may be cached 6 × 2 s, a hold lasts 3 × 2 s.
     let server = Server::start("cdn-idle", "[sfu]\nenabled = false\n");
     let stream = "cam9";
     let mut ff = Ffmpeg::publish("cdn-idle-1", &server.rtmp_url(stream));
     server.wait_segments(stream, 2, Duration::from_secs(40));
-    let n = Nginx::start(server.http);
+    let n = Nginx::cdn(server.http);
     let path = Server::playlist_path(stream);
     let via_cdn = |query: &str| n.get(&format!("{path}?{query}"));
     // Every playlist the cache hands out for `_HLS_msn=m&_HLS_part=p`, checked the same way.
@@ -809,7 +807,7 @@ fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
         let addr = n.addr;
         let url = format!("{path}?{q}");
         std::thread::spawn(move || {
-            common::http_get(addr, &url, Duration::from_secs(20)).expect("blocking GET")
+            testkit::http_get(addr, &url, Duration::from_secs(20)).expect("blocking GET")
         })
     };
     std::thread::sleep(Duration::from_millis(200));

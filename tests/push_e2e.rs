@@ -5,17 +5,16 @@
 //! Needs ffmpeg/ffprobe (with libx264) and nginx with libnginx-mod-rtmp; a missing tool is a
 //! failure with a clear message, never a skip.
 
-mod common;
-mod push_common;
-
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, free_port, Ffmpeg, Server};
-use push_common::*;
 use serde_json::Value;
+use testkit::faults::*;
+use testkit::nginx::Nginx;
+use testkit::*;
+use testkit::{ffprobe_count_frames, free_port, Ffmpeg, Server};
 
 fn dests(s: &Server, stream: &str) -> Vec<Value> {
-    let r = request(
+    let r = api_request(
         s.http,
         "GET",
         &format!("/api/v1/streams/{stream}/destinations"),
@@ -23,7 +22,7 @@ fn dests(s: &Server, stream: &str) -> Vec<Value> {
         None,
     )
     .expect("GET destinations");
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     r.json().as_array().cloned().unwrap_or_default()
 }
 
@@ -52,7 +51,7 @@ fn wait_dest_state(s: &Server, stream: &str, id: &str, state: &str, timeout: Dur
 }
 
 fn delete_dest(s: &Server, stream: &str, id: &str, token: Option<&str>) {
-    let r = request(
+    let r = api_request(
         s.http,
         "DELETE",
         &format!("/api/v1/streams/{stream}/destinations/{id}"),
@@ -60,7 +59,7 @@ fn delete_dest(s: &Server, stream: &str, id: &str, token: Option<&str>) {
         None,
     )
     .unwrap();
-    assert_eq!(r.status, 204, "DELETE {id}: {}", r.body);
+    assert_eq!(r.status, 204, "DELETE {id}: {}", r.text());
 }
 
 fn video_audio_counts(file: &std::path::Path) -> (u64, u64) {
@@ -114,7 +113,7 @@ fn dest_toml(stream: &str, id: &str, url: &str, extra: &str) -> String {
 /// timestamps show no stall.
 #[test]
 fn two_real_destinations_and_one_comes_back() {
-    let ngx = Nginx::start("two");
+    let ngx = Nginx::rtmp("two");
     let dir = tempfile::tempdir().unwrap();
     let ff_port = free_port();
     let mut ff1 = FfmpegListen::start("ff1", ff_port, &dir.path().join("ff1.flv"));
@@ -179,7 +178,7 @@ fn two_real_destinations_and_one_comes_back() {
 /// while a healthy one and the LL-HLS output keep going, and memory stays flat.
 #[test]
 fn failing_destinations_back_off_alone_and_memory_stays_flat() {
-    let ngx = Nginx::start("faults");
+    let ngx = Nginx::rtmp("faults");
     let peers = Peers::new();
     let ngx_addr = format!("127.0.0.1:{}", ngx.port).parse().unwrap();
     let refused_port = free_port(); // nothing listens there
@@ -381,11 +380,11 @@ fn add_and_remove_through_the_api_while_live() {
     let path = "/api/v1/streams/live1/destinations";
     let key = "apikey-secret-0123456789";
     let body = format!(r#"{{"id":"rx","url":"rtmp://127.0.0.1:{port}/app/{key}"}}"#);
-    let r = request(s.http, "POST", path, None, Some(&body)).unwrap();
-    assert_eq!(r.status, 401, "{}", r.body);
-    let r = request(s.http, "POST", path, Some("wrong"), Some(&body)).unwrap();
-    assert_eq!(r.status, 403, "{}", r.body);
-    let r = request(
+    let r = api_request(s.http, "POST", path, None, Some(&body)).unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = api_request(s.http, "POST", path, Some("wrong"), Some(&body)).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = api_request(
         s.http,
         "POST",
         path,
@@ -393,16 +392,16 @@ fn add_and_remove_through_the_api_while_live() {
         Some(r#"{"url":"http://x/a/b"}"#),
     )
     .unwrap();
-    assert_eq!(r.status, 400, "{}", r.body);
-    let r = request(s.http, "POST", path, Some(token), Some(r#"{"nope":1}"#)).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = api_request(s.http, "POST", path, Some(token), Some(r#"{"nope":1}"#)).unwrap();
     assert!(
         r.status == 400 || r.status == 422,
         "{} {}",
         r.status,
-        r.body
+        r.text()
     );
-    let r = request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
+    let r = api_request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(
         r.header("location"),
         Some("/api/v1/streams/live1/destinations/rx")
@@ -410,13 +409,13 @@ fn add_and_remove_through_the_api_while_live() {
     let created = r.json();
     assert_eq!(created["id"], "rx");
     assert_eq!(created["url"], format!("rtmp://127.0.0.1:{port}/app/ap…89"));
-    assert!(!r.body.contains(key));
-    let r = request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
-    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(!r.text().contains(key));
+    let r = api_request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
 
     wait_dest_state(&s, "live1", "rx", "live", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(3));
-    let r = request(
+    let r = api_request(
         s.http,
         "DELETE",
         "/api/v1/streams/live1/destinations/rx",
@@ -431,7 +430,7 @@ fn add_and_remove_through_the_api_while_live() {
         "ffmpeg -listen did not finish"
     );
     assert!(dests(&s, "live1").is_empty());
-    let r = request(
+    let r = api_request(
         s.http,
         "DELETE",
         "/api/v1/streams/live1/destinations/rx",

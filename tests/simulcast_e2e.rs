@@ -13,17 +13,13 @@
 //!
 //! Needs `ffmpeg` (libx264) and `ffprobe`; fails (never skips) without them.
 
-mod common;
-mod whep_common;
-mod whip_common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{probe_stream, require_tool, Server};
-use whep_common::{udp_candidate_port, Bottleneck, WhepClient};
-use whip_common::{make_video, sps_of, WhipPublisher};
+use testkit::webrtc::{make_video, sps_of, WhipPublisher};
+use testkit::webrtc::{udp_candidate_port, Bottleneck, WhepClient};
+use testkit::{probe_stream, require_tool, Server};
 
 fn config(io: &str) -> String {
     format!(

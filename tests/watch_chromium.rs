@@ -11,8 +11,6 @@
 //! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
 //! assertion live here. Screenshots go to `test-artifacts/watch/`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,11 +20,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::nginx::Nginx;
-use common::{
+use serde_json::{json, Value};
+use testkit::nginx::Nginx;
+use testkit::{
     ffprobe_count_frames, free_port, probe_stream, require_tool, Ffmpeg, Playlist, Server,
 };
-use serde_json::{json, Value};
 
 /// Browser tests share two cores with the server and ffmpeg: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -456,7 +454,7 @@ fn require_whep(server: &Server, stream: &str) {
 /// Runs `prog args…` (bounded), panicking with its stderr when it fails.
 fn net_cmd(prog: &str, args: &[&str]) -> String {
     let (st, out, err) =
-        common::run_bounded(Command::new(prog).args(args), Duration::from_secs(20));
+        testkit::run_bounded(Command::new(prog).args(args), Duration::from_secs(20));
     assert!(
         st.success(),
         "`{prog} {}` failed ({st}): {err}",
@@ -643,7 +641,7 @@ impl Drop for NetNs {
     }
 }
 
-/// The relay's HTTP listener on another address: tests/common starts the relay on loopback, which
+/// The relay's HTTP listener on another address: the test kit starts the relay on loopback, which
 /// a namespace cannot reach, so this forwards TCP from `listen_ip` to it (one thread per
 /// direction per connection; the browser opens a handful). Stops accepting on drop.
 struct TcpForward {
@@ -1007,7 +1005,7 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
     let _g = serial();
     let s = start_server("nginx", &hls_only_toml());
     let _ff = publish(&s, "show", "show");
-    let n = Nginx::start(s.http);
+    let n = Nginx::cdn(s.http);
 
     let r = n.get("/hls/show/index.m3u8");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1015,7 +1013,7 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     let pl = Playlist::parse(&r.text()).unwrap();
     let part = pl.all_parts().last().expect("a part").uri.clone();
-    let part_path = common::resolve("/hls/show/index.m3u8", &part);
+    let part_path = testkit::resolve("/hls/show/index.m3u8", &part);
     let a = n.get(&part_path);
     let b2 = n.get(&part_path);
     let c = n.get(&format!("{part_path}?utm_source=x"));
@@ -1047,11 +1045,11 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
         .map(|_| {
             let q = q.clone();
             std::thread::spawn(move || {
-                common::http_get(addr, &q, Duration::from_secs(20)).expect("blocking GET")
+                testkit::http_get(addr, &q, Duration::from_secs(20)).expect("blocking GET")
             })
         })
         .collect();
-    let answers: Vec<common::Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let answers: Vec<testkit::Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for a in &answers {
         assert_eq!(a.status, 200, "{}", a.text());
         let pl = Playlist::parse(&a.text()).unwrap();
@@ -1084,7 +1082,7 @@ fn provider_switch_to_cdn_moves_the_page_to_the_cdn() {
     let _g = serial();
     let s = start_server("cdn-switch", &hls_only_toml());
     let _ff = publish(&s, "cdn-switch", "show");
-    let n = Nginx::start(s.http);
+    let n = Nginx::cdn(s.http);
     let mut b = Browser::launch("cdn-switch");
     let origin_hls = format!("http://{}/hls/", s.http);
     let cdn_hls = format!("{}/hls/", n.base());
@@ -1377,7 +1375,7 @@ fn chromium_publishes_simulcast_over_whip() {
     let probe = ffprobe_count_frames(&flv);
     let w = probe_stream(&probe, "video").and_then(|x| x["width"].as_u64());
     assert_eq!(w, Some(top), "RTMP carries the widest layer: {probe}");
-    let keys = common::run_bounded(
+    let keys = testkit::run_bounded(
         Command::new("ffprobe")
             .args(["-v", "error", "-select_streams", "v", "-show_entries"])
             .args(["packet=pts_time,flags", "-of", "csv=p=0"])

@@ -5,14 +5,12 @@
 //! ICE credentials, a session addressed through the WHIP path) gets the spec's status codes while
 //! another viewer keeps receiving. The suite runs once per UDP driver (epoll, io_uring).
 
-mod common;
-mod whep_common;
-
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{Ffmpeg, Server};
-use whep_common::{offer, request, WhepClient};
+use testkit::request;
+use testkit::webrtc::{offer, WhepClient};
+use testkit::{Ffmpeg, Server};
 
 fn config(io: &str) -> String {
     format!(
@@ -43,7 +41,7 @@ fn suite(io: &str) {
     assert!(a.location.starts_with("/whep/show/"), "{}", a.location);
     assert!(a.answer.contains("a=ice-lite"), "ICE-lite answer");
     assert!(a.answer.contains("H264"), "H.264 in the answer");
-    assert!(a.rtc.is_alive(), "client alive after answer");
+    assert!(a.peer.rtc.is_alive(), "client alive after answer");
     let ok = a.run(Duration::from_secs(10), |c| c.first_keyframe().is_some());
     assert!(
         ok,
@@ -91,7 +89,7 @@ fn suite(io: &str) {
     // ── bad input, while A keeps playing ──
     let port = a.server_port();
     let evil = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut rng = common::Rng::new(7);
+    let mut rng = testkit::Rng::new(7);
     for i in 0..2000 {
         let mut b = rng.bytes(1 + (i % 1400));
         if i % 5 == 0 {
@@ -108,7 +106,7 @@ fn suite(io: &str) {
     }
     let ct = [("Content-Type", "application/sdp")];
     let r = request(http, "POST", "/whep/show", &ct, b"");
-    assert_eq!(r.status, 400, "empty SDP: {}", r.body);
+    assert_eq!(r.status, 400, "empty SDP: {}", r.text());
     let r = request(
         http,
         "POST",
@@ -116,17 +114,17 @@ fn suite(io: &str) {
         &ct,
         b"v=0\r\nthis is not sdp\r\n",
     );
-    assert_eq!(r.status, 400, "malformed SDP: {}", r.body);
+    assert_eq!(r.status, 400, "malformed SDP: {}", r.text());
     let r = request(http, "POST", "/whep/show", &ct, &[0xff, 0xfe, 0x00]);
     assert_eq!(r.status, 400, "binary body");
-    let (_r, _s, _l, vp8, _p) = offer(true);
+    let vp8 = offer(true).sdp;
     let r = request(http, "POST", "/whep/show", &ct, vp8.as_bytes());
-    assert_eq!(r.status, 406, "offer without H.264: {}", r.body);
-    assert!(r.body.contains("H.264"), "406 says why: {}", r.body);
-    let (_r, _s, _l, good, _p) = offer(false);
+    assert_eq!(r.status, 406, "offer without H.264: {}", r.text());
+    assert!(r.text().contains("H.264"), "406 says why: {}", r.text());
+    let good = offer(false).sdp;
     // The offer check shared with WHIP: a WHEP offer receives, a sha-256 fingerprint, RFC 8839
     // ICE credentials.
-    whep_common::assert_offer_checks(
+    testkit::webrtc::assert_offer_checks(
         http,
         "/whep/show",
         &ct,
@@ -135,12 +133,13 @@ fn suite(io: &str) {
         &["sendonly", "inactive"],
     );
     let r = request(http, "POST", "/whep/nosuch", &ct, good.as_bytes());
-    assert_eq!(r.status, 404, "unknown stream: {}", r.body);
+    assert_eq!(r.status, 404, "unknown stream: {}", r.text());
     let r = request(http, "POST", "/whep/later", &ct, good.as_bytes());
     assert_eq!(
-        r.status, 409,
+        r.status,
+        409,
         "configured stream without publisher: {}",
-        r.body
+        r.text()
     );
     assert!(r.header("retry-after").is_some(), "409 has Retry-After");
     let r = request(
@@ -203,7 +202,7 @@ fn suite(io: &str) {
         &[sf, ("If-Match", &etag)],
         cand.as_bytes(),
     );
-    assert_eq!(r.status, 204, "trickle PATCH: {}", r.body);
+    assert_eq!(r.status, 204, "trickle PATCH: {}", r.text());
     let r = request(
         http,
         "PATCH",
@@ -232,9 +231,10 @@ fn suite(io: &str) {
     assert_eq!(r.status, 404, "PATCH of a WHEP session via {as_whip}");
     let r = request(http, "DELETE", &as_whip, &[], b"");
     assert_eq!(
-        r.status, 404,
+        r.status,
+        404,
         "DELETE of a WHEP session via {as_whip}: {}",
-        r.body
+        r.text()
     );
 
     // A never noticed.
@@ -259,7 +259,7 @@ fn suite(io: &str) {
 
     // ── DELETE ends B's session; a second DELETE is 404; A goes on ──
     let r = request(http, "DELETE", &b.location, &[], b"");
-    assert_eq!(r.status, 200, "DELETE: {}", r.body);
+    assert_eq!(r.status, 200, "DELETE: {}", r.text());
     let r = request(http, "DELETE", &b.location, &[], b"");
     assert_eq!(r.status, 404, "DELETE twice");
     let n = a.frames.len();

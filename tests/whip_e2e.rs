@@ -6,17 +6,14 @@
 //!
 //! Needs `ffmpeg` (libx264, libopus) and `ffprobe`; fails (never skips) without them.
 
-mod common;
-mod whep_common;
-mod whip_common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, free_port, probe_stream, require_tool, Server};
-use whep_common::{request, WhepClient};
-use whip_common::{make_media, vp8_offer, whip_offer, TcpWhepClient, WhipPublisher};
+use testkit::request;
+use testkit::webrtc::WhepClient;
+use testkit::webrtc::{make_media, vp8_offer, whip_offer, WhipPublisher};
+use testkit::{ffprobe_count_frames, free_port, probe_stream, require_tool, Server};
 
 fn config(io: &str, ice_tcp_port: u16) -> String {
     format!(
@@ -109,7 +106,7 @@ fn whip_suite(io: &str) {
     );
 
     // ── a second publisher for the same stream: 409 ──
-    let (_rtc, _s, _l, offer2, _p) = whip_offer(true);
+    let offer2 = whip_offer(true).sdp;
     let r = request(
         http,
         "POST",
@@ -120,7 +117,7 @@ fn whip_suite(io: &str) {
         ],
         offer2.as_bytes(),
     );
-    assert_eq!(r.status, 409, "second publisher: {}", r.body);
+    assert_eq!(r.status, 409, "second publisher: {}", r.text());
 
     // ── WHEP viewer: H.264 keyframe first, then live video and Opus ──
     let mut a = WhepClient::connect(http, "live").unwrap_or_else(|r| panic!("WHEP POST: {r:?}"));
@@ -170,7 +167,12 @@ fn whip_suite(io: &str) {
     assert_eq!(r.status, 404, "PATCH of the WHIP session via {pub_as_whep}");
     for loc in [&pub_as_whep, &viewer_as_whip] {
         let r = request(http, "DELETE", loc, &[], b"");
-        assert_eq!(r.status, 404, "DELETE via the other path {loc}: {}", r.body);
+        assert_eq!(
+            r.status,
+            404,
+            "DELETE via the other path {loc}: {}",
+            r.text()
+        );
     }
     let n = a.frames.len();
     a.run(Duration::from_secs(1), |_| false);
@@ -185,7 +187,7 @@ fn whip_suite(io: &str) {
     let before = publisher.stats.keyframe_requests.load(Ordering::Relaxed);
     let mid = str0m::media::Mid::from(video_mid(&a.answer).as_str());
     for _ in 0..3 {
-        if let Some(mut w) = a.rtc.writer(mid) {
+        if let Some(mut w) = a.peer.rtc.writer(mid) {
             let _ = w.request_keyframe(None, str0m::media::KeyframeRequestKind::Pli);
         }
         a.run(Duration::from_millis(1200), |_| false);
@@ -239,7 +241,7 @@ fn whip_suite(io: &str) {
         &[("Content-Type", "application/json")],
         body.as_bytes(),
     );
-    assert_eq!(r.status, 201, "add destination: {}", r.body);
+    assert_eq!(r.status, 201, "add destination: {}", r.text());
     let deadline = Instant::now() + Duration::from_secs(25);
     let done = loop {
         if let Some(st) = rx.try_wait().unwrap() {
@@ -289,11 +291,11 @@ fn whip_suite(io: &str) {
         &[sf, ("If-Match", &etag)],
         cand.as_bytes(),
     );
-    assert_eq!(r.status, 204, "trickle PATCH: {}", r.body);
+    assert_eq!(r.status, 204, "trickle PATCH: {}", r.text());
     let r = request(http, "GET", &loc, &[], b"");
     assert_eq!(r.status, 405, "GET on a WHIP session");
     let r = request(http, "DELETE", &loc, &[], b"");
-    assert_eq!(r.status, 200, "DELETE: {}", r.body);
+    assert_eq!(r.status, 200, "DELETE: {}", r.text());
     server.wait_state("live", "idle", Duration::from_secs(5));
     let r = request(http, "DELETE", &loc, &[], b"");
     assert_eq!(r.status, 404, "DELETE twice");
@@ -320,12 +322,12 @@ fn whip_suite(io: &str) {
 fn whip_bad_requests_get_rfc_status_codes() {
     let server = Server::start("whip-bad", &config("auto", 0));
     let http = server.http;
-    let (_rtc, _s, _l, good, _p) = whip_offer(true);
+    let good = whip_offer(true).sdp;
     let sdp = ("Content-Type", "application/sdp");
     let auth = ("Authorization", "Bearer livekey");
 
     let r = request(http, "POST", "/whip/live", &[sdp], good.as_bytes());
-    assert_eq!(r.status, 401, "no Authorization: {}", r.body);
+    assert_eq!(r.status, 401, "no Authorization: {}", r.text());
     assert!(
         r.header("www-authenticate").is_some(),
         "401 has WWW-Authenticate"
@@ -337,8 +339,8 @@ fn whip_bad_requests_get_rfc_status_codes() {
         &[sdp, ("Authorization", "Bearer wrong")],
         good.as_bytes(),
     );
-    assert_eq!(r.status, 403, "wrong key: {}", r.body);
-    assert!(!r.body.contains("wrong"), "the key is not echoed");
+    assert_eq!(r.status, 403, "wrong key: {}", r.text());
+    assert!(!r.text().contains("wrong"), "the key is not echoed");
     let r = request(
         http,
         "POST",
@@ -346,7 +348,7 @@ fn whip_bad_requests_get_rfc_status_codes() {
         &[sdp, ("Authorization", "Bearer otherkey")],
         good.as_bytes(),
     );
-    assert_eq!(r.status, 403, "another stream's key: {}", r.body);
+    assert_eq!(r.status, 403, "another stream's key: {}", r.text());
     let r = request(
         http,
         "POST",
@@ -366,7 +368,7 @@ fn whip_bad_requests_get_rfc_status_codes() {
     let r = request(http, "POST", "/whip/live", &[auth], good.as_bytes());
     assert_eq!(r.status, 415, "no content type");
     let r = request(http, "POST", "/whip/live", &[sdp, auth], b"");
-    assert_eq!(r.status, 400, "empty SDP: {}", r.body);
+    assert_eq!(r.status, 400, "empty SDP: {}", r.text());
     let r = request(
         http,
         "POST",
@@ -374,20 +376,20 @@ fn whip_bad_requests_get_rfc_status_codes() {
         &[sdp, auth],
         b"v=0\r\nthis is not sdp\r\n",
     );
-    assert_eq!(r.status, 400, "malformed SDP: {}", r.body);
+    assert_eq!(r.status, 400, "malformed SDP: {}", r.text());
     let r = request(http, "POST", "/whip/live", &[sdp, auth], &[0xff, 0xfe, 0]);
     assert_eq!(r.status, 400, "binary body");
     let vp8 = vp8_offer();
     let r = request(http, "POST", "/whip/live", &[sdp, auth], vp8.as_bytes());
-    assert_eq!(r.status, 406, "VP8-only offer: {}", r.body);
+    assert_eq!(r.status, 406, "VP8-only offer: {}", r.text());
     assert!(
-        r.body.contains("H.264") && r.body.contains("VP8"),
+        r.text().contains("H.264") && r.text().contains("VP8"),
         "406 says why: {}",
-        r.body
+        r.text()
     );
     // The offer check shared with WHEP: a WHIP offer sends (a recvonly one must not take the
     // stream), a sha-256 fingerprint, RFC 8839 ICE credentials.
-    whep_common::assert_offer_checks(
+    testkit::webrtc::assert_offer_checks(
         http,
         "/whip/live",
         &[sdp, auth],
@@ -397,7 +399,7 @@ fn whip_bad_requests_get_rfc_status_codes() {
     );
     // Lowercase scheme: the scheme is case-insensitive; the good offer is still accepted after
     // the refused ones (none of them took the stream).
-    let (_rtc2, _s2, _l2, good2, _p2) = whip_offer(true);
+    let good2 = whip_offer(true).sdp;
     let r = request(
         http,
         "POST",
@@ -406,9 +408,10 @@ fn whip_bad_requests_get_rfc_status_codes() {
         good2.as_bytes(),
     );
     assert_eq!(
-        r.status, 201,
+        r.status,
+        201,
         "good offer after the refused ones: {}",
-        r.body
+        r.text()
     );
     let loc = r.header("location").unwrap().to_string();
     assert_eq!(request(http, "DELETE", &loc, &[], b"").status, 200);
@@ -423,15 +426,19 @@ fn whip_bad_requests_get_rfc_status_codes() {
     println!(
         "offer without a fingerprint: {} {}",
         r.status,
-        r.body.trim()
+        r.text().trim()
     );
     assert!((400..500).contains(&r.status), "no fingerprint: {r:?}");
-    let vmid = whip_common::mid_of(&good, "video").unwrap().to_string();
-    let amid = whip_common::mid_of(&good, "audio").unwrap().to_string();
+    let vmid = testkit::webrtc::mid_of(&good, "video").unwrap().to_string();
+    let amid = testkit::webrtc::mid_of(&good, "audio").unwrap().to_string();
     let dup = good.replace(&format!("a=mid:{amid}"), &format!("a=mid:{vmid}"));
     assert_ne!(dup, good);
     let r = request(http, "POST", "/whip/live", &[sdp, auth], dup.as_bytes());
-    println!("offer with duplicate MIDs: {} {}", r.status, r.body.trim());
+    println!(
+        "offer with duplicate MIDs: {} {}",
+        r.status,
+        r.text().trim()
+    );
     assert!((400..500).contains(&r.status), "duplicate MIDs: {r:?}");
     let video_m = &good[good.find("m=video").unwrap()..];
     let video_m = &video_m[..video_m.find("m=audio").unwrap_or(video_m.len())];
@@ -445,9 +452,9 @@ fn whip_bad_requests_get_rfc_status_codes() {
         "offer with 19 m-lines ({} bytes): {} {}",
         many.len(),
         r.status,
-        r.body.trim()
+        r.text().trim()
     );
-    assert_eq!(r.status, 400, "19 m-lines: {}", r.body);
+    assert_eq!(r.status, 400, "19 m-lines: {}", r.text());
     let r = request(http, "GET", "/whip/live", &[], b"");
     assert_eq!(r.status, 405, "GET on the WHIP endpoint");
     let r = request(
@@ -503,7 +510,7 @@ fn ice_tcp_viewer_plays_a_whip_program() {
     std::thread::sleep(Duration::from_millis(1200));
 
     let t0 = Instant::now();
-    let mut c = TcpWhepClient::connect(http, "live", tcp_port)
+    let mut c = WhepClient::connect_tcp(http, "live", tcp_port)
         .unwrap_or_else(|r| panic!("WHEP POST (TCP): {r:?}"));
     let tcp_line = c
         .answer
@@ -513,22 +520,22 @@ fn ice_tcp_viewer_plays_a_whip_program() {
         .to_string();
     assert!(tcp_line.contains("tcptype passive"), "{tcp_line}");
     assert!(tcp_line.contains(&format!(" {tcp_port} ")), "{tcp_line}");
-    let ok = c.run(Duration::from_secs(10), |c| c.keyframes > 0);
+    let ok = c.run(Duration::from_secs(10), |c| c.keyframes() > 0);
     assert!(
         ok,
         "TCP-only viewer got no keyframe; connected: {:?}\n{}",
         c.connected_at,
         server.log_tail(60)
     );
-    let n = c.video_frames;
+    let n = c.frames.len();
     c.run(Duration::from_secs(2), |_| false);
     println!(
         "ICE-TCP viewer: first keyframe {:.1} ms after POST; {} video / {} Opus frames in the next 2 s",
         c.connected_at.map_or(0.0, |t| t.duration_since(t0).as_secs_f64() * 1e3),
-        c.video_frames - n,
+        c.frames.len() - n,
         c.audio_frames
     );
-    assert!(c.video_frames >= n + 40, "video keeps coming over TCP");
+    assert!(c.frames.len() >= n + 40, "video keeps coming over TCP");
 
     // An API kick ends the WHIP session: the stream goes idle.
     let r = request(http, "DELETE", "/api/v1/streams/live/publisher", &[], b"");
