@@ -14,7 +14,7 @@ use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
 
-use crate::http::{request, Resp};
+use crate::http::{http_send, Resp};
 
 /// Where a peer's datagrams go.
 pub enum Link {
@@ -65,6 +65,12 @@ impl Role {
     /// Only VP8 video (no audio), for the offers the relay refuses with 406.
     pub fn vp8_only(mut self) -> Role {
         self.vp8_only = true;
+        self.audio = false;
+        self
+    }
+
+    /// No audio m-line.
+    pub fn video_only(mut self) -> Role {
         self.audio = false;
         self
     }
@@ -124,23 +130,34 @@ impl Peer {
 
     /// A peer on `link` that offers `role`; `config` sets str0m options (a crypto provider).
     /// A UDP link gets a host candidate, a TCP link an active TCP one, a memory link a host
-    /// candidate at 127.0.0.1:port 9 unless its `local` is given by [`Peer::offer_in_memory`].
+    /// candidate at 127.0.0.1:9 ([`Peer::offer_in_memory`] chooses its address).
     pub fn offer_on(role: &Role, link: Link, config: Option<RtcConfig>) -> Offered {
         let local = match &link {
             Link::Udp(s) => s.local_addr().unwrap(),
             Link::Tcp { stream, .. } => stream.local_addr().unwrap(),
             Link::Memory(_) => SocketAddr::from(([127, 0, 0, 1], 9)),
         };
-        Self::offer_at(role, link, local, config)
+        Self::offer_at(role, link, local, Instant::now(), config)
     }
 
-    /// An in-process peer at `local` whose transmits queue in [`Link::Memory`].
-    pub fn offer_in_memory(role: &Role, local: SocketAddr, config: Option<RtcConfig>) -> Offered {
-        Self::offer_at(role, Link::Memory(Vec::new()), local, config)
+    /// An in-process peer at `local` whose transmits queue in [`Link::Memory`], on a clock that
+    /// starts at `start` (a bench's virtual clock).
+    pub fn offer_in_memory(
+        role: &Role,
+        local: SocketAddr,
+        start: Instant,
+        config: Option<RtcConfig>,
+    ) -> Offered {
+        Self::offer_at(role, Link::Memory(Vec::new()), local, start, config)
     }
 
-    fn offer_at(role: &Role, link: Link, local: SocketAddr, config: Option<RtcConfig>) -> Offered {
-        let started = Instant::now();
+    fn offer_at(
+        role: &Role,
+        link: Link,
+        local: SocketAddr,
+        started: Instant,
+        config: Option<RtcConfig>,
+    ) -> Offered {
         let mut rtc = build(role, started, config);
         let (cand, remote) = match &link {
             Link::Tcp { stream, .. } => (
@@ -178,7 +195,8 @@ impl Peer {
                 location: String::new(),
                 etag: String::new(),
                 answer: String::new(),
-                buf: vec![0u8; 65536],
+                // Allocated on the first read: a load generator holds thousands of peers.
+                buf: Vec::new(),
             },
             sdp: o.to_sdp_string(),
             pending,
@@ -230,6 +248,9 @@ impl Peer {
     pub fn input(&mut self, wait: Duration) {
         let wait = wait.max(Duration::from_millis(1));
         let now = Instant::now();
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 65536];
+        }
         match &mut self.link {
             Link::Udp(sock) => {
                 sock.set_read_timeout(Some(wait)).unwrap();
@@ -275,6 +296,14 @@ impl Peer {
         let _ = self
             .rtc
             .handle_input(Input::Timeout(now.max(Instant::now())));
+    }
+
+    /// The UDP socket of a UDP link (a caller that reads it itself, with kernel timestamps).
+    pub fn udp(&self) -> &UdpSocket {
+        match &self.link {
+            Link::Udp(s) => s,
+            _ => panic!("not a UDP peer"),
+        }
     }
 
     /// Feed a datagram that came from `from` (in-process links).
@@ -323,24 +352,46 @@ impl Peer {
 
 impl Offered {
     /// POST the offer to `path` (with `headers`, e.g. a WHIP bearer token) and accept the 201's
-    /// answer; `Err` carries any other response.
+    /// answer; `Err` carries any other response. Panics when no HTTP answer comes.
     pub fn post(
         self,
         http: SocketAddr,
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Peer, Resp> {
+        self.try_post(http, path, headers, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// [`Offered::post`] that returns a failed exchange (no connection, no answer, an answer
+    /// that does not parse) as the outer error.
+    pub fn try_post(
+        self,
+        http: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> std::io::Result<Result<Peer, Resp>> {
         let mut h = vec![("Content-Type", "application/sdp")];
         h.extend_from_slice(headers);
-        let r = request(http, "POST", path, &h, self.sdp.as_bytes());
+        let r = http_send(http, "POST", path, &h, self.sdp.as_bytes(), timeout)?;
         if r.status != 201 {
-            return Err(r);
+            return Ok(Err(r));
         }
         let answer = r.text();
-        let mut peer = self.accept(&answer);
-        peer.location = r.header("location").expect("Location").to_string();
+        let Offered {
+            mut peer, pending, ..
+        } = self;
+        let a = SdpAnswer::from_sdp_string(&answer)
+            .map_err(|e| std::io::Error::other(format!("answer: {e}")))?;
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending, a)
+            .map_err(|e| std::io::Error::other(format!("accept answer: {e}")))?;
+        peer.answer = answer;
+        peer.location = r.header("location").unwrap_or_default().to_string();
         peer.etag = r.header("etag").unwrap_or_default().to_string();
-        Ok(peer)
+        Ok(Ok(peer))
     }
 
     /// Accept `answer` (SDP text).
