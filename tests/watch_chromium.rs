@@ -11,7 +11,7 @@
 //! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
 //! assertion live here. Screenshots go to `test-artifacts/watch/`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -371,54 +371,21 @@ fn publish(server: &Server, label: &str, key: &str) -> Ffmpeg {
     ff
 }
 
-/// An HTTP/1.1 request with a body; returns (status, headers, body).
+/// An HTTP/1.1 request with a body through the kit's client; returns (status, body).
 fn http_send(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // Chunked bodies: good enough for JSON checks (strip the size lines).
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.split("\r\n")
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 1)
-            .map(|(_, l)| l)
-            .collect::<String>()
-    } else {
-        body.to_string()
-    };
-    (status, head.to_string(), body)
+) -> (u16, String) {
+    let r = testkit::http_send(addr, method, path, headers, body, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"));
+    (r.status, r.text())
 }
 
 fn put_provider(server: &Server, stream: &str, body: &Value) -> Value {
-    let (status, _, text) = http_send(
+    let (status, text) = http_send(
         server.http,
         "PUT",
         &format!("/api/v1/streams/{stream}/provider"),
@@ -434,7 +401,7 @@ fn put_provider(server: &Server, stream: &str, body: &Value) -> Value {
 
 /// Fails with a clear message when this build has no working WHEP endpoint.
 fn require_whep(server: &Server, stream: &str) {
-    let (status, _, body) = http_send(
+    let (status, body) = http_send(
         server.http,
         "POST",
         &format!("/whep/{stream}"),
@@ -757,9 +724,9 @@ fn page_assets_and_playback_api() {
 
     // Ingest: admin only, the node's own endpoints whatever the provider.
     let auth = format!("Bearer {ADMIN}");
-    let (st, _, _) = http_send(s.http, "GET", "/api/v1/streams/hall/ingest", &[], b"");
+    let (st, _) = http_send(s.http, "GET", "/api/v1/streams/hall/ingest", &[], b"");
     assert_eq!(st, 401);
-    let (st, _, body) = http_send(
+    let (st, body) = http_send(
         s.http,
         "GET",
         "/api/v1/streams/hall/ingest",
@@ -779,7 +746,7 @@ fn page_assets_and_playback_api() {
     );
 
     // Provider: PUT needs the token, validates, and changes the playback URLs only.
-    let (st, _, _) = http_send(
+    let (st, _) = http_send(
         s.http,
         "PUT",
         "/api/v1/streams/hall/provider",
@@ -794,7 +761,7 @@ fn page_assets_and_playback_api() {
         r#""akamai""#,
         r#"{"kind":"external","ingest_url":"http://x/a/k","playback_url":"https://x/p.m3u8"}"#,
     ] {
-        let (st, _, body) = http_send(
+        let (st, body) = http_send(
             s.http,
             "PUT",
             "/api/v1/streams/hall/provider",
@@ -812,7 +779,7 @@ fn page_assets_and_playback_api() {
     assert_eq!(v["provider"]["kind"], "cdn");
     let v: Value = serde_json::from_slice(&s.get("/api/v1/streams/hall/playback").body).unwrap();
     assert_eq!(v["hls"], "https://d111.cloudfront.net/hls/hall/index.m3u8");
-    let (_, _, body) = http_send(
+    let (_, body) = http_send(
         s.http,
         "GET",
         "/api/v1/streams/hall/ingest",
@@ -1192,7 +1159,7 @@ fn webrtc_session_deleted_mid_stream_switches_to_hls() {
     let path = loc
         .strip_prefix(&format!("http://{}", s.http))
         .unwrap_or_else(|| panic!("Location {loc} on this server"));
-    let (st, _, body) = http_send(s.http, "DELETE", path, &[], b"");
+    let (st, body) = http_send(s.http, "DELETE", path, &[], b"");
     assert!(st == 200 || st == 204, "DELETE {path}: {st} {body}");
     let t = Instant::now();
     b.expect(
@@ -1353,7 +1320,7 @@ fn chromium_publishes_simulcast_over_whip() {
         .expect("ffmpeg -listen");
     std::thread::sleep(Duration::from_millis(500));
     let dest = format!(r#"{{"id":"rec","url":"rtmp://127.0.0.1:{rport}/app/key"}}"#);
-    let (status, _, text) = http_send(
+    let (status, text) = http_send(
         s.http,
         "POST",
         "/api/v1/streams/live/destinations",

@@ -26,7 +26,7 @@ fn live(label: &str, sfu_extra: &str) -> (Server, Ffmpeg) {
     let server = Server::start(label, &config(sfu_extra));
     let ff = Ffmpeg::publish(label, &server.rtmp_url("showkey"));
     server.wait_state("show", "publishing", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(1200));
+    server.wait_segments("show", 1, Duration::from_secs(20));
     (server, ff)
 }
 

@@ -232,7 +232,7 @@ fn whip_suite(io: &str) {
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("ffmpeg -listen");
-    std::thread::sleep(Duration::from_millis(500));
+    testkit::wait_listening(rport, Duration::from_secs(10), "ffmpeg -listen");
     let body = format!(r#"{{"id":"rec","url":"rtmp://127.0.0.1:{rport}/app/whipkey"}}"#);
     let r = request(
         http,
@@ -308,7 +308,12 @@ fn whip_suite(io: &str) {
         .connected
         .load(Ordering::Acquire)));
     server.wait_state("live", "publishing", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
+    // Media flowing (half a second of video) before the publisher goes silent.
+    let sent = p2.stats.video_sent.load(Ordering::Relaxed);
+    assert!(p2.wait(Duration::from_secs(10), |s| s
+        .video_sent
+        .load(Ordering::Relaxed)
+        >= sent + 15));
     p2.stop(); // no DELETE, no more packets
     let t = Instant::now();
     server.wait_state("live", "idle", Duration::from_secs(15));
@@ -507,7 +512,7 @@ fn ice_tcp_viewer_plays_a_whip_program() {
         .connected
         .load(Ordering::Acquire)));
     server.wait_state("live", "publishing", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(1200));
+    server.wait_segments("live", 1, Duration::from_secs(20));
 
     let t0 = Instant::now();
     let mut c = WhepClient::connect_tcp(http, "live", tcp_port)
