@@ -212,40 +212,10 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
         );
     let s = Server::start("push-faults", &cfg);
     // About 4 Mb/s, so that a stalled destination really has a lot to hold.
-    let args: Vec<String> = [
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
+    let args = h264_aac_args_with(
         "testsrc2=size=640x360:rate=30,noise=alls=30:allf=t",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "30",
-        "-bf",
-        "0",
-        "-b:v",
-        "4M",
-        "-maxrate",
-        "4M",
-        "-bufsize",
-        "2M",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
+        &["-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M"],
+    );
     let _publisher = Ffmpeg::spawn("pub-faults", &args, &s.rtmp_url("faults"));
     wait_dest_state(&s, "faults", "healthy", "live", Duration::from_secs(15));
     s.wait_segments("faults", 2, Duration::from_secs(20));

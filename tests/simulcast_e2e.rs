@@ -85,9 +85,7 @@ fn simulcast_suite(io: &str) {
         publisher.answer
     );
     assert!(
-        publisher.wait(Duration::from_secs(10), |s| s
-            .connected
-            .load(Ordering::Acquire)),
+        publisher.wait_connected(Duration::from_secs(10)),
         "WHIP publisher did not connect\n{}",
         server.log_tail(40)
     );

@@ -82,21 +82,7 @@ impl Live {
     }
 }
 
-/// Runs `$body(io)` as one test per UDP driver: `$name_epoll` and `$name_io_uring`.
-macro_rules! on_both_drivers {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn epoll() {
-                super::$body("epoll");
-            }
-            #[test]
-            fn io_uring() {
-                super::$body("uring");
-            }
-        }
-    };
-}
+use testkit::on_both_drivers;
 
 on_both_drivers!(
     first_frame_is_a_cached_keyframe_and_media_keeps_coming,

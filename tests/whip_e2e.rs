@@ -93,9 +93,7 @@ impl Published {
             publisher.answer
         );
         assert!(
-            publisher.wait(Duration::from_secs(10), |s| s
-                .connected
-                .load(Ordering::Acquire)),
+            publisher.wait_connected(Duration::from_secs(10)),
             "WHIP publisher did not connect\n{}",
             server.log_tail(40)
         );
@@ -159,21 +157,7 @@ impl Published {
     }
 }
 
-/// Runs `$body(io)` as one test per UDP driver: `$name::epoll` and `$name::io_uring`.
-macro_rules! on_both_drivers {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[test]
-            fn epoll() {
-                super::$body("epoll");
-            }
-            #[test]
-            fn io_uring() {
-                super::$body("uring");
-            }
-        }
-    };
-}
+use testkit::on_both_drivers;
 
 on_both_drivers!(
     whip_program_plays_over_whep_and_a_viewers_pli_reaches_the_publisher,
@@ -384,9 +368,7 @@ fn session_lifecycle(io: &'static str) {
     // ── the stream can be published again; a publisher that vanishes is timed out ──
     let mut p2 = WhipPublisher::start(http, "live", "livekey", video, audio)
         .unwrap_or_else(|r| panic!("WHIP POST after DELETE: {r:?}"));
-    assert!(p2.wait(Duration::from_secs(10), |s| s
-        .connected
-        .load(Ordering::Acquire)));
+    assert!(p2.wait_connected(Duration::from_secs(10)));
     server.wait_state("live", "publishing", Duration::from_secs(10));
     // Media flowing (half a second of video) before the publisher goes silent.
     let sent = p2.stats.video_sent.load(Ordering::Relaxed);
@@ -588,9 +570,7 @@ fn ice_tcp_viewer_plays_a_whip_program() {
     let (video, audio) = media(server.dir.path());
     let publisher = WhipPublisher::start(http, "live", "livekey", video, audio)
         .unwrap_or_else(|r| panic!("WHIP POST: {r:?}"));
-    assert!(publisher.wait(Duration::from_secs(10), |s| s
-        .connected
-        .load(Ordering::Acquire)));
+    assert!(publisher.wait_connected(Duration::from_secs(10)));
     server.wait_state("live", "publishing", Duration::from_secs(10));
     server.wait_segments("live", 1, Duration::from_secs(20));
 

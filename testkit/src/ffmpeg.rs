@@ -19,15 +19,14 @@ pub struct Ffmpeg {
 /// Input and encoder arguments of the standard test publisher: 30 fps test pattern with a 1 s
 /// GOP (no B-frames) and a 440 Hz AAC tone.
 pub fn h264_aac_args() -> Vec<String> {
-    [
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x240:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
+    h264_aac_args_with("testsrc=size=320x240:rate=30", &[])
+}
+
+/// [`h264_aac_args`] from the lavfi video source `video` (e.g. a bigger, noisier picture), with
+/// `video_extra` encoder options (e.g. a bitrate).
+pub fn h264_aac_args_with(video: &str, video_extra: &[&str]) -> Vec<String> {
+    let head = ["-re", "-f", "lavfi", "-i", video, "-f", "lavfi", "-i"];
+    let codec = [
         "sine=frequency=440:sample_rate=48000",
         "-c:v",
         "libx264",
@@ -41,16 +40,14 @@ pub fn h264_aac_args() -> Vec<String> {
         "30",
         "-bf",
         "0",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "64k",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    let tail = ["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k"];
+    head.iter()
+        .chain(codec.iter())
+        .chain(video_extra.iter())
+        .chain(tail.iter())
+        .map(|s| s.to_string())
+        .collect()
 }
 
 impl Ffmpeg {

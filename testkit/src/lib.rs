@@ -28,6 +28,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+/// Runs `$body(io)` as one test per SFU UDP driver: `$name::epoll` and `$name::io_uring` (the
+/// body gets "epoll" or "uring", the config value of `[sfu] io`).
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn epoll() {
+                super::$body("epoll");
+            }
+            #[test]
+            fn io_uring() {
+                super::$body("uring");
+            }
+        }
+    };
+}
+
 /// The workspace's root directory (docs/, web/, assets/).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

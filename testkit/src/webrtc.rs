@@ -483,6 +483,11 @@ impl WhipPublisher {
         })
     }
 
+    /// Wait until the publisher's ICE + DTLS is connected, or `timeout` passes.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait(timeout, |s| s.connected.load(Ordering::Acquire))
+    }
+
     /// Wait until `f` holds or `timeout` passes.
     pub fn wait(&self, timeout: Duration, f: impl Fn(&PubStats) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
