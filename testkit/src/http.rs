@@ -157,7 +157,11 @@ pub fn exchange_with_body(
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+    // A caller's own Content-Length (an abuse test's lie) is sent as given.
+    let has_length = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if !has_length && (!body.is_empty() || !matches!(method, "GET" | "HEAD")) {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
