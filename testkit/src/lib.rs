@@ -1,13 +1,14 @@
 //! deltacast's shared test kit, used by tests/, benches/ and loadtest/: the `deltacast` binary on
 //! free loopback ports ([`server`]), one str0m test peer ([`peer`]) and its WebRTC roles
-//! ([`webrtc`]), one HTTP/1.1 client ([`http`]), process guards for ffmpeg ([`ffmpeg`]) and nginx
-//! ([`nginx`]) (Chromium's lives with its one test, tests/watch_chromium.rs), misbehaving TCP
+//! ([`webrtc`]), one HTTP/1.1 client ([`http`]), process guards for ffmpeg ([`ffmpeg`]), nginx
+//! ([`nginx`]) and headless Chromium ([`chromium`]), misbehaving TCP
 //! peers ([`faults`]), an LL-HLS playlist parser ([`hls`]) and fixtures.
 //!
 //! Every wait is bounded; every child process is killed when its guard drops; when a test
 //! panics, the logs of the processes it started are printed. Tests that need a tool fail (never
 //! skip) when it is missing.
 
+pub mod chromium;
 pub mod faults;
 pub mod ffmpeg;
 pub mod hls;
