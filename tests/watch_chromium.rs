@@ -135,13 +135,7 @@ fn require_netns_tools() {
          must run as root (scripts/test runs it in the test container as root)"
     );
     for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = testkit::tool_runs(tool, arg);
         assert!(
             ok,
             "`{tool}` is required by the watch-page firewall test: apt-get install -y {pkg}"

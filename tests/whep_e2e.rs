@@ -197,21 +197,7 @@ fn bad_input(io: &'static str) {
     assert_eq!(r.status, 405, "GET on the WHEP endpoint");
     let r = request(http, "PUT", &a.location, &[], b"");
     assert_eq!(r.status, 405, "PUT on a session");
-    let r = request(
-        http,
-        "OPTIONS",
-        "/whep/show",
-        &[("Origin", "https://example.org")],
-        b"",
-    );
-    assert_eq!(r.status, 204);
-    let expose = r
-        .header("access-control-expose-headers")
-        .unwrap_or_default()
-        .to_string();
-    for h in ["Location", "ETag", "Link", "Accept-Patch"] {
-        assert!(expose.contains(h), "CORS exposes {h}: {expose}");
-    }
+    let r = testkit::webrtc::assert_cors_preflight(http, "/whep/show");
     assert!(r.header("access-control-allow-origin").is_some());
     assert!(
         r.headers_all("link")

@@ -524,21 +524,7 @@ fn whip_bad_requests_get_rfc_status_codes() {
     assert_eq!(r.status, 400, "19 m-lines: {}", r.text());
     let r = request(http, "GET", "/whip/live", &[], b"");
     assert_eq!(r.status, 405, "GET on the WHIP endpoint");
-    let r = request(
-        http,
-        "OPTIONS",
-        "/whip/live",
-        &[("Origin", "https://example.org")],
-        b"",
-    );
-    assert_eq!(r.status, 204);
-    let expose = r
-        .header("access-control-expose-headers")
-        .unwrap_or_default()
-        .to_string();
-    for h in ["Location", "ETag", "Link", "Accept-Patch"] {
-        assert!(expose.contains(h), "CORS exposes {h}: {expose}");
-    }
+    let r = testkit::webrtc::assert_cors_preflight(http, "/whip/live");
     let allow = r.header("access-control-allow-headers").unwrap_or_default();
     assert!(allow.contains("Authorization"), "{allow}");
     let r = request(

@@ -30,13 +30,7 @@ pub fn chromium_path() -> PathBuf {
 
 /// Everything the browser tests need, or a panic that says how to get it.
 pub fn require_browser_tools() {
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let node_ok = crate::process::tool_runs("node", "--version");
     assert!(
         node_ok,
         "`node` is required by the watch-page tests but could not be run: \

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::http::{http_get, Resp};
-use crate::process::{free_port, is_listening, kill_child, tail_of};
+use crate::process::{free_port, is_listening, kill_child, tail_of, tool_runs};
 use crate::workspace_root;
 
 const NGX_RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
@@ -53,13 +53,7 @@ fn nginx_bin() -> &'static str {
 
 /// Panics with how to install it when nginx (and, for `rtmp`, its RTMP module) is missing.
 pub fn require_nginx(rtmp: bool) {
-    let ok = Command::new(nginx_bin())
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = tool_runs(nginx_bin(), "-v");
     if !ok || (rtmp && !Path::new(NGX_RTMP_MODULE).exists()) {
         panic!(
             "nginx{} is required by this test (Debian: apt-get install nginx libnginx-mod-rtmp; \

@@ -7,17 +7,21 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Panics with a clear message when `tool` cannot be run: the end-to-end tests need it.
-pub fn require_tool(tool: &str) {
-    let ok = Command::new(tool)
-        .arg("-version")
+/// True when `tool arg` runs and exits 0 (`arg`: the tool's version flag).
+pub fn tool_runs(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+        .unwrap_or(false)
+}
+
+/// Panics with a clear message when `tool` cannot be run: the end-to-end tests need it.
+pub fn require_tool(tool: &str) {
+    if !tool_runs(tool, "-version") {
         let hint = if std::env::var_os("CI").is_some() {
             ".ci/run installs it with apt-get; check that step's output"
         } else {

@@ -112,6 +112,27 @@ pub fn assert_offer_checks(
     }
 }
 
+/// A CORS preflight on a WHEP/WHIP endpoint `path` answers 204 and exposes the headers a
+/// browser client reads (`Location`, `ETag`, `Link`, `Accept-Patch`); returns the answer.
+pub fn assert_cors_preflight(http: SocketAddr, path: &str) -> Resp {
+    let r = request(
+        http,
+        "OPTIONS",
+        path,
+        &[("Origin", "https://example.org")],
+        b"",
+    );
+    assert_eq!(r.status, 204, "OPTIONS {path}");
+    let expose = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_string();
+    for h in ["Location", "ETag", "Link", "Accept-Patch"] {
+        assert!(expose.contains(h), "CORS exposes {h}: {expose}");
+    }
+    r
+}
+
 /// The port of the first UDP candidate in an SDP (the relay worker's port in an answer).
 pub fn udp_candidate_port(sdp: &str) -> Option<u16> {
     sdp.lines()
