@@ -34,15 +34,44 @@ fn dest(s: &Server, stream: &str, id: &str) -> Value {
 }
 
 fn wait_dest_state(s: &Server, stream: &str, id: &str, state: &str, timeout: Duration) -> Value {
+    wait_dest(s, stream, id, timeout, &format!("'{state}'"), |d| {
+        d["state"] == state
+    })
+}
+
+/// Wait until destination `id` has sent `more` frames (video and audio) beyond what it has sent
+/// now: media has reached its receiver (about 3 s of the test program per 200 frames).
+fn wait_frames_sent(s: &Server, stream: &str, id: &str, more: u64, timeout: Duration) -> Value {
+    let sent = |d: &Value| d["frames_sent"].as_u64().unwrap_or(0);
+    let from = sent(&dest(s, stream, id));
+    wait_dest(
+        s,
+        stream,
+        id,
+        timeout,
+        &format!("{more} more frames sent"),
+        |d| sent(d) >= from + more,
+    )
+}
+
+/// Poll destination `id` until `ready` holds; panics with the server's log after `timeout`.
+fn wait_dest(
+    s: &Server,
+    stream: &str,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let t0 = Instant::now();
     loop {
         let d = dest(s, stream, id);
-        if d["state"] == state {
+        if ready(&d) {
             return d;
         }
         if t0.elapsed() > timeout {
             panic!(
-                "destination {id} not '{state}' within {timeout:?}: {d}\nserver log:\n{}",
+                "destination {id} not {what} within {timeout:?}: {d}\nserver log:\n{}",
                 s.log_tail(60)
             );
         }
@@ -128,7 +157,7 @@ fn two_real_destinations_and_one_comes_back() {
         !d.to_string().contains("0123456789abcdef"),
         "the API shows a key: {d}"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "show", "ffmpeg", 200, Duration::from_secs(20));
 
     // Kill the ffmpeg receiver; bring a new one up on the same port a second later.
     ff1.kill();
@@ -148,7 +177,7 @@ fn two_real_destinations_and_one_comes_back() {
         n["frames_sent"].as_u64().unwrap() > nginx_frames_before,
         "{n}"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "show", "ffmpeg", 200, Duration::from_secs(20));
 
     // Removing a destination ends its publish cleanly: the receivers finish their files.
     delete_dest(&s, "show", "ffmpeg", None);
@@ -384,7 +413,7 @@ fn add_and_remove_through_the_api_while_live() {
     assert_eq!(r.status, 409, "{}", r.text());
 
     wait_dest_state(&s, "live1", "rx", "live", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "live1", "rx", 200, Duration::from_secs(20));
     let r = api_request(
         s.http,
         "DELETE",
@@ -451,7 +480,7 @@ fn rtmps_to_a_tls_terminating_peer() {
         "{e}"
     );
     assert!(v["state"] == "backoff" || v["state"] == "connecting", "{v}");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "sec", "insecure", 200, Duration::from_secs(20));
     delete_dest(&s, "sec", "insecure", None);
     assert!(
         ff.wait_exit(Duration::from_secs(10)),
