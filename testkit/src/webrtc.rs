@@ -649,19 +649,21 @@ fn publish_loop(
 
 // ───────────────────────────── media fixtures ─────────────────────────────
 
-/// Panic with a clear message when ffmpeg cannot be run.
-pub fn require_ffmpeg() {
-    let ok = Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        panic!(
-            "`ffmpeg` (with libx264 and libopus) is required by the WHIP end-to-end tests but \
-             could not be run: install it (Debian: apt-get install ffmpeg)"
-        );
-    }
+/// `ffmpeg` reading the lavfi source `source` and overwriting its output quietly.
+fn ffmpeg_lavfi(source: &str) -> Command {
+    crate::process::require_tool("ffmpeg");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        source,
+    ]);
+    cmd
 }
 
 /// `secs` seconds of 30 fps 320x240 H.264 (baseline, no B-frames, GOP 30) as Annex-B access
@@ -670,17 +672,7 @@ pub fn make_media(dir: &Path, secs: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let video = make_video(dir, "clip", "320x240", None, secs);
     let ogg = dir.join("clip.ogg");
     let t = secs.to_string();
-    let out = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg("sine=frequency=440:sample_rate=48000")
+    let out = ffmpeg_lavfi("sine=frequency=440:sample_rate=48000")
         .args(["-t", &t, "-ac", "2", "-c:a", "libopus", "-b:a", "64k"])
         .args(["-frame_duration", "20", "-f", "ogg"])
         .arg(&ogg)
@@ -712,21 +704,10 @@ pub fn make_video(
     kbps: Option<u32>,
     secs: u32,
 ) -> Vec<Vec<u8>> {
-    require_ffmpeg();
     let h264 = dir.join(format!("{name}.h264"));
     let t = secs.to_string();
-    let mut cmd = Command::new("ffmpeg");
+    let mut cmd = ffmpeg_lavfi(&format!("testsrc=size={size}:rate=30"));
     cmd.args([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-    ])
-    .arg(format!("testsrc=size={size}:rate=30"))
-    .args([
         "-t",
         &t,
         "-c:v",
