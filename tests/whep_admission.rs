@@ -241,6 +241,7 @@ fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value 
     let (pid, http) = (server.pid().to_string(), server.http.to_string());
     let (viewers, rate) = (viewers.to_string(), rate.to_string());
     let mut cmd = std::process::Command::new(testkit::workspace_bin(
+        "loadtest",
         "deltacast-load",
         "deltacast-whep-load",
     ));

@@ -82,15 +82,26 @@ pub fn deltacast_bin() -> PathBuf {
     bin
 }
 
-/// The binary `bin` of workspace member `package`, built first (cargo's own up-to-date check;
-/// once per process) in the profile this test runs in, so a test of one package can drive
-/// another's tool (tests/whep_admission.rs runs the WHEP load generator).
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+/// The binary `bin` of the workspace member `package` in directory `member` (e.g. "loadtest"),
+/// so a test of one package can drive another's tool (tests/whep_admission.rs runs the WHEP load
+/// generator). A `cargo test --workspace` has just built it; it is used as it is when it is newer
+/// than its sources (the member's `src/` and `Cargo.toml`, testkit's `src/`, `Cargo.lock`).
+/// Otherwise (`cargo test --test NAME` builds only its own package) it is built first, once per
+/// process, in the profile this test runs in.
+pub fn workspace_bin(member: &str, package: &str, bin: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let dir = profile_dir();
     let path = dir.join(bin);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == bin) {
+    let root = workspace_root();
+    let sources = [
+        root.join(member).join("src"),
+        root.join(member).join("Cargo.toml"),
+        root.join("testkit/src"),
+        root.join("Cargo.lock"),
+    ];
+    let fresh = modified(&path).is_some_and(|b| sources.iter().all(|s| newest(s) <= Some(b)));
+    if !fresh && !built.iter().any(|b| b == bin) {
         let profile = match dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev".to_string(),
             Some(p) => p.to_string(),
@@ -99,7 +110,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let (status, _out, err) = run_bounded(
             Command::new(cargo)
-                .current_dir(workspace_root())
+                .current_dir(&root)
                 .args(["build", "--quiet", "-p", package, "--bin", bin, "--profile"])
                 .arg(&profile)
                 .arg("--target-dir")
@@ -114,6 +125,31 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of a file, or of any file below a directory (bounded depth).
+fn newest(p: &Path) -> Option<std::time::SystemTime> {
+    fn walk(p: &Path, depth: u32, best: &mut Option<std::time::SystemTime>) {
+        let t = modified(p);
+        if t > *best {
+            *best = t;
+        }
+        if depth == 0 {
+            return;
+        }
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                walk(&e.path(), depth - 1, best);
+            }
+        }
+    }
+    let mut best = None;
+    walk(p, 8, &mut best);
+    best
 }
 
 /// A small deterministic PRNG (xorshift64*), enough for garbage bytes.
