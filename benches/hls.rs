@@ -4,37 +4,14 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+mod common;
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use deltacast::egress::hls::cmaf::{self, Sample, TrackFragment, VIDEO_TRACK_ID};
 use deltacast::egress::hls::segmenter::{Segmenter, SegmenterConfig};
 use deltacast::egress::hls::store::{HlsStore, StoreConfig};
-use deltacast::media::{AacParams, Codec, Frame, H264Params, MediaEvent, TrackKind, TrackSet};
-
-fn tracks() -> Arc<TrackSet> {
-    Arc::new(TrackSet {
-        session: 1,
-        video: Some(Codec::H264(H264Params {
-            avcc: Bytes::new(),
-            sps: vec![Bytes::from_static(&[
-                0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8,
-            ])],
-            pps: vec![Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80])],
-            profile_idc: 0x42,
-            constraint_flags: 0xc0,
-            level_idc: 0x1e,
-            width: 1280,
-            height: 720,
-            nalu_length_size: 4,
-        })),
-        audio: Some(Codec::Aac(AacParams {
-            asc: Bytes::from_static(&[0x11, 0x90]),
-            object_type: 2,
-            sample_rate: 48_000,
-            channels: 2,
-        })),
-    })
-}
+use deltacast::media::{Frame, MediaEvent, TrackKind};
 
 fn bench_cmaf(c: &mut Criterion) {
     // A 200 ms part at 30 fps and ~4 Mbit/s: 6 frames of ~16 KB.
@@ -62,7 +39,7 @@ fn bench_cmaf(c: &mut Criterion) {
 }
 
 fn bench_segmenter(c: &mut Criterion) {
-    let t = tracks();
+    let t = common::tracks();
     let payload = Bytes::from(vec![0u8; 16_000]);
     let frames: Vec<MediaEvent> = (0..300)
         .map(|i| {
@@ -100,7 +77,7 @@ fn bench_playlist(c: &mut Criterion) {
         retain_segments: 4,
     });
     let hs = store.get_or_create(&Arc::from("bench"));
-    let t = tracks();
+    let t = common::tracks();
     let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
     let mut out = Vec::new();
     s.handle(&MediaEvent::Tracks(t), &mut out);

@@ -17,46 +17,21 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+mod common;
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use deltacast::egress::push::chunk::Segments;
 use deltacast::egress::push::{
     detached_destination, drain_detached, Fanout, FanoutStats, QueueLimits,
 };
-use deltacast::media::{
-    AacParams, Codec, Envelope, Frame, H264Params, MediaEvent, TrackKind, TrackSet,
-};
+use deltacast::media::{Envelope, Frame, MediaEvent, TrackKind};
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
     PublishRequestType, ServerSession, ServerSessionConfig, ServerSessionEvent,
     ServerSessionResult,
 };
 use rml_rtmp::time::RtmpTimestamp;
-
-fn tracks() -> Arc<TrackSet> {
-    Arc::new(TrackSet {
-        session: 1,
-        video: Some(Codec::H264(H264Params {
-            avcc: Bytes::new(),
-            sps: vec![Bytes::from_static(&[
-                0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8,
-            ])],
-            pps: vec![Bytes::from_static(&[0x68, 0xce, 0x3c, 0x80])],
-            profile_idc: 0x42,
-            constraint_flags: 0xc0,
-            level_idc: 0x1e,
-            width: 1280,
-            height: 720,
-            nalu_length_size: 4,
-        })),
-        audio: Some(Codec::Aac(AacParams {
-            asc: Bytes::from_static(&[0x11, 0x90]),
-            object_type: 2,
-            sample_rate: 48_000,
-            channels: 2,
-        })),
-    })
-}
 
 /// An endless 4 Mb/s program: video and audio frames interleaved in dts order.
 struct Program {
@@ -207,7 +182,7 @@ fn bench_fanout(c: &mut Criterion) {
         for d in &dests {
             fan.attach(d.clone(), true, None);
         }
-        fan.on_event(env(&stream, MediaEvent::Tracks(tracks())));
+        fan.on_event(env(&stream, MediaEvent::Tracks(common::tracks())));
         let mut prog = Program::new();
         g.bench_with_input(BenchmarkId::new("queue", n), &n, |b, _| {
             b.iter(|| {

@@ -38,15 +38,14 @@ use deltacast::egress::sfu::{
 };
 use deltacast::media::TrackKind;
 use deltacast::webrtc::offer::mids as offer_mids;
-use str0m::change::SdpAnswer;
+use str0m::change::SdpOffer;
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, KeyingMaterial,
     ProtocolVersion, SrtpProfile,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input};
+use testkit::peer::{Peer, Role};
 
 /// Counts live heap bytes (for `sfu_memory`); otherwise the system allocator.
 struct Counting;
@@ -173,24 +172,25 @@ fn provider() -> CryptoProvider {
 
 // ───────────── in-process peers (as src/egress/sfu/tests.rs) ─────────────
 
+/// A viewer: the shared test peer on an in-memory link, and what it has seen.
 struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
+    peer: Peer,
     connected: bool,
     media: usize,
 }
 
 impl Client {
     fn poll(&mut self, to_sfu: &mut Vec<(SocketAddr, Vec<u8>)>) {
-        loop {
-            match self.rtc.poll_output().expect("client rtc") {
-                Output::Timeout(_) => return,
-                Output::Transmit(t) => to_sfu.push((self.addr, t.contents.into())),
-                Output::Event(Event::Connected) => self.connected = true,
-                Output::Event(Event::MediaData(_)) => self.media += 1,
-                Output::Event(_) => {}
-            }
-        }
+        let (connected, media) = (&mut self.connected, &mut self.media);
+        self.peer
+            .poll(|_, e| match e {
+                Event::Connected => *connected = true,
+                Event::MediaData(_) => *media += 1,
+                _ => {}
+            })
+            .expect("client rtc");
+        let from = self.peer.local;
+        to_sfu.extend(self.peer.take_outbox().into_iter().map(|(_, d)| (from, d)));
     }
 }
 
@@ -198,18 +198,13 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
     let addr: SocketAddr = format!("10.0.{}.{}:{}", 1 + n / 250, 2 + n % 250, 5000 + n)
         .parse()
         .unwrap();
-    let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).build(now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().unwrap();
-    let offer_s = offer.to_sdp_string();
+    let offered = Peer::offer_in_memory(&Role::viewer().video_only(), addr, now, None);
+    let offer = SdpOffer::from_sdp_string(&offered.sdp).unwrap();
     let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
     srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
     let answer = srtc.sdp_api().accept_offer(offer).unwrap();
-    let video = choose_video(&srtc, &offer_mids(&offer_s), Some(0x42)).expect("H.264");
-    let answer = SdpAnswer::from_sdp_string(&answer.to_sdp_string()).unwrap();
-    rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let video = choose_video(&srtc, &offer_mids(&offered.sdp), Some(0x42)).expect("H.264");
+    let peer = offered.accept(&answer.to_sdp_string());
     core.add_viewer(
         NewViewer {
             id: 1000 + n as u64,
@@ -224,8 +219,7 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
         now,
     );
     Client {
-        rtc,
-        addr,
+        peer,
         connected: false,
         media: 0,
     }
@@ -237,7 +231,7 @@ fn step(core: &mut WorkerCore, clients: &mut [Client], now: &mut Instant, dt: Du
     *now += dt;
     let mut to_sfu = Vec::new();
     for c in clients.iter_mut() {
-        c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        c.peer.rtc.handle_input(Input::Timeout(*now)).unwrap();
         c.poll(&mut to_sfu);
     }
     for (src, data) in to_sfu.drain(..) {
@@ -250,10 +244,9 @@ fn step(core: &mut WorkerCore, clients: &mut [Client], now: &mut Instant, dt: Du
             break;
         }
         for o in out {
-            if let Ok(i) = clients.binary_search_by_key(&o.dst, |c| c.addr) {
+            if let Ok(i) = clients.binary_search_by_key(&o.dst, |c| c.peer.local) {
                 let c = &mut clients[i];
-                let r = Receive::new(Protocol::Udp, SFU.parse().unwrap(), o.dst, &o.data).unwrap();
-                let _ = c.rtc.handle_input(Input::Receive(*now, r));
+                c.peer.receive(*now, SFU.parse().unwrap(), &o.data);
                 c.poll(&mut to_sfu);
             }
         }
@@ -327,7 +320,7 @@ fn setup(cert: &DtlsCert, n: u32) -> (WorkerCore, Vec<Client>, Source, Instant) 
     let mut src = Source::new();
     core.on_media(MediaMsg::Frame(src.frame(true)), now);
     let mut clients: Vec<Client> = (0..n).map(|i| join(&mut core, cert, i, now)).collect();
-    clients.sort_by_key(|c| c.addr);
+    clients.sort_by_key(|c| c.peer.local);
     for _ in 0..500 {
         step(&mut core, &mut clients, &mut now, Duration::from_millis(2));
         if clients.iter().all(|c| c.connected && c.media > 0) {
@@ -440,7 +433,7 @@ fn report_memory(_c: &mut Criterion) {
     );
     println!(
         "sfu_memory: size_of::<Rtc>() = {} B, size_of::<str0m::rtp::RtpPacket>() = {} B (one NACK-history entry)",
-        std::mem::size_of::<Rtc>(),
+        std::mem::size_of::<str0m::Rtc>(),
         std::mem::size_of::<str0m::rtp::RtpPacket>()
     );
     drop(frames);

@@ -6,7 +6,7 @@ set -euo pipefail
 secs=${1:-10}
 held=${2:-1000}
 cd "$(dirname "$0")/.."
-cargo build --release --bin deltacast --bin deltacast-loadtest >/dev/null
+cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-loadtest >/dev/null
 http=127.0.0.1:18080
 ulimit -n 65536 || true
 # Pin the relay to core 0 and the load generators to core 1, so they do not share a core.

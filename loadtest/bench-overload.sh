@@ -25,7 +25,7 @@ done
 relay_bin=${RELAY_BIN:-target/release/deltacast}
 load_bin=${LOAD_BIN:-target/release/deltacast-whep-load}
 if [ -z "${RELAY_BIN:-}${LOAD_BIN:-}" ]; then
-    cargo build --release --bin deltacast --bin deltacast-whep-load >/dev/null
+    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-whep-load >/dev/null
 fi
 ncpu=$(nproc)
 relay_core=0

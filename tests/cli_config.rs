@@ -1,12 +1,10 @@
 //! The command line and the config file, end to end: unknown keys are rejected by name, CLI flags
 //! override the file. No encoder needed.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 
 #[test]
 fn unknown_config_key_is_an_error_naming_it() {

@@ -4,27 +4,29 @@
 //!
 //! Needs `ffmpeg` and `ffprobe` on PATH; the tests fail (not skip) without them.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 const PART_TARGET_S: f64 = 0.2;
 
-/// The media playlist carries the LL-HLS tags; blocking reloads answer as soon as the part
-/// exists; init + a segment decode with ffprobe; requests too far ahead get 400 at once.
-#[test]
-fn ll_hls_playlist_blocking_reload_and_decodable_media() {
+/// The shared fixture: the relay with the default `[hls]` (part 200 ms, segment 2 s, window 6;
+/// open mode, key = name) and ffmpeg publishing "cam1", once two segments are out.
+fn live_cam(label: &str) -> (Server, Ffmpeg, &'static str, Playlist) {
     require_tool("ffmpeg");
     require_tool("ffprobe");
-    // Defaults for [hls] (part 200 ms, segment 2 s, window 6): open mode, key = name.
-    let server = Server::start("ll-hls", "");
-    let _ff = Ffmpeg::publish("ll-hls", &server.rtmp_url("cam1"));
+    let server = Server::start(label, "");
+    let ff = Ffmpeg::publish(label, &server.rtmp_url("cam1"));
     let stream = "cam1";
     let pl = server.wait_segments(stream, 2, Duration::from_secs(40));
+    (server, ff, stream, pl)
+}
 
+/// The media playlist carries the LL-HLS tags, with parts within PART-TARGET.
+#[test]
+fn ll_hls_playlist_carries_the_ll_hls_tags() {
+    let (_server, _ff, _stream, pl) = live_cam("ll-hls-tags");
     // ── tags ──
     let td = pl.target_duration.expect("EXT-X-TARGETDURATION");
     assert!(
@@ -128,7 +130,13 @@ fn ll_hls_playlist_blocking_reload_and_decodable_media() {
             p.duration
         );
     }
+}
 
+/// The HTTP surface of a live stream: unknown streams 404, the API and metrics list it, and the
+/// playlist's headers.
+#[test]
+fn ll_hls_http_surface_api_metrics_and_headers() {
+    let (server, _ff, stream, _pl) = live_cam("ll-hls-http");
     // ── HTTP surface: unknown stream, API, metrics, headers ──
     assert_eq!(server.get("/hls/no-such-stream/index.m3u8").status, 404);
     assert_eq!(server.get("/api/v1/streams/no-such-stream").status, 404);
@@ -181,7 +189,12 @@ fn ll_hls_playlist_blocking_reload_and_decodable_media() {
         "playlist sets a cookie: {:?}",
         plr.headers
     );
+}
 
+/// Init + the last complete segment decode with ffprobe, with the frames their duration holds.
+#[test]
+fn ll_hls_init_and_segment_decode() {
+    let (server, _ff, stream, _pl) = live_cam("ll-hls-probe");
     // ── ffprobe: init + the last complete segment ──
     let pl = server.playlist(stream);
     let seg = pl.segments.last().unwrap().clone();
@@ -268,7 +281,13 @@ fn ll_hls_playlist_blocking_reload_and_decodable_media() {
         (aframes - aexpected).abs() <= aexpected * 0.15 + 2.0,
         "segment decodes to {aframes} AAC frames, expected about {aexpected:.1}"
     );
+}
 
+/// The preload-hinted part blocks until complete, blocking reloads answer as soon as the part
+/// exists, and requests too far ahead or malformed get 400 at once.
+#[test]
+fn ll_hls_blocking_requests_answer_in_time() {
+    let (server, _ff, stream, _pl) = live_cam("ll-hls-block");
     // ── GET of the preload-hinted part blocks until it is complete ──
     let pl = server.playlist(stream);
     let hint_uri = pl.preload_hint.as_ref().unwrap()["URI"].clone();
@@ -739,14 +758,14 @@ fn demo_stream_plays_without_an_encoder() {
 /// serves a playlist without it; far-future requests are 400, live and idle.
 #[test]
 fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
-    use common::nginx::Nginx;
+    use testkit::nginx::Nginx;
     require_tool("ffmpeg");
     // Default segments (2 s): a blocking answer may be cached 6 × 2 s, a hold lasts 3 × 2 s.
     let server = Server::start("cdn-idle", "[sfu]\nenabled = false\n");
     let stream = "cam9";
     let mut ff = Ffmpeg::publish("cdn-idle-1", &server.rtmp_url(stream));
     server.wait_segments(stream, 2, Duration::from_secs(40));
-    let n = Nginx::start(server.http);
+    let n = Nginx::cdn(server.http);
     let path = Server::playlist_path(stream);
     let via_cdn = |query: &str| n.get(&format!("{path}?{query}"));
     // Every playlist the cache hands out for `_HLS_msn=m&_HLS_part=p`, checked the same way.
@@ -809,7 +828,7 @@ fn blocking_reload_on_an_idle_stream_never_poisons_the_cdn() {
         let addr = n.addr;
         let url = format!("{path}?{q}");
         std::thread::spawn(move || {
-            common::http_get(addr, &url, Duration::from_secs(20)).expect("blocking GET")
+            testkit::http_get(addr, &url, Duration::from_secs(20)).expect("blocking GET")
         })
     };
     std::thread::sleep(Duration::from_millis(200));

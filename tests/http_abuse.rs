@@ -7,13 +7,11 @@
 //! Clients come from several 127.0.0.0/8 addresses so the per-IP cap can be told apart from the
 //! total one. Figures are printed (`--nocapture`) for docs/BENCHMARKS.md.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 /// A TCP connection to `to` from the loopback address `src` (127.x.y.z).
 fn connect_from(src: &str, to: SocketAddr) -> TcpStream {

@@ -5,17 +5,16 @@
 //! Needs ffmpeg/ffprobe (with libx264) and nginx with libnginx-mod-rtmp; a missing tool is a
 //! failure with a clear message, never a skip.
 
-mod common;
-mod push_common;
-
 use std::time::{Duration, Instant};
 
-use common::{ffprobe_count_frames, free_port, Ffmpeg, Server};
-use push_common::*;
 use serde_json::Value;
+use testkit::faults::*;
+use testkit::nginx::Nginx;
+use testkit::*;
+use testkit::{ffprobe_count_frames, free_port, Ffmpeg, Server};
 
 fn dests(s: &Server, stream: &str) -> Vec<Value> {
-    let r = request(
+    let r = api_request(
         s.http,
         "GET",
         &format!("/api/v1/streams/{stream}/destinations"),
@@ -23,7 +22,7 @@ fn dests(s: &Server, stream: &str) -> Vec<Value> {
         None,
     )
     .expect("GET destinations");
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.text());
     r.json().as_array().cloned().unwrap_or_default()
 }
 
@@ -35,15 +34,44 @@ fn dest(s: &Server, stream: &str, id: &str) -> Value {
 }
 
 fn wait_dest_state(s: &Server, stream: &str, id: &str, state: &str, timeout: Duration) -> Value {
+    wait_dest(s, stream, id, timeout, &format!("'{state}'"), |d| {
+        d["state"] == state
+    })
+}
+
+/// Wait until destination `id` has sent `more` frames (video and audio) beyond what it has sent
+/// now: media has reached its receiver (about 3 s of the test program per 200 frames).
+fn wait_frames_sent(s: &Server, stream: &str, id: &str, more: u64, timeout: Duration) -> Value {
+    let sent = |d: &Value| d["frames_sent"].as_u64().unwrap_or(0);
+    let from = sent(&dest(s, stream, id));
+    wait_dest(
+        s,
+        stream,
+        id,
+        timeout,
+        &format!("{more} more frames sent"),
+        |d| sent(d) >= from + more,
+    )
+}
+
+/// Poll destination `id` until `ready` holds; panics with the server's log after `timeout`.
+fn wait_dest(
+    s: &Server,
+    stream: &str,
+    id: &str,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let t0 = Instant::now();
     loop {
         let d = dest(s, stream, id);
-        if d["state"] == state {
+        if ready(&d) {
             return d;
         }
         if t0.elapsed() > timeout {
             panic!(
-                "destination {id} not '{state}' within {timeout:?}: {d}\nserver log:\n{}",
+                "destination {id} not {what} within {timeout:?}: {d}\nserver log:\n{}",
                 s.log_tail(60)
             );
         }
@@ -52,7 +80,7 @@ fn wait_dest_state(s: &Server, stream: &str, id: &str, state: &str, timeout: Dur
 }
 
 fn delete_dest(s: &Server, stream: &str, id: &str, token: Option<&str>) {
-    let r = request(
+    let r = api_request(
         s.http,
         "DELETE",
         &format!("/api/v1/streams/{stream}/destinations/{id}"),
@@ -60,7 +88,7 @@ fn delete_dest(s: &Server, stream: &str, id: &str, token: Option<&str>) {
         None,
     )
     .unwrap();
-    assert_eq!(r.status, 204, "DELETE {id}: {}", r.body);
+    assert_eq!(r.status, 204, "DELETE {id}: {}", r.text());
 }
 
 fn video_audio_counts(file: &std::path::Path) -> (u64, u64) {
@@ -114,7 +142,7 @@ fn dest_toml(stream: &str, id: &str, url: &str, extra: &str) -> String {
 /// timestamps show no stall.
 #[test]
 fn two_real_destinations_and_one_comes_back() {
-    let ngx = Nginx::start("two");
+    let ngx = Nginx::rtmp("two");
     let dir = tempfile::tempdir().unwrap();
     let ff_port = free_port();
     let mut ff1 = FfmpegListen::start("ff1", ff_port, &dir.path().join("ff1.flv"));
@@ -129,7 +157,7 @@ fn two_real_destinations_and_one_comes_back() {
         !d.to_string().contains("0123456789abcdef"),
         "the API shows a key: {d}"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "show", "ffmpeg", 200, Duration::from_secs(20));
 
     // Kill the ffmpeg receiver; bring a new one up on the same port a second later.
     ff1.kill();
@@ -149,7 +177,7 @@ fn two_real_destinations_and_one_comes_back() {
         n["frames_sent"].as_u64().unwrap() > nginx_frames_before,
         "{n}"
     );
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "show", "ffmpeg", 200, Duration::from_secs(20));
 
     // Removing a destination ends its publish cleanly: the receivers finish their files.
     delete_dest(&s, "show", "ffmpeg", None);
@@ -179,7 +207,7 @@ fn two_real_destinations_and_one_comes_back() {
 /// while a healthy one and the LL-HLS output keep going, and memory stays flat.
 #[test]
 fn failing_destinations_back_off_alone_and_memory_stays_flat() {
-    let ngx = Nginx::start("faults");
+    let ngx = Nginx::rtmp("faults");
     let peers = Peers::new();
     let ngx_addr = format!("127.0.0.1:{}", ngx.port).parse().unwrap();
     let refused_port = free_port(); // nothing listens there
@@ -213,40 +241,10 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
         );
     let s = Server::start("push-faults", &cfg);
     // About 4 Mb/s, so that a stalled destination really has a lot to hold.
-    let args: Vec<String> = [
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
+    let args = h264_aac_args_with(
         "testsrc2=size=640x360:rate=30,noise=alls=30:allf=t",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        "30",
-        "-bf",
-        "0",
-        "-b:v",
-        "4M",
-        "-maxrate",
-        "4M",
-        "-bufsize",
-        "2M",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
+        &["-b:v", "4M", "-maxrate", "4M", "-bufsize", "2M"],
+    );
     let _publisher = Ffmpeg::spawn("pub-faults", &args, &s.rtmp_url("faults"));
     wait_dest_state(&s, "faults", "healthy", "live", Duration::from_secs(15));
     s.wait_segments("faults", 2, Duration::from_secs(20));
@@ -381,11 +379,11 @@ fn add_and_remove_through_the_api_while_live() {
     let path = "/api/v1/streams/live1/destinations";
     let key = "apikey-secret-0123456789";
     let body = format!(r#"{{"id":"rx","url":"rtmp://127.0.0.1:{port}/app/{key}"}}"#);
-    let r = request(s.http, "POST", path, None, Some(&body)).unwrap();
-    assert_eq!(r.status, 401, "{}", r.body);
-    let r = request(s.http, "POST", path, Some("wrong"), Some(&body)).unwrap();
-    assert_eq!(r.status, 403, "{}", r.body);
-    let r = request(
+    let r = api_request(s.http, "POST", path, None, Some(&body)).unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = api_request(s.http, "POST", path, Some("wrong"), Some(&body)).unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = api_request(
         s.http,
         "POST",
         path,
@@ -393,16 +391,16 @@ fn add_and_remove_through_the_api_while_live() {
         Some(r#"{"url":"http://x/a/b"}"#),
     )
     .unwrap();
-    assert_eq!(r.status, 400, "{}", r.body);
-    let r = request(s.http, "POST", path, Some(token), Some(r#"{"nope":1}"#)).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = api_request(s.http, "POST", path, Some(token), Some(r#"{"nope":1}"#)).unwrap();
     assert!(
         r.status == 400 || r.status == 422,
         "{} {}",
         r.status,
-        r.body
+        r.text()
     );
-    let r = request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
+    let r = api_request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(
         r.header("location"),
         Some("/api/v1/streams/live1/destinations/rx")
@@ -410,13 +408,13 @@ fn add_and_remove_through_the_api_while_live() {
     let created = r.json();
     assert_eq!(created["id"], "rx");
     assert_eq!(created["url"], format!("rtmp://127.0.0.1:{port}/app/ap…89"));
-    assert!(!r.body.contains(key));
-    let r = request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
-    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(!r.text().contains(key));
+    let r = api_request(s.http, "POST", path, Some(token), Some(&body)).unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
 
     wait_dest_state(&s, "live1", "rx", "live", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(3));
-    let r = request(
+    wait_frames_sent(&s, "live1", "rx", 200, Duration::from_secs(20));
+    let r = api_request(
         s.http,
         "DELETE",
         "/api/v1/streams/live1/destinations/rx",
@@ -431,7 +429,7 @@ fn add_and_remove_through_the_api_while_live() {
         "ffmpeg -listen did not finish"
     );
     assert!(dests(&s, "live1").is_empty());
-    let r = request(
+    let r = api_request(
         s.http,
         "DELETE",
         "/api/v1/streams/live1/destinations/rx",
@@ -482,7 +480,7 @@ fn rtmps_to_a_tls_terminating_peer() {
         "{e}"
     );
     assert!(v["state"] == "backoff" || v["state"] == "connecting", "{v}");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_frames_sent(&s, "sec", "insecure", 200, Duration::from_secs(20));
     delete_dest(&s, "sec", "insecure", None);
     assert!(
         ff.wait_exit(Duration::from_secs(10)),

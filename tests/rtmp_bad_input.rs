@@ -4,13 +4,11 @@
 //!
 //! Needs `ffmpeg` on PATH; the tests fail (not skip) without it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 const STREAMS: &str = "[hls]\nsegment_target_ms = 1000\n\n\
 [[streams]]\nname = \"good\"\nkeys = [\"goodkey\"]\n\n\

@@ -13,17 +13,13 @@
 //!
 //! Needs `ffmpeg` (libx264) and `ffprobe`; fails (never skips) without them.
 
-mod common;
-mod whep_common;
-mod whip_common;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{probe_stream, require_tool, Server};
-use whep_common::{udp_candidate_port, Bottleneck, WhepClient};
-use whip_common::{make_video, sps_of, WhipPublisher};
+use testkit::webrtc::{make_video, sps_of, WhipPublisher};
+use testkit::webrtc::{udp_candidate_port, Bottleneck, WhepClient};
+use testkit::{probe_stream, require_tool, Server};
 
 fn config(io: &str) -> String {
     format!(
@@ -38,16 +34,6 @@ fn layer_of(sps: &[u8], layers: &[Vec<u8>]) -> Option<usize> {
     layers.iter().position(|s| s.as_slice() == sps)
 }
 
-#[test]
-fn simulcast_layers_follow_each_viewers_bandwidth_epoll() {
-    simulcast_suite("epoll");
-}
-
-#[test]
-fn simulcast_layers_follow_each_viewers_bandwidth_io_uring() {
-    simulcast_suite("uring");
-}
-
 /// Which layer the newest keyframe a client got belongs to.
 fn current_layer(c: &WhepClient, spss: &[Vec<u8>]) -> Option<usize> {
     c.frames
@@ -57,59 +43,106 @@ fn current_layer(c: &WhepClient, spss: &[Vec<u8>]) -> Option<usize> {
         .and_then(|s| layer_of(s, spss))
 }
 
-/// Bandwidth estimation reads delay: the two driver runs must not share the two cores.
+/// Bandwidth estimation reads delay: the tests of this file must not share the two cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn simulcast_suite(io: &str) {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    require_tool("ffprobe");
-    let server = Server::start(&format!("simulcast-{io}"), &config(io));
-    let http = server.http;
-    let dir = server.dir.path();
-    let h = Arc::new(make_video(dir, "h", "640x360", Some(900), 6));
-    let m = Arc::new(make_video(dir, "m", "320x180", Some(250), 6));
-    let l = Arc::new(make_video(dir, "l", "160x90", Some(80), 6));
-    let spss = vec![sps_of(&h), sps_of(&m), sps_of(&l)];
-    assert!(
-        spss[0] != spss[1] && spss[1] != spss[2],
-        "the clips must have distinct SPS"
-    );
+type Clip = Arc<Vec<Vec<u8>>>;
 
-    let publisher = WhipPublisher::start_layers(
-        http,
-        "live",
-        "livekey",
-        vec![(Some("h"), h), (Some("m"), m), (Some("l"), l)],
-        Arc::new(Vec::new()),
-    )
-    .unwrap_or_else(|r| panic!("WHIP POST: {r:?}\n{}", server.log_tail(40)));
-    assert!(
-        publisher.answer.contains("a=simulcast:recv"),
-        "the answer accepts the simulcast layers: {}",
-        publisher.answer
-    );
-    assert!(
-        publisher.wait(Duration::from_secs(10), |s| s
-            .connected
-            .load(Ordering::Acquire)),
-        "WHIP publisher did not connect\n{}",
-        server.log_tail(40)
-    );
-    server.wait_state("live", "publishing", Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = server.api_stream("live").expect("stream in API");
-        if st["video_layers"] == 3 {
-            break;
-        }
+/// The three layer clips (h 640x360, m 320x180, l 160x90) and their SPS, made once per binary.
+fn clips() -> (Clip, Clip, Clip, Vec<Vec<u8>>) {
+    static CLIPS: std::sync::OnceLock<(Clip, Clip, Clip, Vec<Vec<u8>>)> =
+        std::sync::OnceLock::new();
+    CLIPS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let dir = dir.path();
+            let h = Arc::new(make_video(dir, "h", "640x360", Some(900), 6));
+            let m = Arc::new(make_video(dir, "m", "320x180", Some(250), 6));
+            let l = Arc::new(make_video(dir, "l", "160x90", Some(80), 6));
+            let spss = vec![sps_of(&h), sps_of(&m), sps_of(&l)];
+            assert!(
+                spss[0] != spss[1] && spss[1] != spss[2],
+                "the clips must have distinct SPS"
+            );
+            (h, m, l, spss)
+        })
+        .clone()
+}
+
+/// The shared fixture: the relay (two SFU workers) on driver `io` with a str0m WHIP publisher
+/// sending the three layers, once the relay sees all three. Holds the serial lock: bandwidth
+/// estimation reads delay, so the tests of this file do not share the cores.
+struct Simulcast {
+    server: Server,
+    publisher: WhipPublisher,
+    spss: Vec<Vec<u8>>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Simulcast {
+    fn start(io: &'static str, label: &str) -> Simulcast {
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        require_tool("ffprobe");
+        let server = Server::start(&format!("simulcast-{label}-{io}"), &config(io));
+        let http = server.http;
+        let (h, m, l, spss) = clips();
+
+        let publisher = WhipPublisher::start_layers(
+            http,
+            "live",
+            "livekey",
+            vec![(Some("h"), h), (Some("m"), m), (Some("l"), l)],
+            Arc::new(Vec::new()),
+        )
+        .unwrap_or_else(|r| panic!("WHIP POST: {r:?}\n{}", server.log_tail(40)));
         assert!(
-            Instant::now() < deadline,
-            "the relay does not see 3 layers: {st}\n{}",
+            publisher.answer.contains("a=simulcast:recv"),
+            "the answer accepts the simulcast layers: {}",
+            publisher.answer
+        );
+        assert!(
+            publisher.wait_connected(Duration::from_secs(10)),
+            "WHIP publisher did not connect\n{}",
             server.log_tail(40)
         );
-        std::thread::sleep(Duration::from_millis(100));
+        server.wait_state("live", "publishing", Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = server.api_stream("live").expect("stream in API");
+            if st["video_layers"] == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the relay does not see 3 layers: {st}\n{}",
+                server.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Simulcast {
+            server,
+            publisher,
+            spss,
+            _serial: guard,
+        }
     }
+}
 
+testkit::on_both_drivers!(ll_hls_carries_the_best_layer, best_layer_in_hls);
+testkit::on_both_drivers!(
+    simulcast_layers_follow_each_viewers_bandwidth,
+    layers_follow_bandwidth
+);
+
+/// LL-HLS (the single-rendition outputs) carries the best layer, decodable at 640x360.
+fn best_layer_in_hls(io: &'static str) {
+    // Bound by name, so the publisher and the serial lock live to the end of the test.
+    let Simulcast {
+        server,
+        publisher: _publisher,
+        _serial,
+        ..
+    } = Simulcast::start(io, "hls");
     // ── LL-HLS carries the best layer ──
     let pl = server.wait_segments("live", 1, Duration::from_secs(20));
     let seg = pl.segments.last().unwrap().clone();
@@ -128,7 +161,18 @@ fn simulcast_suite(io: &str) {
             .unwrap()
             >= 25
     );
+}
 
+/// A viewer on loopback stays on the best layer; one behind a 400 kb/s bottleneck is moved down
+/// by the relay's bandwidth estimate and keeps playing, and returns up when the link opens.
+fn layers_follow_bandwidth(io: &'static str) {
+    let Simulcast {
+        server,
+        publisher,
+        spss,
+        _serial,
+    } = Simulcast::start(io, "bwe");
+    let http = server.http;
     // ── two viewers: one direct, one behind a 400 kb/s bottleneck ──
     let mut fast = WhepClient::connect(http, "live").unwrap_or_else(|r| panic!("WHEP: {r:?}"));
     let (mut slow, link) =

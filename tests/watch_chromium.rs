@@ -11,332 +11,25 @@
 //! The browser is driven by `tests/web/driver.mjs` over a JSON-lines pipe; the scenario and every
 //! assertion live here. Screenshots go to `test-artifacts/watch/`.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::nginx::Nginx;
-use common::{
+use serde_json::{json, Value};
+use testkit::chromium::{web_dir, Browser};
+use testkit::nginx::Nginx;
+use testkit::{
     ffprobe_count_frames, free_port, probe_stream, require_tool, Ffmpeg, Playlist, Server,
 };
-use serde_json::{json, Value};
 
 /// Browser tests share two cores with the server and ffmpeg: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn web_dir() -> PathBuf {
-    manifest_dir().join("web")
-}
-
-fn artifacts() -> PathBuf {
-    let d = manifest_dir().join("test-artifacts").join("watch");
-    std::fs::create_dir_all(&d).expect("create test-artifacts/watch");
-    d
-}
-
-fn chromium_path() -> PathBuf {
-    std::env::var_os("DELTACAST_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
-}
-
-/// Everything the browser tests need, or a panic that says how to get it.
-fn require_browser_tools() {
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        node_ok,
-        "`node` is required by the watch-page tests but could not be run: \
-         install Node.js (Debian: apt-get install nodejs npm)"
-    );
-    let chromium = chromium_path();
-    assert!(
-        chromium.exists(),
-        "Chromium not found at {} (the watch-page tests drive it headless): \
-         apt-get install -y chromium, or set DELTACAST_CHROMIUM",
-        chromium.display()
-    );
-    for (file, what) in [
-        ("node_modules/playwright-core/index.mjs", "playwright-core"),
-        ("node_modules/hls.js/dist/hls.min.js", "hls.js"),
-    ] {
-        let p = web_dir().join(file);
-        assert!(
-            p.exists(),
-            "{what} is not installed ({} missing): run `npm ci --prefix web` in {}",
-            p.display(),
-            manifest_dir().display()
-        );
-    }
-}
-
-// ───────────────────────────── the browser ─────────────────────────────
-
-/// One headless Chromium with a fresh profile, driven by tests/web/driver.mjs.
-struct Browser {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    next_id: u64,
-    stderr_log: PathBuf,
-    _profile: tempfile::TempDir,
-    label: String,
-}
-
-impl Browser {
-    fn launch(label: &str) -> Browser {
-        Self::launch_in(label, None)
-    }
-
-    /// Chromium (and its driver) inside `netns` when given (`ip netns exec`), else on the host.
-    fn launch_in(label: &str, netns: Option<&NetNs>) -> Browser {
-        require_browser_tools();
-        let profile = tempfile::Builder::new()
-            .prefix(&format!("chromium-{label}-"))
-            .tempdir()
-            .expect("tempdir");
-        let user_data = profile.path().join("user-data");
-        std::fs::create_dir_all(&user_data).unwrap();
-        let stderr_log = profile.path().join("driver.log");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, "node"]);
-                c
-            }
-            None => Command::new("node"),
-        };
-        let mut child = cmd
-            .arg(manifest_dir().join("tests/web/driver.mjs"))
-            .env("USER_DATA_DIR", &user_data)
-            .env("CHROMIUM", chromium_path())
-            .env(
-                "PLAYWRIGHT_CORE",
-                web_dir().join("node_modules/playwright-core/index.mjs"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node tests/web/driver.mjs: {e}"));
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut b = Browser {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-            stderr_log,
-            _profile: profile,
-            label: label.to_string(),
-        };
-        let ready = b.read_answer(0, Duration::from_secs(30));
-        match ready {
-            Ok(v) => eprintln!("[{label}] chromium {} ready", v["chromium"]),
-            Err(e) => panic!("[{label}] headless Chromium did not start: {e}"),
-        }
-        b
-    }
-
-    fn driver_log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
-    }
-
-    fn read_answer(&mut self, id: u64, timeout: Duration) -> Result<Value, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).map_err(|_| {
-                format!(
-                    "no answer from the browser driver within {timeout:?}; driver log:\n{}",
-                    self.driver_log()
-                )
-            })?;
-            let v: Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(_) => {
-                    eprintln!("[{}] driver: {line}", self.label);
-                    continue;
-                }
-            };
-            if v["id"] != json!(id) {
-                continue;
-            }
-            return if v["ok"] == json!(true) {
-                Ok(v["value"].clone())
-            } else {
-                Err(v["error"].as_str().unwrap_or("?").to_string())
-            };
-        }
-    }
-
-    fn cmd(&mut self, mut cmd: Value, timeout: Duration) -> Result<Value, String> {
-        let id = self.next_id;
-        self.next_id += 1;
-        cmd["id"] = json!(id);
-        writeln!(self.stdin, "{cmd}").map_err(|e| format!("driver stdin: {e}"))?;
-        self.stdin.flush().ok();
-        self.read_answer(id, timeout)
-    }
-
-    fn open(&mut self, url: &str) {
-        let v = self
-            .cmd(json!({"cmd": "open", "url": url}), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("[{}] open {url}: {e}", self.label));
-        assert_eq!(v["status"], 200, "[{}] {url}: {v}", self.label);
-    }
-
-    fn eval(&mut self, expr: &str) -> Value {
-        self.cmd(
-            json!({"cmd": "eval", "expr": expr}),
-            Duration::from_secs(15),
-        )
-        .unwrap_or_else(|e| panic!("[{}] eval {expr}: {e}", self.label))
-    }
-
-    /// Wait until `expr` is truthy in the page; Err with the page's state when it is not.
-    fn wait(&mut self, expr: &str, timeout: Duration) -> Result<Value, String> {
-        self.cmd(
-            json!({"cmd": "wait", "expr": expr, "timeout_ms": timeout.as_millis() as u64}),
-            timeout + Duration::from_secs(10),
-        )
-        .map(|v| v["value"].clone())
-    }
-
-    /// Like [`Browser::wait`], panicking with the page's own account of what happened.
-    fn expect(&mut self, expr: &str, timeout: Duration, what: &str) -> Value {
-        match self.wait(expr, timeout) {
-            Ok(v) => v,
-            Err(e) => {
-                let state = self.state();
-                let console = self.console();
-                panic!(
-                    "[{}] {what}: not within {timeout:?} ({e})\npage state: {state:#}\nconsole:\n{}",
-                    self.label,
-                    console.join("\n")
-                );
-            }
-        }
-    }
-
-    fn state(&mut self) -> Value {
-        self.cmd(
-            json!({"cmd": "eval", "expr": "JSON.parse(JSON.stringify(window.__deltacast || null))"}),
-            Duration::from_secs(15),
-        )
-        .unwrap_or_else(|e| json!({ "error": e }))
-    }
-
-    fn screenshot(&mut self, name: &str) -> PathBuf {
-        let path = artifacts().join(name);
-        self.cmd(
-            json!({"cmd": "screenshot", "path": path}),
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|e| panic!("[{}] screenshot: {e}", self.label));
-        eprintln!("[{}] screenshot {}", self.label, path.display());
-        path
-    }
-
-    fn requests(&mut self, contains: &str) -> Vec<String> {
-        let v = self
-            .cmd(
-                json!({"cmd": "requests", "contains": contains}),
-                Duration::from_secs(15),
-            )
-            .unwrap_or_else(|e| panic!("[{}] requests: {e}", self.label));
-        serde_json::from_value(v).unwrap_or_default()
-    }
-
-    fn console(&mut self) -> Vec<String> {
-        self.cmd(json!({"cmd": "console"}), Duration::from_secs(15))
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
-    }
-
-    /// `video.currentTime` moves forward by at least `min` seconds over `over`.
-    fn assert_playing(&mut self, over: Duration, min: f64, context: &str) -> (f64, f64) {
-        let t0 = self
-            .eval("document.getElementById('video').currentTime")
-            .as_f64()
-            .unwrap();
-        std::thread::sleep(over);
-        let t1 = self
-            .eval("document.getElementById('video').currentTime")
-            .as_f64()
-            .unwrap();
-        if t1 - t0 < min {
-            let state = self.state();
-            let console = self.console().join("\n");
-            panic!(
-                "[{}] {context}: currentTime went {t0:.2} → {t1:.2} in {over:?} (want +{min}s)\npage state: {state:#}\nconsole:\n{console}",
-                self.label,
-            );
-        }
-        (t0, t1)
-    }
-
-    /// Milliseconds since navigation start at which the page first logged `ev` (with `detail`).
-    fn event_time(&mut self, ev: &str, detail: &str) -> Option<f64> {
-        let expr = format!(
-            "(() => {{ const e = window.__deltacast.events.find(e => e.ev === {ev:?} && \
-             ({detail:?} === '' || JSON.stringify(e.detail).includes({detail:?}))); \
-             return e ? e.t : null; }})()"
-        );
-        self.eval(&expr).as_f64()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "──── [{}] browser driver log ────\n{}\n────",
-                self.label,
-                self.driver_log()
-            );
-        }
-        let _ = writeln!(self.stdin, "{}", json!({"id": 999_999, "cmd": "close"}));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ───────────────────────────── server helpers ─────────────────────────────
@@ -373,54 +66,21 @@ fn publish(server: &Server, label: &str, key: &str) -> Ffmpeg {
     ff
 }
 
-/// An HTTP/1.1 request with a body; returns (status, headers, body).
+/// An HTTP/1.1 request with a body through the kit's client; returns (status, body).
 fn http_send(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // Chunked bodies: good enough for JSON checks (strip the size lines).
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body.split("\r\n")
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 1)
-            .map(|(_, l)| l)
-            .collect::<String>()
-    } else {
-        body.to_string()
-    };
-    (status, head.to_string(), body)
+) -> (u16, String) {
+    let r = testkit::http_send(addr, method, path, headers, body, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"));
+    (r.status, r.text())
 }
 
 fn put_provider(server: &Server, stream: &str, body: &Value) -> Value {
-    let (status, _, text) = http_send(
+    let (status, text) = http_send(
         server.http,
         "PUT",
         &format!("/api/v1/streams/{stream}/provider"),
@@ -436,7 +96,7 @@ fn put_provider(server: &Server, stream: &str, body: &Value) -> Value {
 
 /// Fails with a clear message when this build has no working WHEP endpoint.
 fn require_whep(server: &Server, stream: &str) {
-    let (status, _, body) = http_send(
+    let (status, body) = http_send(
         server.http,
         "POST",
         &format!("/whep/{stream}"),
@@ -456,7 +116,7 @@ fn require_whep(server: &Server, stream: &str) {
 /// Runs `prog args…` (bounded), panicking with its stderr when it fails.
 fn net_cmd(prog: &str, args: &[&str]) -> String {
     let (st, out, err) =
-        common::run_bounded(Command::new(prog).args(args), Duration::from_secs(20));
+        testkit::run_bounded(Command::new(prog).args(args), Duration::from_secs(20));
     assert!(
         st.success(),
         "`{prog} {}` failed ({st}): {err}",
@@ -475,13 +135,7 @@ fn require_netns_tools() {
          must run as root (scripts/test runs it in the test container as root)"
     );
     for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok = testkit::tool_runs(tool, arg);
         assert!(
             ok,
             "`{tool}` is required by the watch-page firewall test: apt-get install -y {pkg}"
@@ -643,7 +297,7 @@ impl Drop for NetNs {
     }
 }
 
-/// The relay's HTTP listener on another address: tests/common starts the relay on loopback, which
+/// The relay's HTTP listener on another address: the test kit starts the relay on loopback, which
 /// a namespace cannot reach, so this forwards TCP from `listen_ip` to it (one thread per
 /// direction per connection; the browser opens a handful). Stops accepting on drop.
 struct TcpForward {
@@ -759,9 +413,9 @@ fn page_assets_and_playback_api() {
 
     // Ingest: admin only, the node's own endpoints whatever the provider.
     let auth = format!("Bearer {ADMIN}");
-    let (st, _, _) = http_send(s.http, "GET", "/api/v1/streams/hall/ingest", &[], b"");
+    let (st, _) = http_send(s.http, "GET", "/api/v1/streams/hall/ingest", &[], b"");
     assert_eq!(st, 401);
-    let (st, _, body) = http_send(
+    let (st, body) = http_send(
         s.http,
         "GET",
         "/api/v1/streams/hall/ingest",
@@ -781,7 +435,7 @@ fn page_assets_and_playback_api() {
     );
 
     // Provider: PUT needs the token, validates, and changes the playback URLs only.
-    let (st, _, _) = http_send(
+    let (st, _) = http_send(
         s.http,
         "PUT",
         "/api/v1/streams/hall/provider",
@@ -796,7 +450,7 @@ fn page_assets_and_playback_api() {
         r#""akamai""#,
         r#"{"kind":"external","ingest_url":"http://x/a/k","playback_url":"https://x/p.m3u8"}"#,
     ] {
-        let (st, _, body) = http_send(
+        let (st, body) = http_send(
             s.http,
             "PUT",
             "/api/v1/streams/hall/provider",
@@ -814,7 +468,7 @@ fn page_assets_and_playback_api() {
     assert_eq!(v["provider"]["kind"], "cdn");
     let v: Value = serde_json::from_slice(&s.get("/api/v1/streams/hall/playback").body).unwrap();
     assert_eq!(v["hls"], "https://d111.cloudfront.net/hls/hall/index.m3u8");
-    let (_, _, body) = http_send(
+    let (_, body) = http_send(
         s.http,
         "GET",
         "/api/v1/streams/hall/ingest",
@@ -1007,7 +661,7 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
     let _g = serial();
     let s = start_server("nginx", &hls_only_toml());
     let _ff = publish(&s, "show", "show");
-    let n = Nginx::start(s.http);
+    let n = Nginx::cdn(s.http);
 
     let r = n.get("/hls/show/index.m3u8");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1015,7 +669,7 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     let pl = Playlist::parse(&r.text()).unwrap();
     let part = pl.all_parts().last().expect("a part").uri.clone();
-    let part_path = common::resolve("/hls/show/index.m3u8", &part);
+    let part_path = testkit::resolve("/hls/show/index.m3u8", &part);
     let a = n.get(&part_path);
     let b2 = n.get(&part_path);
     let c = n.get(&format!("{part_path}?utm_source=x"));
@@ -1047,11 +701,11 @@ fn nginx_cdn_config_from_docs_caches_and_collapses() {
         .map(|_| {
             let q = q.clone();
             std::thread::spawn(move || {
-                common::http_get(addr, &q, Duration::from_secs(20)).expect("blocking GET")
+                testkit::http_get(addr, &q, Duration::from_secs(20)).expect("blocking GET")
             })
         })
         .collect();
-    let answers: Vec<common::Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let answers: Vec<testkit::Resp> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for a in &answers {
         assert_eq!(a.status, 200, "{}", a.text());
         let pl = Playlist::parse(&a.text()).unwrap();
@@ -1084,7 +738,7 @@ fn provider_switch_to_cdn_moves_the_page_to_the_cdn() {
     let _g = serial();
     let s = start_server("cdn-switch", &hls_only_toml());
     let _ff = publish(&s, "cdn-switch", "show");
-    let n = Nginx::start(s.http);
+    let n = Nginx::cdn(s.http);
     let mut b = Browser::launch("cdn-switch");
     let origin_hls = format!("http://{}/hls/", s.http);
     let cdn_hls = format!("{}/hls/", n.base());
@@ -1194,7 +848,7 @@ fn webrtc_session_deleted_mid_stream_switches_to_hls() {
     let path = loc
         .strip_prefix(&format!("http://{}", s.http))
         .unwrap_or_else(|| panic!("Location {loc} on this server"));
-    let (st, _, body) = http_send(s.http, "DELETE", path, &[], b"");
+    let (st, body) = http_send(s.http, "DELETE", path, &[], b"");
     assert!(st == 200 || st == 204, "DELETE {path}: {st} {body}");
     let t = Instant::now();
     b.expect(
@@ -1355,7 +1009,7 @@ fn chromium_publishes_simulcast_over_whip() {
         .expect("ffmpeg -listen");
     std::thread::sleep(Duration::from_millis(500));
     let dest = format!(r#"{{"id":"rec","url":"rtmp://127.0.0.1:{rport}/app/key"}}"#);
-    let (status, _, text) = http_send(
+    let (status, text) = http_send(
         s.http,
         "POST",
         "/api/v1/streams/live/destinations",
@@ -1377,7 +1031,7 @@ fn chromium_publishes_simulcast_over_whip() {
     let probe = ffprobe_count_frames(&flv);
     let w = probe_stream(&probe, "video").and_then(|x| x["width"].as_u64());
     assert_eq!(w, Some(top), "RTMP carries the widest layer: {probe}");
-    let keys = common::run_bounded(
+    let keys = testkit::run_bounded(
         Command::new("ffprobe")
             .args(["-v", "error", "-select_streams", "v", "-show_entries"])
             .args(["packet=pts_time,flags", "-of", "csv=p=0"])
@@ -1558,7 +1212,7 @@ fn first_frame_within_1s_on_every_path() {
     // Open network: whichever path shows first, WebRTC stays and LL-HLS stops.
     let mut open = Vec::new();
     for run in 0..runs {
-        let mut b = Browser::launch_in(&format!("open-{run}"), Some(&ns));
+        let mut b = Browser::launch_in(&format!("open-{run}"), Some(&ns.name));
         let f = open_and_time(&mut b, &url, "webrtc");
         eprintln!("open network, run {run}: {f:?}\n{}", timeline(&mut b));
         let hls_then = b.requests("/hls/");
@@ -1612,7 +1266,7 @@ fn first_frame_within_1s_on_every_path() {
     ns.drop_replies_except_http(fwd.addr.port());
     let mut walled = Vec::new();
     for run in 0..runs {
-        let mut b = Browser::launch_in(&format!("firewall-{run}"), Some(&ns));
+        let mut b = Browser::launch_in(&format!("firewall-{run}"), Some(&ns.name));
         let f = open_and_time(&mut b, &url, "hls");
         eprintln!("firewall, run {run}: {f:?}\n{}", timeline(&mut b));
         assert!(

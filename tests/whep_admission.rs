@@ -4,16 +4,15 @@
 //! with 503 + Retry-After while every viewer that joined keeps its media (driven by the
 //! `deltacast-whep-load` load generator in its bounded `--json` mode).
 
-mod common;
-mod whep_common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{Ffmpeg, Server};
-use whep_common::{offer, request, HttpResp, WhepClient};
+use testkit::request;
+use testkit::webrtc::{offer, WhepClient};
+use testkit::Resp;
+use testkit::{Ffmpeg, Server};
 
 fn config(sfu_extra: &str) -> String {
     format!(
@@ -27,13 +26,13 @@ fn live(label: &str, sfu_extra: &str) -> (Server, Ffmpeg) {
     let server = Server::start(label, &config(sfu_extra));
     let ff = Ffmpeg::publish(label, &server.rtmp_url("showkey"));
     server.wait_state("show", "publishing", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(1200));
+    server.wait_segments("show", 1, Duration::from_secs(20));
     (server, ff)
 }
 
 /// POST `n` valid offers at once (one thread each, released together) and return the answers.
-fn burst(http: std::net::SocketAddr, n: usize) -> Vec<HttpResp> {
-    let offers: Vec<String> = (0..n).map(|_| offer(false).3).collect();
+fn burst(http: std::net::SocketAddr, n: usize) -> Vec<Resp> {
+    let offers: Vec<String> = (0..n).map(|_| offer(false).sdp).collect();
     let gate = Arc::new(Barrier::new(n));
     std::thread::scope(|s| {
         let hs: Vec<_> = offers
@@ -56,8 +55,8 @@ fn burst(http: std::net::SocketAddr, n: usize) -> Vec<HttpResp> {
     })
 }
 
-fn assert_refused_503(r: &HttpResp, why: &[&str]) {
-    assert_eq!(r.status, 503, "{}", r.body);
+fn assert_refused_503(r: &Resp, why: &[&str]) {
+    assert_eq!(r.status, 503, "{}", r.text());
     assert!(
         r.header("retry-after")
             .is_some_and(|v| v.parse::<u32>().is_ok()),
@@ -65,9 +64,9 @@ fn assert_refused_503(r: &HttpResp, why: &[&str]) {
         r.headers
     );
     assert!(
-        why.iter().any(|w| r.body.contains(w)),
+        why.iter().any(|w| r.text().contains(w)),
         "503 body does not say why ({why:?}): {}",
-        r.body
+        r.text()
     );
 }
 
@@ -175,7 +174,7 @@ fn concurrent_offers_never_exceed_max_viewers() {
 /// they send: empty frames, 2-byte garbage frames, or nothing.
 #[test]
 fn ice_tcp_connections_without_a_session_are_closed_at_the_deadline() {
-    let port = common::free_port();
+    let port = testkit::free_port();
     let server = Server::start(
         "adm-icetcp",
         &config("connect_timeout_ms = 2000\nidle_timeout_ms = 4000\n").replace(
@@ -241,7 +240,11 @@ fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value 
     let out = server.dir.path().join("whep-load.json");
     let (pid, http) = (server.pid().to_string(), server.http.to_string());
     let (viewers, rate) = (viewers.to_string(), rate.to_string());
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deltacast-whep-load"));
+    let mut cmd = std::process::Command::new(testkit::workspace_bin(
+        "loadtest",
+        "deltacast-load",
+        "deltacast-whep-load",
+    ));
     cmd.args(["--http", &http, "--stream", "show", "--viewers", &viewers])
         .args([
             "--join-rate",
@@ -255,7 +258,7 @@ fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value 
         ])
         .args(["--pid", &pid, "--json"])
         .arg(&out);
-    let (status, stdout, stderr) = common::run_bounded(&mut cmd, Duration::from_secs(60));
+    let (status, stdout, stderr) = testkit::run_bounded(&mut cmd, Duration::from_secs(60));
     println!("{stdout}");
     assert!(status.success(), "load generator: {status}\n{stderr}");
     serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()

@@ -5,14 +5,12 @@
 //! ICE credentials, a session addressed through the WHIP path) gets the spec's status codes while
 //! another viewer keeps receiving. The suite runs once per UDP driver (epoll, io_uring).
 
-mod common;
-mod whep_common;
-
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{Ffmpeg, Server};
-use whep_common::{offer, request, WhepClient};
+use testkit::request;
+use testkit::webrtc::{offer, WhepClient};
+use testkit::{Ffmpeg, Server};
 
 fn config(io: &str) -> String {
     format!(
@@ -23,50 +21,84 @@ fn config(io: &str) -> String {
     )
 }
 
-fn suite(io: &str) {
-    let server = Server::start(&format!("whep-{io}"), &config(io));
-    let log = server.log_text();
-    let want = if io == "uring" { "io_uring" } else { "epoll" };
-    assert!(
-        log.contains("WebRTC SFU running") && log.contains(&format!("\"{want}\"")),
-        "SFU is not running on {want}:\n{}",
-        server.log_tail(40)
-    );
-    let http = server.http;
-    let _ff = Ffmpeg::publish(&format!("whep-{io}"), &server.rtmp_url("showkey"));
-    server.wait_state("show", "publishing", Duration::from_secs(15));
-    // Let a GOP build up so the cache path is what serves the first frame.
-    std::thread::sleep(Duration::from_millis(1500));
+/// The shared fixture: the relay on UDP driver `io`, an ffmpeg publisher live on "show", and a
+/// whole GOP in (the first segment closed on the next keyframe), so the GOP cache is what serves
+/// a new viewer's first frame.
+struct Live {
+    server: Server,
+    _ff: Ffmpeg,
+    io: &'static str,
+}
 
-    // ── viewer A: connects, first frame is a keyframe with SPS, and it keeps coming ──
-    let mut a = WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST: {r:?}"));
-    assert!(a.location.starts_with("/whep/show/"), "{}", a.location);
-    assert!(a.answer.contains("a=ice-lite"), "ICE-lite answer");
-    assert!(a.answer.contains("H264"), "H.264 in the answer");
-    assert!(a.rtc.is_alive(), "client alive after answer");
-    let ok = a.run(Duration::from_secs(10), |c| c.first_keyframe().is_some());
-    assert!(
-        ok,
-        "viewer A got no keyframe; connected: {:?}",
-        a.connected_at
-    );
-    let key = a.first_keyframe().unwrap().clone();
-    assert!(key.annexb_has_sps, "keyframe carries SPS/PPS");
-    assert!(
-        a.frames[0].keyframe,
-        "the first frame is a keyframe (GOP cache)"
-    );
-    let ttff = key.at.duration_since(a.started);
-    let after_connect = key.at.duration_since(a.connected_at.unwrap());
-    println!(
-        "[{io}] WHEP time to first frame: {:.1} ms from POST ({:.1} ms after ICE+DTLS connected)",
-        ttff.as_secs_f64() * 1e3,
-        after_connect.as_secs_f64() * 1e3
-    );
-    assert!(
-        ttff < Duration::from_millis(1500),
-        "first frame took {ttff:?} on loopback"
-    );
+impl Live {
+    fn start(io: &'static str, label: &str) -> Live {
+        let server = Server::start(&format!("whep-{label}-{io}"), &config(io));
+        let log = server.log_text();
+        let want = if io == "uring" { "io_uring" } else { "epoll" };
+        assert!(
+            log.contains("WebRTC SFU running") && log.contains(&format!("\"{want}\"")),
+            "SFU is not running on {want}:\n{}",
+            server.log_tail(40)
+        );
+        let _ff = Ffmpeg::publish(&format!("whep-{label}-{io}"), &server.rtmp_url("showkey"));
+        server.wait_state("show", "publishing", Duration::from_secs(15));
+        server.wait_segments("show", 1, Duration::from_secs(20));
+        Live { server, _ff, io }
+    }
+
+    /// A viewer that has received its first frame: a keyframe with SPS/PPS, from the cache.
+    fn viewer(&self) -> WhepClient {
+        let (http, io) = (self.server.http, self.io);
+        // ── viewer A: connects, first frame is a keyframe with SPS, and it keeps coming ──
+        let mut a = WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST: {r:?}"));
+        assert!(a.location.starts_with("/whep/show/"), "{}", a.location);
+        assert!(a.answer.contains("a=ice-lite"), "ICE-lite answer");
+        assert!(a.answer.contains("H264"), "H.264 in the answer");
+        assert!(a.peer.rtc.is_alive(), "client alive after answer");
+        let ok = a.run(Duration::from_secs(10), |c| c.first_keyframe().is_some());
+        assert!(
+            ok,
+            "viewer A got no keyframe; connected: {:?}",
+            a.connected_at
+        );
+        let key = a.first_keyframe().unwrap().clone();
+        assert!(key.annexb_has_sps, "keyframe carries SPS/PPS");
+        assert!(
+            a.frames[0].keyframe,
+            "the first frame is a keyframe (GOP cache)"
+        );
+        let ttff = key.at.duration_since(a.started);
+        let after_connect = key.at.duration_since(a.connected_at.unwrap());
+        println!(
+            "[{io}] WHEP time to first frame: {:.1} ms from POST ({:.1} ms after ICE+DTLS connected)",
+            ttff.as_secs_f64() * 1e3,
+            after_connect.as_secs_f64() * 1e3
+        );
+        assert!(
+            ttff < Duration::from_millis(1500),
+            "first frame took {ttff:?} on loopback"
+        );
+        a
+    }
+}
+
+use testkit::on_both_drivers;
+
+on_both_drivers!(
+    first_frame_is_a_cached_keyframe_and_media_keeps_coming,
+    first_frame
+);
+on_both_drivers!(bad_input_and_bad_requests_leave_a_viewer_playing, bad_input);
+on_both_drivers!(
+    second_viewer_starts_on_a_keyframe_and_delete_ends_it,
+    second_viewer
+);
+
+/// Viewer A's first frame is a cached keyframe, within 1.5 s of its POST; video and bridged
+/// Opus audio keep coming.
+fn first_frame(io: &'static str) {
+    let live = Live::start(io, "first");
+    let mut a = live.viewer();
     let n = a.frames.len();
     let audio = a.audio_frames;
     a.run(Duration::from_secs(2), |_| false);
@@ -87,11 +119,18 @@ fn suite(io: &str) {
         audio,
         a.audio_frames
     );
+}
 
+/// Garbage UDP on the worker port and every kind of bad WHEP request get the spec's answers
+/// while viewer A keeps playing.
+fn bad_input(io: &'static str) {
+    let live = Live::start(io, "bad");
+    let http = live.server.http;
+    let mut a = live.viewer();
     // ── bad input, while A keeps playing ──
     let port = a.server_port();
     let evil = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut rng = common::Rng::new(7);
+    let mut rng = testkit::Rng::new(7);
     for i in 0..2000 {
         let mut b = rng.bytes(1 + (i % 1400));
         if i % 5 == 0 {
@@ -108,7 +147,7 @@ fn suite(io: &str) {
     }
     let ct = [("Content-Type", "application/sdp")];
     let r = request(http, "POST", "/whep/show", &ct, b"");
-    assert_eq!(r.status, 400, "empty SDP: {}", r.body);
+    assert_eq!(r.status, 400, "empty SDP: {}", r.text());
     let r = request(
         http,
         "POST",
@@ -116,17 +155,17 @@ fn suite(io: &str) {
         &ct,
         b"v=0\r\nthis is not sdp\r\n",
     );
-    assert_eq!(r.status, 400, "malformed SDP: {}", r.body);
+    assert_eq!(r.status, 400, "malformed SDP: {}", r.text());
     let r = request(http, "POST", "/whep/show", &ct, &[0xff, 0xfe, 0x00]);
     assert_eq!(r.status, 400, "binary body");
-    let (_r, _s, _l, vp8, _p) = offer(true);
+    let vp8 = offer(true).sdp;
     let r = request(http, "POST", "/whep/show", &ct, vp8.as_bytes());
-    assert_eq!(r.status, 406, "offer without H.264: {}", r.body);
-    assert!(r.body.contains("H.264"), "406 says why: {}", r.body);
-    let (_r, _s, _l, good, _p) = offer(false);
+    assert_eq!(r.status, 406, "offer without H.264: {}", r.text());
+    assert!(r.text().contains("H.264"), "406 says why: {}", r.text());
+    let good = offer(false).sdp;
     // The offer check shared with WHIP: a WHEP offer receives, a sha-256 fingerprint, RFC 8839
     // ICE credentials.
-    whep_common::assert_offer_checks(
+    testkit::webrtc::assert_offer_checks(
         http,
         "/whep/show",
         &ct,
@@ -135,12 +174,13 @@ fn suite(io: &str) {
         &["sendonly", "inactive"],
     );
     let r = request(http, "POST", "/whep/nosuch", &ct, good.as_bytes());
-    assert_eq!(r.status, 404, "unknown stream: {}", r.body);
+    assert_eq!(r.status, 404, "unknown stream: {}", r.text());
     let r = request(http, "POST", "/whep/later", &ct, good.as_bytes());
     assert_eq!(
-        r.status, 409,
+        r.status,
+        409,
         "configured stream without publisher: {}",
-        r.body
+        r.text()
     );
     assert!(r.header("retry-after").is_some(), "409 has Retry-After");
     let r = request(
@@ -157,21 +197,7 @@ fn suite(io: &str) {
     assert_eq!(r.status, 405, "GET on the WHEP endpoint");
     let r = request(http, "PUT", &a.location, &[], b"");
     assert_eq!(r.status, 405, "PUT on a session");
-    let r = request(
-        http,
-        "OPTIONS",
-        "/whep/show",
-        &[("Origin", "https://example.org")],
-        b"",
-    );
-    assert_eq!(r.status, 204);
-    let expose = r
-        .header("access-control-expose-headers")
-        .unwrap_or_default()
-        .to_string();
-    for h in ["Location", "ETag", "Link", "Accept-Patch"] {
-        assert!(expose.contains(h), "CORS exposes {h}: {expose}");
-    }
+    let r = testkit::webrtc::assert_cors_preflight(http, "/whep/show");
     assert!(r.header("access-control-allow-origin").is_some());
     assert!(
         r.headers_all("link")
@@ -203,7 +229,7 @@ fn suite(io: &str) {
         &[sf, ("If-Match", &etag)],
         cand.as_bytes(),
     );
-    assert_eq!(r.status, 204, "trickle PATCH: {}", r.body);
+    assert_eq!(r.status, 204, "trickle PATCH: {}", r.text());
     let r = request(
         http,
         "PATCH",
@@ -232,9 +258,10 @@ fn suite(io: &str) {
     assert_eq!(r.status, 404, "PATCH of a WHEP session via {as_whip}");
     let r = request(http, "DELETE", &as_whip, &[], b"");
     assert_eq!(
-        r.status, 404,
+        r.status,
+        404,
         "DELETE of a WHEP session via {as_whip}: {}",
-        r.body
+        r.text()
     );
 
     // A never noticed.
@@ -247,7 +274,14 @@ fn suite(io: &str) {
         a.frames.len()
     );
     assert!(!a.disconnected);
+}
 
+/// A second viewer that joins mid-GOP starts on a keyframe at once; DELETE ends its session, a
+/// second DELETE is 404, and viewer A goes on.
+fn second_viewer(io: &'static str) {
+    let live = Live::start(io, "second");
+    let http = live.server.http;
+    let mut a = live.viewer();
     // ── a second viewer joins mid-GOP and also starts with a keyframe at once ──
     let mut b = WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST B: {r:?}"));
     assert!(b.run(Duration::from_secs(10), |c| c.first_keyframe().is_some()));
@@ -259,27 +293,12 @@ fn suite(io: &str) {
 
     // ── DELETE ends B's session; a second DELETE is 404; A goes on ──
     let r = request(http, "DELETE", &b.location, &[], b"");
-    assert_eq!(r.status, 200, "DELETE: {}", r.body);
+    assert_eq!(r.status, 200, "DELETE: {}", r.text());
     let r = request(http, "DELETE", &b.location, &[], b"");
     assert_eq!(r.status, 404, "DELETE twice");
     let n = a.frames.len();
     a.run(Duration::from_secs(1), |_| false);
     assert!(a.frames.len() > n + 10);
-    let metrics = server.get("/metrics").text();
-    let _ = metrics;
-    let t0 = Instant::now();
-    drop(b);
-    let _ = t0;
-}
-
-#[test]
-fn whep_plays_and_survives_bad_input_epoll() {
-    suite("epoll");
-}
-
-#[test]
-fn whep_plays_and_survives_bad_input_io_uring() {
-    suite("uring");
 }
 
 /// Two SFU workers: viewers are spread by load (the least-loaded worker takes the next one, so
@@ -291,7 +310,7 @@ fn viewers_spread_over_two_workers_and_all_play() {
     let http = server.http;
     let _ff = Ffmpeg::publish("whep-2workers", &server.rtmp_url("showkey"));
     server.wait_state("show", "publishing", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(1000));
+    server.wait_segments("show", 1, Duration::from_secs(20));
     let mut viewers: Vec<WhepClient> = (0..4)
         .map(|_| WhepClient::connect(http, "show").unwrap_or_else(|r| panic!("POST: {r:?}")))
         .collect();

@@ -37,17 +37,16 @@
 //!   memory per viewer = (RSS at N − RSS at 0) / N.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Event, IceConnectionState, Input};
+use testkit::peer::{Link, Peer, Role};
 
 const MAX_VIEWERS: usize = 5000;
 const MAX_SECS: u64 = 300;
@@ -171,39 +170,6 @@ fn relay_rss_kb(pid: u32) -> u64 {
 
 // ───────────────────────────── WHEP signaling ─────────────────────────────
 
-/// POST an SDP offer: (status, Retry-After, body).
-fn http_post_sdp(
-    addr: SocketAddr,
-    path: &str,
-    sdp: &str,
-) -> Result<(u16, Option<String>, String), String> {
-    let t = Duration::from_secs(10);
-    let mut s = TcpStream::connect_timeout(&addr, t).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(t)).ok();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("bad response: {:?}", &text[..text.len().min(200)]))?;
-    let retry_after = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
-        .map(|(_, v)| v.trim().to_string());
-    Ok((status, retry_after, body.to_string()))
-}
-
 /// A join that got no session: the HTTP answer (status 0: no answer at all).
 #[derive(Debug)]
 struct Refused {
@@ -215,9 +181,7 @@ struct Refused {
 // ───────────────────────────── one viewer ─────────────────────────────
 
 struct Viewer {
-    rtc: Rtc,
-    sock: UdpSocket,
-    local: SocketAddr,
+    peer: Peer,
     started: Instant,
     next_timeout: Instant,
     connected: bool,
@@ -307,37 +271,26 @@ fn new_viewer(http: SocketAddr, stream: &str, index: usize) -> Result<Viewer, Re
             .map_err(|e| fail(format!("bind: {e}")))?;
         UdpSocket::from(s)
     };
-    let local = sock.local_addr().unwrap();
-    let mut rtc = Rtc::builder()
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_opus(true, false)
-        .set_rtp_mode(true)
-        .set_stats_interval(None)
-        .build(started);
-    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().ok_or_else(|| fail("no offer".into()))?;
-    let (status, retry_after, body) =
-        http_post_sdp(http, &format!("/whep/{stream}"), &offer.to_sdp_string()).map_err(fail)?;
-    if status != 201 {
-        return Err(Refused {
-            status,
-            retry_after,
-            body: body.trim().to_string(),
-        });
-    }
-    let answer = SdpAnswer::from_sdp_string(&body).map_err(|e| fail(format!("answer: {e}")))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| fail(format!("accept answer: {e}")))?;
     sock.set_nonblocking(true).unwrap();
+    let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
+    let peer = match offered.try_post(
+        http,
+        &format!("/whep/{stream}"),
+        &[],
+        Duration::from_secs(10),
+    ) {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(r)) => {
+            return Err(Refused {
+                status: r.status,
+                retry_after: r.header("retry-after").map(str::to_string),
+                body: r.text().trim().to_string(),
+            })
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
     Ok(Viewer {
-        rtc,
-        sock,
-        local,
+        peer,
         started,
         next_timeout: started,
         connected: false,
@@ -484,82 +437,73 @@ fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr, 
 
 /// Drain a viewer's output: send its datagrams, account its RTP packets.
 fn drain(v: &mut Viewer, win: (Option<Instant>, Option<Instant>), samples: &mut Vec<(u64, u64)>) {
-    loop {
-        match v.rtc.poll_output() {
-            Ok(Output::Timeout(t)) => {
-                v.next_timeout = t;
-                return;
-            }
-            Ok(Output::Transmit(t)) => {
-                let _ = v.sock.send_to(&t.contents, t.destination);
-            }
-            Ok(Output::Event(e)) => match e {
-                Event::Connected => v.connected = true,
-                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => v.dead = true,
-                Event::RtpPacket(p) => {
-                    let at = p.timestamp;
-                    v.total_received += 1;
-                    v.first_packet.get_or_insert(at);
-                    v.last_packet = Some(at);
-                    // Each SSRC (video, then Opus audio) has its own sequence numbers.
-                    let ssrc = *p.header.ssrc;
-                    if win.1.is_none_or(|e| at < e) {
-                        match v.life.iter().position(|(s, _)| *s == ssrc) {
-                            Some(k) => v.life[k].1.add(*p.seq_no),
-                            None if v.life.len() < 4 => {
-                                let mut t = SeqTrack::default();
-                                t.add(*p.seq_no);
-                                v.life.push((ssrc, t));
-                            }
-                            None => {}
-                        }
+    let next = v.peer.poll(|_, e| match e {
+        Event::Connected => v.connected = true,
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => v.dead = true,
+        Event::RtpPacket(p) => {
+            let at = p.timestamp;
+            v.total_received += 1;
+            v.first_packet.get_or_insert(at);
+            v.last_packet = Some(at);
+            // Each SSRC (video, then Opus audio) has its own sequence numbers.
+            let ssrc = *p.header.ssrc;
+            if win.1.is_none_or(|e| at < e) {
+                match v.life.iter().position(|(s, _)| *s == ssrc) {
+                    Some(k) => v.life[k].1.add(*p.seq_no),
+                    None if v.life.len() < 4 => {
+                        let mut t = SeqTrack::default();
+                        t.add(*p.seq_no);
+                        v.life.push((ssrc, t));
                     }
-                    // The window's numbers are for the video SSRC (the first to arrive: audio
-                    // starts after video).
-                    if v.life.first().is_some_and(|(s, _)| *s != ssrc) {
-                        continue;
-                    }
-                    if p.header.marker && v.first_frame.is_none() {
-                        v.first_frame = Some(at);
-                    }
-                    let in_win = win.0.is_some_and(|s| at >= s) && win.1.is_none_or(|e| at < e);
-                    if in_win {
-                        let seq: u64 = *p.seq_no;
-                        if v.win_first.is_none() {
-                            v.win_first = Some(seq);
-                            v.win_last = seq;
-                        }
-                        let first = v.win_first.unwrap_or(seq);
-                        let Some(i) = seq.checked_sub(first).map(|i| i as usize) else {
-                            // From before the window's first packet: reordered across its start.
-                            v.win_late += 1;
-                            continue;
-                        };
-                        if v.win_seen.len() <= i / 64 {
-                            v.win_seen.resize(i / 64 + 1, 0);
-                        }
-                        if v.win_seen[i / 64] & (1 << (i % 64)) != 0 {
-                            v.win_dups += 1;
-                            continue;
-                        }
-                        v.win_seen[i / 64] |= 1 << (i % 64);
-                        // Behind the highest sequence number seen: reordered on the way (or a
-                        // NACK/RTX repair). Its delay is real, so it stays in the samples.
-                        v.win_late += (seq < v.win_last) as u64;
-                        v.win_last = v.win_last.max(seq);
-                        v.win_received += 1;
-                        if samples.len() < MAX_SAMPLES_PER_THREAD {
-                            samples.push((payload_hash(&p.payload), v.rx_kernel_ns));
-                        }
-                    }
+                    None => {}
                 }
-                _ => {}
-            },
-            Err(e) => {
-                eprintln!("whep-load: client rtc: {e}");
-                v.dead = true;
+            }
+            // The window's numbers are for the video SSRC (the first to arrive: audio
+            // starts after video).
+            if v.life.first().is_some_and(|(s, _)| *s != ssrc) {
                 return;
             }
+            if p.header.marker && v.first_frame.is_none() {
+                v.first_frame = Some(at);
+            }
+            let in_win = win.0.is_some_and(|s| at >= s) && win.1.is_none_or(|e| at < e);
+            if in_win {
+                let seq: u64 = *p.seq_no;
+                if v.win_first.is_none() {
+                    v.win_first = Some(seq);
+                    v.win_last = seq;
+                }
+                let first = v.win_first.unwrap_or(seq);
+                let Some(i) = seq.checked_sub(first).map(|i| i as usize) else {
+                    // From before the window's first packet: reordered across its start.
+                    v.win_late += 1;
+                    return;
+                };
+                if v.win_seen.len() <= i / 64 {
+                    v.win_seen.resize(i / 64 + 1, 0);
+                }
+                if v.win_seen[i / 64] & (1 << (i % 64)) != 0 {
+                    v.win_dups += 1;
+                    return;
+                }
+                v.win_seen[i / 64] |= 1 << (i % 64);
+                // Behind the highest sequence number seen: reordered on the way (or a
+                // NACK/RTX repair). Its delay is real, so it stays in the samples.
+                v.win_late += (seq < v.win_last) as u64;
+                v.win_last = v.win_last.max(seq);
+                v.win_received += 1;
+                if samples.len() < MAX_SAMPLES_PER_THREAD {
+                    samples.push((payload_hash(&p.payload), v.rx_kernel_ns));
+                }
+            }
+        }
+        _ => {}
+    });
+    match next {
+        Ok(t) => v.next_timeout = t,
+        Err(e) => {
+            eprintln!("whep-load: client rtc: {e}");
+            v.dead = true;
         }
     }
 }
@@ -593,10 +537,11 @@ fn run_thread(
                 u64: idx,
             };
             // SAFETY: valid epoll fd, valid socket fd, valid event.
-            let r =
-                unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, v.sock.as_raw_fd(), &mut ev) };
+            let r = unsafe {
+                libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, v.peer.udp().as_raw_fd(), &mut ev)
+            };
             assert!(r == 0, "epoll_ctl");
-            let _ = v.rtc.handle_input(Input::Timeout(now));
+            let _ = v.peer.rtc.handle_input(Input::Timeout(now));
             drain(&mut v, win_cache, &mut samples);
             viewers.push(v);
         }
@@ -607,11 +552,11 @@ fn run_thread(
         let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), evs.len() as i32, wait_ms.max(0)) };
         for ev in evs.iter().take(n.max(0) as usize) {
             let v = &mut viewers[ev.u64 as usize];
-            while let Some((len, src, kernel_ns)) = recv_stamped(&v.sock, &mut buf) {
+            while let Some((len, src, kernel_ns)) = recv_stamped(v.peer.udp(), &mut buf) {
                 let at = Instant::now();
                 v.rx_kernel_ns = kernel_ns;
-                if let Ok(r) = Receive::new(Protocol::Udp, src, v.local, &buf[..len]) {
-                    let _ = v.rtc.handle_input(Input::Receive(at, r));
+                if let Ok(r) = Receive::new(Protocol::Udp, src, v.peer.local, &buf[..len]) {
+                    let _ = v.peer.rtc.handle_input(Input::Receive(at, r));
                     drain(v, win_cache, &mut samples);
                 }
             }
@@ -620,7 +565,7 @@ fn run_thread(
         if now >= next_scan {
             for v in viewers.iter_mut() {
                 if !v.dead && v.next_timeout <= now {
-                    let _ = v.rtc.handle_input(Input::Timeout(now));
+                    let _ = v.peer.rtc.handle_input(Input::Timeout(now));
                     drain(v, win_cache, &mut samples);
                 }
             }
@@ -793,7 +738,7 @@ fn main() {
     // Drops since each socket was created (the viewers' sockets are still open here).
     let ports: std::collections::HashSet<u16> = outs
         .iter()
-        .flat_map(|o| o.viewers.iter().map(|v| v.local.port()))
+        .flat_map(|o| o.viewers.iter().map(|v| v.peer.local.port()))
         .collect();
     let (client_drops, other_drops) = udp_socket_drops(&ports);
     let win = (w1 - w0).as_secs_f64();
