@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use str0m::change::SdpOffer;
 use str0m::net::Protocol;
-use str0m::{Candidate, Event, Input};
+use str0m::{Event, Input};
 use testkit::peer::{Peer, Role};
 
 use super::packetizer::H264Packetizer;
-use super::session::choose_video;
 use super::worker::{stun_local_ufrag, Timing, WorkerCore};
 use super::*;
 use crate::webrtc::offer::mids as offer_mids;
@@ -61,34 +59,17 @@ fn join(
 ) -> (Client, u64) {
     let addr: SocketAddr = format!("10.0.0.2:{}", 5000 + n).parse().unwrap();
     let offered = Peer::offer_in_memory(&Role::viewer().video_only(), addr, now, None);
-    let offer = SdpOffer::from_sdp_string(&offered.sdp).unwrap();
-    let mids = offer_mids(&offered.sdp);
-
-    let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
-    srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
-    let answer = srtc.sdp_api().accept_offer(offer).unwrap();
-    let video = choose_video(&srtc, &mids, Some(0x42)).expect("H.264 negotiated");
-    let peer = offered.accept(&answer.to_sdp_string());
+    let mid = str0m::media::Mid::from(offer_mids(&offered.sdp)[0].as_str());
     let id = 1000 + n as u64;
-    core.add_viewer(
-        NewViewer {
-            id,
-            stream: Arc::from(stream),
-            rtc: srtc,
-            video,
-            audio: None,
-            ufrag: creds.ufrag,
-            bwe: false,
-            slot: None,
-        },
-        now,
-    );
+    let sfu = SFU.parse().unwrap();
+    let answer = answer_in_process(core, cert, (id, stream), &offered.sdp, sfu, Some(0x42), now);
+    let peer = offered.accept(&answer);
     (
         Client {
             peer,
             frames: Vec::new(),
             connected_at: None,
-            mid: str0m::media::Mid::from(mids[0].as_str()),
+            mid,
         },
         id,
     )
