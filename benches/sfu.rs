@@ -31,20 +31,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use deltacast::egress::sfu::packetizer::{H264Packetizer, RtpPayload};
-use deltacast::egress::sfu::session::choose_video;
 use deltacast::egress::sfu::worker::{Timing, WorkerCore};
-use deltacast::egress::sfu::{
-    build_viewer_rtc, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared,
-};
+use deltacast::egress::sfu::{answer_in_process, MediaMsg, SessionTable, SfuFrame, WorkerShared};
 use deltacast::media::TrackKind;
-use deltacast::webrtc::offer::mids as offer_mids;
-use str0m::change::SdpOffer;
 use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, KeyingMaterial,
     ProtocolVersion, SrtpProfile,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
-use str0m::{Candidate, Event, Input};
+use str0m::{Event, Input};
 use testkit::peer::{Peer, Role};
 
 /// Counts live heap bytes (for `sfu_memory`); otherwise the system allocator.
@@ -199,25 +194,10 @@ fn join(core: &mut WorkerCore, cert: &DtlsCert, n: u32, now: Instant) -> Client 
         .parse()
         .unwrap();
     let offered = Peer::offer_in_memory(&Role::viewer().video_only(), addr, now, None);
-    let offer = SdpOffer::from_sdp_string(&offered.sdp).unwrap();
-    let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
-    srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
-    let answer = srtc.sdp_api().accept_offer(offer).unwrap();
-    let video = choose_video(&srtc, &offer_mids(&offered.sdp), Some(0x42)).expect("H.264");
-    let peer = offered.accept(&answer.to_sdp_string());
-    core.add_viewer(
-        NewViewer {
-            id: 1000 + n as u64,
-            stream: Arc::from("show"),
-            rtc: srtc,
-            video,
-            audio: None,
-            ufrag: creds.ufrag,
-            bwe: false,
-            slot: None,
-        },
-        now,
-    );
+    let stream = (1000 + n as u64, "show");
+    let sfu = SFU.parse().unwrap();
+    let answer = answer_in_process(core, cert, stream, &offered.sdp, sfu, Some(0x42), now);
+    let peer = offered.accept(&answer);
     Client {
         peer,
         connected: false,

@@ -203,10 +203,46 @@ fn two_real_destinations_and_one_comes_back() {
     );
 }
 
-/// A refusing, two stalling and a resetting destination each go through backoff on their own
-/// while a healthy one and the LL-HLS output keep going, and memory stays flat.
-#[test]
-fn failing_destinations_back_off_alone_and_memory_stays_flat() {
+/// What the faults soak saw: a refusing, two stalling and a resetting destination next to a
+/// healthy one and the LL-HLS output, for 45 s of a 4 Mb/s stream.
+struct Soak {
+    /// The state sequence of each destination ("healthy" and the faulty ids).
+    seen: std::collections::HashMap<&'static str, Vec<String>>,
+    /// Each faulty destination's API object at the end.
+    faulty: Vec<(&'static str, Value)>,
+    /// Connections the misbehaving peers accepted.
+    accepted: u64,
+    /// Per second: the healthy destination's state and frames sent, the playlist's next part,
+    /// and the relay's RSS (seconds since the start, KiB).
+    healthy_states: Vec<String>,
+    healthy_frames: Vec<u64>,
+    hls: Vec<(u64, u64)>,
+    rss: Vec<(f64, u64)>,
+    /// The healthy destination's API object at the end, before it was removed.
+    healthy: Value,
+    /// Video packets (time, keyframe) nginx recorded from the healthy destination.
+    nginx_video: Vec<(f64, bool)>,
+}
+
+const FAULTY: [&str; 4] = ["refused", "stall-handshake", "stall-live", "reset"];
+
+/// The shared fixture: the soak runs once per test binary, whichever test asks first; the tests
+/// check its parts. A failed soak fails every test with its message (it is not run again).
+fn soak() -> &'static Soak {
+    static SOAK: std::sync::OnceLock<Result<Soak, String>> = std::sync::OnceLock::new();
+    let r = SOAK.get_or_init(|| {
+        std::panic::catch_unwind(run_soak).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    r.as_ref()
+        .unwrap_or_else(|e| panic!("the faults soak failed: {e}"))
+}
+
+fn run_soak() -> Soak {
     let ngx = Nginx::rtmp("faults");
     let peers = Peers::new();
     let ngx_addr = format!("127.0.0.1:{}", ngx.port).parse().unwrap();
@@ -249,11 +285,9 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
     wait_dest_state(&s, "faults", "healthy", "live", Duration::from_secs(15));
     s.wait_segments("faults", 2, Duration::from_secs(20));
 
-    let ids = ["refused", "stall-handshake", "stall-live", "reset"];
-    let mut seen: std::collections::HashMap<&str, Vec<String>> = Default::default();
-    let mut rss = Vec::new();
-    let mut healthy_frames = Vec::new();
-    let mut hls = Vec::new();
+    let mut seen: std::collections::HashMap<&'static str, Vec<String>> = Default::default();
+    let (mut rss, mut healthy_states, mut healthy_frames, mut hls) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let t0 = Instant::now();
     let mut next_sample = t0;
     while t0.elapsed() < Duration::from_secs(45) {
@@ -261,7 +295,13 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
             let id = d["id"].as_str().unwrap().to_string();
             let st = d["state"].as_str().unwrap().to_string();
             let v = seen
-                .entry(ids.iter().find(|x| **x == id).copied().unwrap_or("healthy"))
+                .entry(
+                    FAULTY
+                        .iter()
+                        .find(|x| **x == id)
+                        .copied()
+                        .unwrap_or("healthy"),
+                )
                 .or_default();
             if v.last() != Some(&st) {
                 v.push(st);
@@ -271,72 +311,120 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
             next_sample += Duration::from_secs(1);
             rss.push((t0.elapsed().as_secs_f64(), s.rss_kib().expect("RSS")));
             let h = dest(&s, "faults", "healthy");
-            assert_eq!(h["state"], "live", "healthy destination left live: {h}");
+            healthy_states.push(h["state"].as_str().unwrap_or_default().to_string());
             healthy_frames.push(h["frames_sent"].as_u64().unwrap());
             hls.push(s.playlist("faults").next_part());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-
     eprintln!("state sequences: {seen:?}");
-    // Each faulty destination went through backoff on its own, with its own error.
-    let errors: Vec<(String, Value)> = ids
+    let faulty: Vec<(&'static str, Value)> = FAULTY
         .iter()
-        .map(|id| (id.to_string(), dest(&s, "faults", id)))
+        .map(|id| (*id, dest(&s, "faults", id)))
         .collect();
-    for (id, d) in &errors {
-        let states = &seen[id.as_str()];
-        assert!(
-            states.iter().any(|x| x == "backoff"),
-            "{id} never backed off: {states:?} {d}"
-        );
-        assert!(d["reconnects"].as_u64().unwrap() >= 1, "{id}: {d}");
-        assert!(d["last_error"].is_string(), "{id}: {d}");
-    }
-    for (id, d) in &errors {
+    for (id, d) in &faulty {
         eprintln!(
             "{id}: reconnects {} last_error {}",
             d["reconnects"], d["last_error"]
         );
     }
-    let err = |id: &str| errors.iter().find(|e| e.0 == id).unwrap().1["last_error"].to_string();
-    assert!(err("refused").contains("refused"), "{}", err("refused"));
-    assert!(
-        err("stall-handshake").contains("no answer"),
-        "{}",
-        err("stall-handshake")
-    );
-    assert!(
-        seen["stall-live"].iter().any(|x| x == "live"),
-        "stall-live: {:?}",
-        seen["stall-live"]
-    );
-    assert!(
-        err("stall-live").contains("stopped reading"),
-        "{}",
-        err("stall-live")
-    );
-    assert!(
-        seen["reset"].iter().any(|x| x == "live"),
-        "reset: {:?}",
-        seen["reset"]
-    );
-    assert!(peers.accepted.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    let healthy = dest(&s, "faults", "healthy");
+    // What nginx received from the healthy destination, once it has finished.
+    delete_dest(&s, "faults", "healthy", None);
+    std::thread::sleep(Duration::from_millis(800));
+    let nginx_video = packets(&ngx.record("healthy"), "v");
+    Soak {
+        seen,
+        faulty,
+        accepted: peers.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        healthy_states,
+        healthy_frames,
+        hls,
+        rss,
+        healthy,
+        nginx_video,
+    }
+}
 
-    // The healthy destination advanced every second and lost nothing.
+/// A faulty destination went through backoff on its own, with its own error; its `last_error`.
+fn backed_off_alone(soak: &Soak, id: &str) -> String {
+    let d = &soak.faulty.iter().find(|e| e.0 == id).unwrap().1;
+    let states = &soak.seen[id];
     assert!(
-        healthy_frames.windows(2).all(|w| w[1] > w[0]),
-        "healthy destination stalled: {healthy_frames:?}"
+        states.iter().any(|x| x == "backoff"),
+        "{id} never backed off: {states:?} {d}"
     );
-    let h = dest(&s, "faults", "healthy");
+    assert!(d["reconnects"].as_u64().unwrap() >= 1, "{id}: {d}");
+    assert!(d["last_error"].is_string(), "{id}: {d}");
+    d["last_error"].to_string()
+}
+
+#[test]
+fn refused_destination_backs_off_with_connection_refused() {
+    let err = backed_off_alone(soak(), "refused");
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn destination_stalled_in_the_handshake_backs_off_with_no_answer() {
+    let err = backed_off_alone(soak(), "stall-handshake");
+    assert!(err.contains("no answer"), "{err}");
+}
+
+#[test]
+fn destination_that_stops_reading_while_live_backs_off() {
+    let soak = soak();
+    let err = backed_off_alone(soak, "stall-live");
+    let states = &soak.seen["stall-live"];
+    assert!(states.iter().any(|x| x == "live"), "stall-live: {states:?}");
+    assert!(err.contains("stopped reading"), "{err}");
+}
+
+#[test]
+fn destination_reset_while_live_backs_off_and_reconnects() {
+    let soak = soak();
+    backed_off_alone(soak, "reset");
+    let states = &soak.seen["reset"];
+    assert!(states.iter().any(|x| x == "live"), "reset: {states:?}");
+    // The misbehaving peers saw the stalled and reset destinations connect.
+    assert!(soak.accepted >= 4, "peers accepted {}", soak.accepted);
+}
+
+/// The healthy destination stayed live, advanced every second and lost nothing, and what nginx
+/// received from it has no gap.
+#[test]
+fn healthy_destination_keeps_going_beside_failing_ones() {
+    let soak = soak();
+    let (states, frames, h) = (&soak.healthy_states, &soak.healthy_frames, &soak.healthy);
+    assert!(
+        states.iter().all(|s| s == "live"),
+        "healthy destination left live: {states:?} {h}"
+    );
+    assert!(
+        frames.windows(2).all(|w| w[1] > w[0]),
+        "healthy destination stalled: {frames:?}"
+    );
     assert_eq!(h["frames_dropped"], 0, "{h}");
     assert_eq!(h["reconnects"], 0, "{h}");
-    // LL-HLS kept producing parts throughout.
+    let vp = &soak.nginx_video;
+    let gap = max_gap(vp);
+    assert!(gap < 0.5, "healthy destination: {gap:.3} s gap");
+    assert!(vp[0].1, "healthy destination: first packet not a keyframe");
+}
+
+#[test]
+fn ll_hls_keeps_producing_parts_beside_failing_destinations() {
+    let hls = &soak().hls;
     assert!(
         hls.windows(3).all(|w| w[2] > w[0]),
         "HLS stopped advancing: {hls:?}"
     );
-    // Memory: after warm-up, RSS stays within the stalled queue's bound plus slack.
+}
+
+/// After warm-up, RSS stays within the stalled queue's bound plus slack.
+#[test]
+fn memory_stays_flat_while_destinations_stall() {
+    let rss = &soak().rss;
     let warm: Vec<u64> = rss.iter().filter(|(t, _)| *t >= 8.0).map(|x| x.1).collect();
     let (lo, hi) = (*warm.iter().min().unwrap(), *warm.iter().max().unwrap());
     eprintln!(
@@ -347,15 +435,6 @@ fn failing_destinations_back_off_alone_and_memory_stays_flat() {
         hi - lo < 24 * 1024,
         "RSS grew from {lo} KiB to {hi} KiB while destinations stalled: {rss:?}"
     );
-
-    // What nginx received from the healthy destination has no gap.
-    delete_dest(&s, "faults", "healthy", None);
-    std::thread::sleep(Duration::from_millis(800));
-    let rec = ngx.record("healthy");
-    let vp = packets(&rec, "v");
-    let gap = max_gap(&vp);
-    assert!(gap < 0.5, "healthy destination: {gap:.3} s gap");
-    assert!(vp[0].1, "healthy destination: first packet not a keyframe");
 }
 
 /// Add a destination through the API while the stream is live: it starts on a keyframe with its

@@ -114,18 +114,7 @@ impl Peers {
     /// A TLS terminator (self-signed certificate for 127.0.0.1 from rcgen) forwarding the
     /// plaintext to `upstream`. Returns its port.
     pub fn tls_terminator(&self, upstream: SocketAddr) -> u16 {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = ck.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = self_signed_acceptor();
         let (l, port) = self.listener(None);
         let accepted = self.accepted.clone();
         self.rt.spawn(async move {
@@ -145,6 +134,23 @@ impl Peers {
         });
         port
     }
+}
+
+/// A rustls acceptor with a fresh self-signed certificate for 127.0.0.1 (rcgen), for test TLS
+/// servers that clients reach with certificate verification off.
+pub fn self_signed_acceptor() -> tokio_rustls::TlsAcceptor {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
 impl Drop for Peers {

@@ -52,18 +52,7 @@ impl TestServer {
     }
 
     fn start_tls(mode: Mode) -> TestServer {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = ck.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-        Self::start_inner(mode, Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))))
+        Self::start_inner(mode, Some(testkit::faults::self_signed_acceptor()))
     }
 
     fn start_inner(mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> TestServer {

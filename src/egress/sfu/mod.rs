@@ -669,6 +669,41 @@ pub fn build_viewer_rtc(
     (rtc, creds)
 }
 
+/// Answer a viewer's SDP `offer` straight into `core` as viewer `id` of `stream`, with a host
+/// candidate at `local` and video of H.264 `profile_idc`: what [`SfuHandle::create_session`] does
+/// for a worker, without registry, admission or signaling. For the SFU's in-process unit tests
+/// and benches; returns the answer SDP. Panics on an offer the SFU cannot answer.
+#[doc(hidden)]
+pub fn answer_in_process(
+    core: &mut worker::WorkerCore,
+    cert: &str0m::config::DtlsCert,
+    (id, stream): (u64, &str),
+    offer: &str,
+    local: SocketAddr,
+    profile_idc: Option<u8>,
+    now: Instant,
+) -> String {
+    let parsed = str0m::change::SdpOffer::from_sdp_string(offer).expect("offer parses");
+    let (mut rtc, creds) = build_viewer_rtc(cert, now, None);
+    rtc.add_local_candidate(str0m::Candidate::host(local, "udp").expect("host candidate"));
+    let answer = rtc.sdp_api().accept_offer(parsed).expect("offer accepted");
+    let video = choose_video(&rtc, &offer::mids(offer), profile_idc).expect("H.264 negotiated");
+    core.add_viewer(
+        NewViewer {
+            id,
+            stream: Arc::from(stream),
+            rtc,
+            video,
+            audio: None,
+            ufrag: creds.ufrag,
+            bwe: false,
+            slot: None,
+        },
+        now,
+    );
+    answer.to_sdp_string()
+}
+
 /// Bind worker `i`'s ICE-TCP port and start its listener thread; the candidate addresses, or
 /// none (logged) when the port cannot be bound.
 fn start_ice_tcp(

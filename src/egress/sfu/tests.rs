@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use str0m::change::SdpAnswer;
-use str0m::media::{Direction, MediaKind};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::net::Protocol;
+use str0m::{Event, Input};
+use testkit::peer::{Peer, Role};
 
 use super::packetizer::H264Packetizer;
-use super::session::choose_video;
 use super::worker::{stun_local_ufrag, Timing, WorkerCore};
 use super::*;
 use crate::webrtc::offer::mids as offer_mids;
@@ -27,27 +25,27 @@ fn cert() -> str0m::config::DtlsCert {
         .unwrap()
 }
 
+/// A viewer: testkit's str0m peer on an in-memory link, and what it received.
 struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
+    peer: Peer,
     frames: Vec<(bool, Arc<[u8]>, Instant)>,
     connected_at: Option<Instant>,
     mid: str0m::media::Mid,
 }
 
 impl Client {
+    /// Drain the peer: its transmits go to `to_sfu`, from its own address.
     fn poll(&mut self, now: Instant, to_sfu: &mut Vec<(SocketAddr, Vec<u8>)>) {
-        loop {
-            match self.rtc.poll_output().unwrap() {
-                Output::Timeout(_) => return,
-                Output::Transmit(t) => to_sfu.push((self.addr, t.contents.into())),
-                Output::Event(Event::Connected) => self.connected_at = Some(now),
-                Output::Event(Event::MediaData(m)) => {
-                    self.frames.push((m.is_keyframe(), m.data.clone(), now))
-                }
-                Output::Event(_) => {}
-            }
-        }
+        let (frames, connected_at) = (&mut self.frames, &mut self.connected_at);
+        self.peer
+            .poll(|_, e| match e {
+                Event::Connected => *connected_at = Some(now),
+                Event::MediaData(m) => frames.push((m.is_keyframe(), m.data.clone(), now)),
+                _ => {}
+            })
+            .unwrap();
+        let from = self.peer.local;
+        to_sfu.extend(self.peer.take_outbox().into_iter().map(|(_, d)| (from, d)));
     }
 }
 
@@ -60,40 +58,18 @@ fn join(
     now: Instant,
 ) -> (Client, u64) {
     let addr: SocketAddr = format!("10.0.0.2:{}", 5000 + n).parse().unwrap();
-    let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).build(now);
-    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-    let mut api = rtc.sdp_api();
-    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-    let (offer, pending) = api.apply().unwrap();
-    let offer_s = offer.to_sdp_string();
-
-    let (mut srtc, creds) = build_viewer_rtc(cert, now, None);
-    srtc.add_local_candidate(Candidate::host(SFU.parse().unwrap(), "udp").unwrap());
-    let answer = srtc.sdp_api().accept_offer(offer).unwrap();
-    let video = choose_video(&srtc, &offer_mids(&offer_s), Some(0x42)).expect("H.264 negotiated");
-    let answer = SdpAnswer::from_sdp_string(&answer.to_sdp_string()).unwrap();
-    rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    let offered = Peer::offer_in_memory(&Role::viewer().video_only(), addr, now, None);
+    let mid = str0m::media::Mid::from(offer_mids(&offered.sdp)[0].as_str());
     let id = 1000 + n as u64;
-    core.add_viewer(
-        NewViewer {
-            id,
-            stream: Arc::from(stream),
-            rtc: srtc,
-            video,
-            audio: None,
-            ufrag: creds.ufrag,
-            bwe: false,
-            slot: None,
-        },
-        now,
-    );
+    let sfu = SFU.parse().unwrap();
+    let answer = answer_in_process(core, cert, (id, stream), &offered.sdp, sfu, Some(0x42), now);
+    let peer = offered.accept(&answer);
     (
         Client {
-            rtc,
-            addr,
+            peer,
             frames: Vec::new(),
             connected_at: None,
-            mid: str0m::media::Mid::from(offer_mids(&offer_s)[0].as_str()),
+            mid,
         },
         id,
     )
@@ -104,7 +80,7 @@ fn step(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mut Instant, s
     *now += step;
     let mut to_sfu = Vec::new();
     for c in clients.iter_mut() {
-        c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        c.peer.rtc.handle_input(Input::Timeout(*now)).unwrap();
         c.poll(*now, &mut to_sfu);
     }
     for (src, data) in to_sfu {
@@ -113,9 +89,8 @@ fn step(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mut Instant, s
     core.on_timers(*now);
     let out = std::mem::take(&mut core.out);
     for o in out {
-        if let Some(c) = clients.iter_mut().find(|c| c.addr == o.dst) {
-            let r = Receive::new(Protocol::Udp, SFU.parse().unwrap(), o.dst, &o.data).unwrap();
-            c.rtc.handle_input(Input::Receive(*now, r)).unwrap();
+        if let Some(c) = clients.iter_mut().find(|c| c.peer.local == o.dst) {
+            c.peer.receive(*now, SFU.parse().unwrap(), &o.data);
             let mut back = Vec::new();
             c.poll(*now, &mut back);
             for (src, data) in back {
@@ -284,7 +259,7 @@ fn viewers_connect_get_the_gop_at_once_and_share_payloads() {
     assert!(per_viewer > 1);
     assert_eq!(
         runs,
-        [&a, &b, &c].map(|c| (c.addr, per_viewer)),
+        [&a, &b, &c].map(|c| (c.peer.local, per_viewer)),
         "{:?}",
         core.out
             .iter()
@@ -358,7 +333,8 @@ fn pli_is_answered_from_cache_rate_limited_and_viewers_time_out() {
     // Two PLIs in a row: one answer (the cached GOP again), the second waits for the interval.
     let mid = a.mid;
     for _ in 0..2 {
-        a.rtc
+        a.peer
+            .rtc
             .writer(mid)
             .unwrap()
             .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
@@ -381,7 +357,8 @@ fn pli_is_answered_from_cache_rate_limited_and_viewers_time_out() {
     }
     if !pli_wait {
         // str0m's client throttled the second PLI; ask again after the interval.
-        a.rtc
+        a.peer
+            .rtc
             .writer(mid)
             .unwrap()
             .request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
@@ -452,7 +429,7 @@ fn garbage_and_bad_stun_disturb_no_one() {
         &[0x00, 0x01],
     ] {
         core.on_datagram(evil, junk, now);
-        core.on_datagram(a.addr, junk, now); // junk from the viewer's own address
+        core.on_datagram(a.peer.local, junk, now); // junk from the viewer's own address
     }
     assert!(core_unknown(&core) >= unknown_before + 6);
     let n = a.frames.len();
@@ -495,7 +472,7 @@ fn step_prioritized(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mu
     *now += Duration::from_millis(10);
     let mut to_sfu = Vec::new();
     for c in clients.iter_mut() {
-        c.rtc.handle_input(Input::Timeout(*now)).unwrap();
+        c.peer.rtc.handle_input(Input::Timeout(*now)).unwrap();
         c.poll(*now, &mut to_sfu);
     }
     for (src, data) in to_sfu {
@@ -504,9 +481,8 @@ fn step_prioritized(core: &mut WorkerCore, clients: &mut [&mut Client], now: &mu
     core.on_timers(*now);
     core.run_handshakes(Duration::from_secs(1));
     for o in std::mem::take(&mut core.out) {
-        if let Some(c) = clients.iter_mut().find(|c| c.addr == o.dst) {
-            let r = Receive::new(Protocol::Udp, SFU.parse().unwrap(), o.dst, &o.data).unwrap();
-            c.rtc.handle_input(Input::Receive(*now, r)).unwrap();
+        if let Some(c) = clients.iter_mut().find(|c| c.peer.local == o.dst) {
+            c.peer.receive(*now, SFU.parse().unwrap(), &o.data);
         }
     }
 }
@@ -533,7 +509,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
         .collect();
     let mut first = Vec::new();
     for j in joiners.iter_mut() {
-        j.rtc.handle_input(Input::Timeout(now)).unwrap();
+        j.peer.rtc.handle_input(Input::Timeout(now)).unwrap();
         j.poll(now, &mut first);
     }
     assert!(!first.is_empty());
@@ -551,7 +527,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
     let mut answered = false;
     for _ in 0..3000 {
         now += Duration::from_millis(10);
-        a.rtc.handle_input(Input::Timeout(now)).unwrap();
+        a.peer.rtc.handle_input(Input::Timeout(now)).unwrap();
         let mut from_a = Vec::new();
         a.poll(now, &mut from_a);
         for (src, data) in from_a {
@@ -559,13 +535,13 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
             core.on_packet_prioritized(Protocol::Udp, src, &data, now, None);
             if stun {
                 assert!(
-                    core.out.iter().any(|o| o.dst == a.addr),
+                    core.out.iter().any(|o| o.dst == a.peer.local),
                     "A's binding request answered in the same call"
                 );
                 answered = true;
             }
         }
-        core.out.retain(|o| o.dst != a.addr);
+        core.out.retain(|o| o.dst != a.peer.local);
         if answered {
             break;
         }
@@ -576,7 +552,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
     assert!(!core.run_handshakes(Duration::from_secs(1)));
     assert!(joiners
         .iter()
-        .all(|j| core.out.iter().any(|o| o.dst == j.addr)));
+        .all(|j| core.out.iter().any(|o| o.dst == j.peer.local)));
     for _ in 0..400 {
         if joiners.iter().all(|j| j.connected_at.is_some()) {
             break;
