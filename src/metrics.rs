@@ -18,6 +18,20 @@ use crate::egress::hls::store::HlsStore;
 use crate::egress::push::PushEngine;
 use crate::media::{Registry, StreamState};
 
+/// A counter holding `v`: the render functions snapshot atomics into fresh metrics.
+pub(crate) fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+/// A gauge holding `v` (see [`counter`]).
+pub(crate) fn gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
 pub struct Metrics {
     pub rtmp_connections: AtomicU64,
     pub rtmp_connections_open: AtomicI64,
@@ -105,16 +119,6 @@ impl Metrics {
         sfu: Option<&crate::egress::sfu::SfuHandle>,
     ) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
-        let counter = |v: u64| {
-            let c: Counter = Counter::default();
-            c.inc_by(v);
-            c
-        };
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
         r.register(
             "rtmp_connections",
@@ -295,19 +299,15 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         "Packets of sessions still connecting dropped because the worker's handshake queue was full",
         hs_dropped,
     );
-    let pending: Gauge = Gauge::default();
-    pending.set(sfu.admission.pending() as i64);
     r.register(
         "sfu_sessions_pending",
         "WebRTC sessions answered and not yet connected (ICE + DTLS)",
-        pending,
+        gauge(sfu.admission.pending() as i64),
     );
-    let slots: Gauge = Gauge::default();
-    slots.set(sfu.admission.viewer_slots() as i64);
     r.register(
         "sfu_viewer_slots",
         "Viewer slots taken (connected and connecting), out of sfu.max_viewers",
-        slots,
+        gauge(sfu.admission.viewer_slots() as i64),
     );
     let refused = Family::<Vec<(String, String)>, Counter>::default();
     for (reason, n) in sfu.admission.refusals() {
@@ -345,24 +345,19 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         switches,
     );
     let rs = &sfu.router_shared;
-    let c = |v: u64| {
-        let c: Counter = Counter::default();
-        c.inc_by(v);
-        c
-    };
     r.register(
         "sfu_router_frames",
         "Frames packetized for WebRTC",
-        c(ld(&rs.frames)),
+        counter(ld(&rs.frames)),
     );
     r.register(
         "sfu_router_packets",
         "RTP packets made (once per stream)",
-        c(ld(&rs.packets)),
+        counter(ld(&rs.packets)),
     );
     r.register(
         "sfu_router_frames_dropped",
         "Frames a worker queue had no room for",
-        c(ld(&rs.frames_dropped)),
+        counter(ld(&rs.frames_dropped)),
     );
 }

@@ -39,7 +39,6 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,7 +46,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{counter, gauge, Metrics};
 
 /// The effective limits of the listener (config plus the open-files ceiling).
 #[derive(Clone, Debug, PartialEq)]
@@ -108,16 +107,6 @@ pub struct HttpStats {
 impl HttpStats {
     pub fn encode(&self, r: &mut PromRegistry) {
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let counter = |v: u64| {
-            let c: Counter = Counter::default();
-            c.inc_by(v);
-            c
-        };
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
         r.register(
             "http_connections",
             "HTTP connections accepted",

@@ -95,13 +95,18 @@ impl Encoder {
         .map(drop)
     }
 
-    /// As [`Encoder::encode_float`], for 16-bit samples.
-    pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, Error> {
-        if !pcm.len().is_multiple_of(self.channels) || out.is_empty() {
+    /// Samples per channel in `pcm` and the room in `out`, as libopus takes them.
+    fn sizes(&self, samples: usize, out: &[u8]) -> Result<(i32, i32), Error> {
+        if !samples.is_multiple_of(self.channels) || out.is_empty() {
             return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
         }
-        let frame = (pcm.len() / self.channels) as i32;
-        let cap = out.len().min(i32::MAX as usize) as i32;
+        let frame = (samples / self.channels).min(i32::MAX as usize) as i32;
+        Ok((frame, out.len().min(i32::MAX as usize) as i32))
+    }
+
+    /// As [`Encoder::encode_float`], for 16-bit samples.
+    pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, Error> {
+        let (frame, cap) = self.sizes(pcm.len(), out)?;
         // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
         check(unsafe {
             unsafe_ffi::opus_encode(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap)
@@ -110,11 +115,7 @@ impl Encoder {
 
     /// Encode one frame of interleaved samples (2.5–60 ms at 48 kHz) into `out`; returns its size.
     pub fn encode_float(&mut self, pcm: &[f32], out: &mut [u8]) -> Result<usize, Error> {
-        if !pcm.len().is_multiple_of(self.channels) || out.is_empty() {
-            return Err(Error(unsafe_ffi::OPUS_BAD_ARG));
-        }
-        let frame = (pcm.len() / self.channels) as i32;
-        let cap = out.len().min(i32::MAX as usize) as i32;
+        let (frame, cap) = self.sizes(pcm.len(), out)?;
         // SAFETY: `pcm` holds `frame * channels` samples and `out` `cap` bytes.
         check(unsafe {
             unsafe_ffi::opus_encode_float(self.st, pcm.as_ptr(), frame, out.as_mut_ptr(), cap)
