@@ -207,14 +207,79 @@ pub struct DestinationConfig {
     pub max_retries: Option<u32>,
 }
 
+/// Most SFU workers one node runs.
+pub const MAX_WORKERS: usize = 256;
+
+/// `sfu.workers`: `"auto"` or a count (`workers = 4`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workers {
+    /// Sized from the cores the process may use (see [`Workers::resolve`]).
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Workers {
+    /// The worker count on a process that may use `cores` cores. `Auto` leaves one core to the
+    /// LL-HLS packager, the RTMP push engine, the SFU router and the HTTP control plane, and
+    /// gives the rest to WebRTC: `cores − 1` from 2 cores up, 1 on one core, at most 256. Each
+    /// worker only takes CPU in proportion to its viewers, and admission (`admit_max_busy_pct`)
+    /// keeps 15 % of each worker's core free, so the shared core is not starved.
+    pub fn resolve(self, cores: usize) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => cores.saturating_sub(1).clamp(1, MAX_WORKERS),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a worker count")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Workers, E> {
+                match s {
+                    "auto" => Ok(Workers::Auto),
+                    _ => Err(E::custom(format!(
+                        "sfu.workers: expected \"auto\" or a number, not \"{s}\""
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Workers, E> {
+                Ok(Workers::Count(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
+                usize::try_from(n)
+                    .map(Workers::Count)
+                    .map_err(|_| E::custom("sfu.workers must be \"auto\" or within 1..=256"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `[sfu]`: the WebRTC workers that serve WHEP viewers.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SfuConfig {
     /// Serve WebRTC (WHEP) at all.
     pub enabled: bool,
-    /// Worker threads, one UDP port each (`port_base + i`), each pinned to a core.
-    pub workers: usize,
+    /// Worker threads, one UDP port each (`port_base + i`), each pinned to a core: `"auto"`
+    /// (default, see [`Workers::resolve`]) or a count.
+    pub workers: Workers,
     /// First core to pin workers to (worker i gets core `core_base + i`); -1 leaves them unpinned.
     pub core_base: i64,
     /// Address the worker sockets bind to.
@@ -279,7 +344,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            workers: 1,
+            workers: Workers::Auto,
             core_base: -1,
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             port_base: 8189,
@@ -307,11 +372,19 @@ impl Default for SfuConfig {
 }
 
 impl SfuConfig {
+    /// How many workers this process runs: `workers` resolved against the cores it may use.
+    pub fn worker_count(&self) -> usize {
+        self.workers.resolve(crate::affinity::usable_cores())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.workers == 0 || self.workers > 256 {
-            return Err("config: sfu.workers must be within 1..=256".into());
+        if let Workers::Count(n) = self.workers {
+            if n == 0 || n > MAX_WORKERS {
+                return Err("config: sfu.workers must be \"auto\" or within 1..=256".into());
+            }
         }
-        if self.port_base != 0 && self.port_base as usize + self.workers > 65_536 {
+        let workers = self.worker_count();
+        if self.port_base != 0 && self.port_base as usize + workers > 65_536 {
             return Err("config: sfu.port_base + sfu.workers must stay below 65536".into());
         }
         if !["auto", "uring", "epoll"].contains(&self.io.as_str()) {
@@ -355,7 +428,7 @@ impl SfuConfig {
         if !(256..=1_400).contains(&self.rtp_payload_max) {
             return Err("config: sfu.rtp_payload_max must be within 256..=1400".into());
         }
-        if self.ice_tcp_port_base != 0 && self.ice_tcp_port_base as usize + self.workers > 65_536 {
+        if self.ice_tcp_port_base != 0 && self.ice_tcp_port_base as usize + workers > 65_536 {
             return Err("config: sfu.ice_tcp_port_base + sfu.workers must stay below 65536".into());
         }
         if self.ice_tcp_max_connections == 0 {
@@ -726,7 +799,7 @@ mod tests {
     #[test]
     fn sfu_section() {
         let c = Config::from_toml("").unwrap();
-        assert_eq!(c.sfu.workers, 1);
+        assert_eq!(c.sfu.workers, Workers::Auto);
         assert_eq!(c.sfu.port_base, 8189);
         assert_eq!(c.sfu.io, "epoll");
         assert!(c.sfu.gso);
@@ -735,8 +808,24 @@ mod tests {
              ice_servers = [\"stun:stun.example.net:3478\"]\n",
         )
         .unwrap();
-        assert_eq!(c.sfu.workers, 2);
+        assert_eq!(c.sfu.workers, Workers::Count(2));
+        assert_eq!(c.sfu.worker_count(), 2);
         assert_eq!(c.sfu.advertise.len(), 1);
+        let auto = Config::from_toml("[sfu]\nworkers = \"auto\"\n")
+            .unwrap()
+            .sfu;
+        assert_eq!(auto.workers, Workers::Auto);
+        assert_eq!(
+            auto.worker_count(),
+            Workers::Auto.resolve(crate::affinity::usable_cores())
+        );
+        // The rule: one core left to the packager, push and HTTP from 2 cores up.
+        let rule: Vec<usize> = [1, 2, 3, 16, 1000].map(|c| Workers::Auto.resolve(c)).into();
+        assert_eq!(rule, [1, 1, 2, 15, 256]);
+        assert_eq!(Workers::Count(7).resolve(2), 7);
+        // check-config prints it back as it was written.
+        let printed = toml::to_string(&auto).unwrap();
+        assert!(printed.contains("workers = \"auto\""), "{printed}");
         assert!(!Config::from_toml("[sfu]\ngso = false\n").unwrap().sfu.gso);
         let d = Config::from_toml("").unwrap().sfu;
         assert_eq!(
@@ -752,6 +841,9 @@ mod tests {
             "[sfu]\nsocket_recv_buffer = 1000\n",
             "[sfu]\nsocket_send_buffer = 1000000000\n",
             "[sfu]\nworkers = 0\n",
+            "[sfu]\nworkers = 257\n",
+            "[sfu]\nworkers = -1\n",
+            "[sfu]\nworkers = \"all\"\n",
             "[sfu]\ngso = \"on\"\n",
             "[sfu]\nio = \"kqueue\"\n",
             "[sfu]\nadvertise = [\"0.0.0.0\"]\n",

@@ -4,6 +4,7 @@
 pub mod affinity;
 pub mod app;
 pub mod config;
+pub mod doctor;
 pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,4 +1,4 @@
-//! The `deltacast` binary: CLI parsing, logging, then `app::run`.
+//! The `deltacast` binary: CLI parsing, logging, then `app::run` (or `check-config`, `doctor`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +28,14 @@ enum Cmd {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Compare this node with tuning/'s advice (sysctls, descriptors, CPU governor, IRQ/RPS
+    /// spread, UDP GSO/GRO, io_uring, cores against sfu.workers) for the config it will run.
+    /// Exit 0 when nothing differs, 1 otherwise.
+    Doctor {
+        /// The config the node runs (default: the built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -102,6 +110,13 @@ fn main() {
                 }
             }
         }
+        Cmd::Doctor { config } => match load(config.as_ref()) {
+            Ok(c) => std::process::exit(deltacast::doctor::run(&c)),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
         Cmd::Serve(a) => {
             let mut cfg = match load(a.config.as_ref()) {
                 Ok(c) => c,

@@ -16,7 +16,7 @@ use testkit::{Ffmpeg, Server};
 
 fn config(sfu_extra: &str) -> String {
     format!(
-        "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
+        "[sfu]\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
          [[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n"
     )
 }

@@ -14,7 +14,7 @@ use testkit::{Ffmpeg, Server};
 
 fn config(io: &str) -> String {
     format!(
-        "[sfu]\nio = \"{io}\"\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 5000\n\
+        "[sfu]\nio = \"{io}\"\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 5000\n\
          ice_servers = [\"stun:stun.example.net:3478\"]\n\n\
          [[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n\n\
          [[streams]]\nname = \"later\"\nkeys = [\"laterkey\"]\n"
@@ -305,7 +305,7 @@ fn second_viewer(io: &'static str) {
 /// 4 viewers land 2 and 2 on the two workers' ports) and every one of them plays.
 #[test]
 fn viewers_spread_over_two_workers_and_all_play() {
-    let cfg = config("epoll").replace("[sfu]\n", "[sfu]\nworkers = 2\n");
+    let cfg = config("epoll").replace("workers = 1\n", "workers = 2\n");
     let server = Server::start("whep-2workers", &cfg);
     let http = server.http;
     let _ff = Ffmpeg::publish("whep-2workers", &server.rtmp_url("showkey"));

@@ -17,7 +17,7 @@ use testkit::{ffprobe_count_frames, free_port, probe_stream, require_tool, Serve
 
 fn config(io: &str, ice_tcp_port: u16) -> String {
     format!(
-        "[sfu]\nio = \"{io}\"\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = {ice_tcp_port}\n\
+        "[sfu]\nio = \"{io}\"\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = {ice_tcp_port}\n\
          idle_timeout_ms = 3000\nconnect_timeout_ms = 5000\n\n\
          [[streams]]\nname = \"live\"\nkeys = [\"livekey\"]\n\n\
          [[streams]]\nname = \"other\"\nkeys = [\"otherkey\"]\n"

@@ -239,6 +239,14 @@ pub fn select(
     }
 }
 
+/// Whether the io_uring driver can be set up on this node: the constructor [`select`] tries for
+/// `auto` and `uring` (ring, `IORING_FEAT_EXT_ARG`, posted receives), on a throwaway loopback
+/// socket. `deltacast doctor` asks this, so it reports what the workers would find.
+pub fn uring_available() -> std::io::Result<()> {
+    let sock = UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    uring::UringDriver::new(sock, false).map(drop)
+}
+
 /// Most segments per GSO message: the kernel's `UDP_MAX_SEGMENTS` (64; newer kernels allow more).
 pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 /// Most payload bytes per GSO message: what one IPv4 datagram can carry (65535 − 20 − 8).
@@ -246,7 +254,7 @@ pub(crate) const GSO_MAX_BYTES: usize = 65_507;
 
 /// Whether the kernel knows `UDP_SEGMENT` on this socket (Linux 4.18+). A device that cannot
 /// segment is only found out by sending; the drivers handle that ([`is_gso_refusal`]).
-pub(crate) fn gso_supported(socket: &UdpSocket) -> bool {
+pub fn gso_supported(socket: &UdpSocket) -> bool {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`.
@@ -257,6 +265,24 @@ pub(crate) fn gso_supported(socket: &UdpSocket) -> bool {
             libc::UDP_SEGMENT,
             &mut v as *mut _ as *mut libc::c_void,
             &mut len,
+        )
+    };
+    r == 0
+}
+
+/// Whether the kernel accepts `UDP_GRO` on this socket (Linux 5.0+: it may coalesce a run of
+/// datagrams from one sender into one receive). The drivers do not use it; `deltacast doctor`
+/// reports it for receive-heavy nodes (load generators).
+pub fn gro_supported(socket: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `on`.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     r == 0

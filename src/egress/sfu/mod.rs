@@ -327,8 +327,25 @@ impl SfuHandle {
             .context("generating the DTLS certificate")?;
         let requested: IoRequest = cfg.io.parse().map_err(anyhow::Error::msg)?;
         let sessions = Arc::new(SessionTable::default());
-        let mut workers = Vec::with_capacity(cfg.workers);
-        for i in 0..cfg.workers {
+        let cores = crate::affinity::usable_cores();
+        let count = cfg.workers.resolve(cores);
+        match cfg.workers {
+            crate::config::Workers::Auto => tracing::info!(
+                cores,
+                workers = count,
+                "SFU workers: sfu.workers = \"auto\": one per usable core but one (left to the \
+                 LL-HLS packager, RTMP push and HTTP), at least 1"
+            ),
+            crate::config::Workers::Count(_) => {
+                tracing::info!(
+                    cores,
+                    workers = count,
+                    "SFU workers: sfu.workers from the config"
+                )
+            }
+        }
+        let mut workers = Vec::with_capacity(count);
+        for i in 0..count {
             let port = if cfg.port_base == 0 {
                 0
             } else {

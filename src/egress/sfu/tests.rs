@@ -567,7 +567,7 @@ fn joined_viewers_input_is_served_before_queued_handshakes() {
 fn admission_skips_busy_workers_and_refuses_when_every_worker_is_busy() {
     use crate::webrtc::admission::{Refusal, SlotKind};
     let cfg = crate::config::SfuConfig {
-        workers: 2,
+        workers: crate::config::Workers::Count(2),
         port_base: 0,
         ice_tcp_port_base: 0,
         bind_ip: "127.0.0.1".parse().unwrap(),
