@@ -264,7 +264,11 @@ pub fn check(node: &Node, probes: &Probes, cfg: &Config, advice: &[SysctlAdvice]
 
     for a in advice {
         out.push(match node.read(&a.proc_path()) {
-            Some(found) => finding(ok_if(a.met_by(&found)), &a.key, found, a.advised(), &a.why),
+            Some(found) => {
+                // `ip_local_port_range` reads "1024\t65535".
+                let found = found.split_whitespace().collect::<Vec<_>>().join(" ");
+                finding(ok_if(a.met_by(&found)), &a.key, found, a.advised(), &a.why)
+            }
             None => finding(
                 Status::NotExposed,
                 &a.key,
@@ -358,7 +362,7 @@ pub fn check(node: &Node, probes: &Probes, cfg: &Config, advice: &[SysctlAdvice]
             "UDP GSO (UDP_SEGMENT)",
             "supported".into(),
             "supported".into(),
-            "a frame's packets to one viewer leave in one send instead of one syscall path each",
+            "a frame's packets to one viewer go through the UDP stack once, as one send",
         )
     } else {
         finding(
