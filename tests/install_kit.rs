@@ -51,16 +51,35 @@ fn install_stages_the_kit_and_check_passes() {
     let root = workspace_root();
     for (installed, source) in [
         ("usr/bin/deltacast", deltacast_bin()),
-        ("etc/deltacast/deltacast.toml", root.join("tuning/deltacast.toml")),
-        ("etc/systemd/system/deltacast.service", root.join("tuning/deltacast.service")),
-        ("etc/sysctl.d/60-deltacast.conf", root.join("tuning/sysctl-deltacast.conf")),
-        ("usr/share/doc/deltacast/TUNING.md", root.join("tuning/README.md")),
+        (
+            "etc/deltacast/deltacast.toml",
+            root.join("tuning/deltacast.toml"),
+        ),
+        (
+            "etc/systemd/system/deltacast.service",
+            root.join("tuning/deltacast.service"),
+        ),
+        (
+            "etc/sysctl.d/60-deltacast.conf",
+            root.join("tuning/sysctl-deltacast.conf"),
+        ),
+        (
+            "usr/share/doc/deltacast/TUNING.md",
+            root.join("tuning/README.md"),
+        ),
     ] {
         let got = std::fs::read(d.join(installed)).unwrap_or_else(|e| panic!("{installed}: {e}"));
-        assert!(got == std::fs::read(&source).unwrap(), "{installed} differs from {}", source.display());
+        assert!(
+            got == std::fs::read(&source).unwrap(),
+            "{installed} differs from {}",
+            source.display()
+        );
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(d.join("usr/bin/deltacast")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(d.join("usr/bin/deltacast"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
 
     // The whole tree checks out: files current, config valid, unit verified.
@@ -69,12 +88,18 @@ fn install_stages_the_kit_and_check_passes() {
 
     // An edited config survives a re-install; a changed drop-in is found by --check.
     let cfg = d.join("etc/deltacast/deltacast.toml");
-    let edited = std::fs::read_to_string(&cfg).unwrap().replace("change-me", "s3cret");
+    let edited = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("change-me", "s3cret");
     std::fs::write(&cfg, &edited).unwrap();
     let (ok, out) = install(d, &["--bin", deltacast_bin().to_str().unwrap()]);
     assert!(ok && out.contains("kept"), "{out}");
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), edited);
-    std::fs::write(d.join("etc/sysctl.d/60-deltacast.conf"), "net.core.rmem_max = 1\n").unwrap();
+    std::fs::write(
+        d.join("etc/sysctl.d/60-deltacast.conf"),
+        "net.core.rmem_max = 1\n",
+    )
+    .unwrap();
     let (ok, out) = install(d, &["--check"]);
     assert!(!ok && out.contains("60-deltacast.conf"), "{out}");
 }
@@ -94,7 +119,11 @@ fn check_fails_on_a_bad_config_or_unit() {
     // systemd-analyze only warns about an unknown key: --check must still fail.
     let unit = d.join("etc/systemd/system/deltacast.service");
     let text = std::fs::read_to_string(&unit).unwrap();
-    std::fs::write(&unit, text.replace("LimitNOFILE=1048576", "LimitNOFILE=lots\nRestartt=always")).unwrap();
+    std::fs::write(
+        &unit,
+        text.replace("LimitNOFILE=1048576", "LimitNOFILE=lots\nRestartt=always"),
+    )
+    .unwrap();
     let (ok, out) = install(d, &["--check"]);
     assert!(!ok && out.contains("systemd-analyze verify"), "{out}");
     assert!(out.contains("Restartt"), "{out}");
@@ -123,7 +152,10 @@ fn unit_runs_the_relay_hardened() {
 fn doctor_reports_every_check() {
     let cfg = workspace_root().join("tuning/deltacast.toml");
     let (status, out, err) = run_bounded(
-        Command::new(deltacast_bin()).arg("doctor").arg("--config").arg(&cfg),
+        Command::new(deltacast_bin())
+            .arg("doctor")
+            .arg("--config")
+            .arg(&cfg),
         Duration::from_secs(30),
     );
     for name in [
@@ -142,16 +174,26 @@ fn doctor_reports_every_check() {
         "kernel.io_uring_disabled",
         "sfu.workers vs cores",
     ] {
-        assert!(out.contains(name), "doctor did not report {name:?}:\n{out}{err}");
+        assert!(
+            out.contains(name),
+            "doctor did not report {name:?}:\n{out}{err}"
+        );
     }
     let differs = out.lines().any(|l| l.starts_with("DIFFERS"));
-    assert_eq!(status.code(), Some(i32::from(differs)), "exit status vs findings:\n{out}{err}");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(differs)),
+        "exit status vs findings:\n{out}{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[sfu]\nworkers = 0\n").unwrap();
     let (status, out, err) = run_bounded(
-        Command::new(deltacast_bin()).arg("doctor").arg("--config").arg(&bad),
+        Command::new(deltacast_bin())
+            .arg("doctor")
+            .arg("--config")
+            .arg(&bad),
         Duration::from_secs(30),
     );
     assert_eq!(status.code(), Some(2), "{out}{err}");
