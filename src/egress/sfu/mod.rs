@@ -97,6 +97,8 @@ pub enum ControlMsg {
     Add(Box<NewViewer>),
     /// A WHIP publisher's peer (see [`publish`]).
     AddPublisher(Box<Peer<crate::ingest::whip::WhipPublisher>>),
+    /// An edge pull's subscriber peer (see [`publish`]).
+    AddUpstream(Box<Peer<crate::ingest::whep_pull::UpstreamSubscriber>>),
     Remove(u64),
     Shutdown,
 }
