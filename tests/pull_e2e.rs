@@ -1,0 +1,234 @@
+//! Edge pull end to end (issue 11): two real `deltacast` processes on 127.0.0.1. A (the
+//! origin) gets ffmpeg's RTMP; B has `[[streams]] pull` pointing at A's WHEP URL. B's WHEP
+//! viewers receive H.264 keyframes and Opus through one session on A; a viewer's keyframe
+//! request on B reaches A; B's LL-HLS packager sees a local stream; B stops pulling `linger`
+//! after its last viewer; two nodes pulling from each other get 508 with no runaway; and a
+//! viewer on B keeps playing, without reconnecting, across a kill -9 and restart of A.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::media::KeyframeRequestKind;
+use testkit::webrtc::{mid_of, WhepClient};
+use testkit::{free_port, request, Ffmpeg, Server};
+
+const SFU: &str = "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 10000\n";
+
+fn origin_toml() -> String {
+    format!("{SFU}\n[[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n")
+}
+
+fn edge_toml(origin: SocketAddr, linger_ms: u64) -> String {
+    format!(
+        "{SFU}\n[pull]\nlinger_ms = {linger_ms}\n\n\
+         [[streams]]\nname = \"show\"\npull = \"http://{origin}/whep/show\"\n"
+    )
+}
+
+/// An origin with ffmpeg publishing "show" and a first segment closed.
+fn origin(label: &str) -> (Server, Ffmpeg) {
+    let a = Server::start(&format!("pull-{label}-origin"), &origin_toml());
+    let ff = Ffmpeg::publish(&format!("pull-{label}"), &a.rtmp_url("showkey"));
+    a.wait_state("show", "publishing", Duration::from_secs(15));
+    a.wait_segments("show", 1, Duration::from_secs(20));
+    (a, ff)
+}
+
+/// A WHEP viewer of "show" on `http` that got a keyframe and Opus.
+fn viewer(http: SocketAddr, what: &str) -> WhepClient {
+    let mut v = WhepClient::connect(http, "show").unwrap_or_else(|r| {
+        panic!("{what}: POST /whep/show: {} {}", r.status, r.text())
+    });
+    let ok = v.run(Duration::from_secs(15), |s| {
+        s.first_keyframe().is_some() && s.audio_frames >= 10
+    });
+    assert!(
+        ok,
+        "{what}: no keyframe + Opus: frames {} keyframes {} audio {} connected {:?}",
+        v.frames.len(),
+        v.keyframes(),
+        v.audio_frames,
+        v.connected_at
+    );
+    v
+}
+
+fn webrtc_viewers(s: &Server) -> u64 {
+    s.api_stream("show")
+        .and_then(|j| j["viewers"]["webrtc"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Keep viewers' ICE consent and media flowing while the test waits.
+fn drive(vs: &mut [WhepClient], for_: Duration) {
+    let deadline = Instant::now() + for_;
+    while Instant::now() < deadline {
+        for v in vs.iter_mut() {
+            v.run(Duration::from_millis(50), |_| false);
+        }
+    }
+}
+
+#[test]
+fn edge_viewers_share_one_upstream_session_keyframes_and_hls() {
+    let (a, _ff) = origin("share");
+    let b = Server::start("pull-share-edge", &edge_toml(a.http, 10_000));
+
+    // Three viewers on B: each gets H.264 (a keyframe first) and Opus.
+    let mut vs = Vec::new();
+    for i in 0..3 {
+        let v = viewer(b.http, &format!("edge viewer {i}"));
+        assert!(v.frames[0].keyframe, "viewer {i}: the first frame is a keyframe");
+        vs.push(v);
+        drive(&mut vs, Duration::from_millis(200));
+    }
+    drive(&mut vs, Duration::from_secs(1));
+    assert_eq!(webrtc_viewers(&b), 3, "B serves the three viewers");
+    assert_eq!(
+        webrtc_viewers(&a),
+        1,
+        "A sees one session (the pull) for three viewers on B"
+    );
+    let sj = b.api_stream("show").expect("B knows the stream");
+    assert_eq!(sj["source"], "pull", "B's API names the pull: {sj}");
+    assert_eq!(sj["state"], "publishing", "{sj}");
+    assert_eq!(b.metric("deltacast_pull_active"), 1.0);
+    assert!(b.metric("deltacast_pull_bytes_total") > 10_000.0);
+
+    // A keyframe request from a viewer on B reaches A (A answers it) and a keyframe arrives.
+    let before_a = a.metric("deltacast_sfu_keyframe_answers_total");
+    let before_keys = vs[0].keyframes();
+    let mid = mid_of(&vs[0].answer, "video").expect("video mid");
+    vs[0]
+        .peer
+        .rtc
+        .writer(mid)
+        .expect("video writer")
+        .request_keyframe(None, KeyframeRequestKind::Pli)
+        .expect("PLI");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reached = false;
+    while Instant::now() < deadline && !reached {
+        drive(&mut vs, Duration::from_millis(200));
+        reached = a.metric("deltacast_sfu_keyframe_answers_total") > before_a;
+    }
+    assert!(
+        reached,
+        "B's viewer PLI did not reach A (A's keyframe answers stayed at {before_a})\nB:\n{}",
+        b.log_tail(30)
+    );
+    assert!(
+        vs[0].run(Duration::from_secs(5), |s| s.keyframes() > before_keys),
+        "a keyframe follows the PLI on B"
+    );
+
+    // B's LL-HLS packager sees an ordinary local stream.
+    let pl = b.wait_segments("show", 1, Duration::from_secs(20));
+    let seg = pl.segments.last().expect("a segment");
+    let probe = b.probe_segment("show", &pl, seg);
+    let text = probe.to_string();
+    assert!(text.contains("h264"), "B's segment has H.264: {text}");
+    assert!(text.contains("\"audio\""), "B's segment has audio: {text}");
+    drive(&mut vs, Duration::from_millis(200));
+    assert_eq!(webrtc_viewers(&a), 1, "still one session on A");
+}
+
+#[test]
+fn edge_stops_after_linger_and_loops_get_508() {
+    let (a, _ff) = origin("linger");
+    let b = Server::start("pull-linger-edge", &edge_toml(a.http, 1_500));
+    let mut v = viewer(b.http, "edge viewer");
+    assert_eq!(webrtc_viewers(&a), 1, "the pull is A's viewer");
+    let r = request(b.http, "DELETE", &v.location.clone(), &[], b"");
+    assert_eq!(r.status, 200, "DELETE of B's viewer");
+    v.run(Duration::from_millis(100), |_| false);
+    assert!(
+        wait_until(Duration::from_secs(15), || webrtc_viewers(&a) == 0),
+        "A still has the pull's session after B's linger:\n{}",
+        b.log_tail(30)
+    );
+    assert!(wait_until(Duration::from_secs(5), || b.metric("deltacast_pull_active") == 0.0));
+    // A new viewer pulls again.
+    let _v = viewer(b.http, "edge viewer after the linger");
+    assert_eq!(webrtc_viewers(&a), 1);
+
+    // C and D pull "loop" from each other: 508, and both settle with nothing running.
+    let (pc, pd) = (free_port(), free_port());
+    let ac: SocketAddr = format!("127.0.0.1:{pc}").parse().unwrap();
+    let ad: SocketAddr = format!("127.0.0.1:{pd}").parse().unwrap();
+    let loop_toml = |other: SocketAddr| {
+        format!("{SFU}\n[[streams]]\nname = \"loop\"\npull = \"http://{other}/whep/loop\"\n")
+    };
+    let c = Server::start_at("pull-loop-c", ac, &loop_toml(ad));
+    let d = Server::start_at("pull-loop-d", ad, &loop_toml(ac));
+    let o = testkit::webrtc::offer(false);
+    let t0 = Instant::now();
+    let r = request(
+        c.http,
+        "POST",
+        "/whep/loop",
+        &[("Content-Type", "application/sdp")],
+        o.sdp.as_bytes(),
+    );
+    assert_eq!(r.status, 508, "a pull loop: {} {}", r.status, r.text());
+    assert!(t0.elapsed() < Duration::from_secs(10), "refused at once");
+    std::thread::sleep(Duration::from_secs(1));
+    for (n, s) in [("C", &c), ("D", &d)] {
+        assert_eq!(s.metric("deltacast_pull_active"), 0.0, "{n}: no pull left");
+        assert!(
+            s.metric("deltacast_pull_started_total") <= 1.0,
+            "{n}: no runaway pulls"
+        );
+    }
+    // A request that already went through this node is refused by the header alone.
+    let r = request(
+        a.http,
+        "POST",
+        "/whep/show",
+        &[
+            ("Content-Type", "application/sdp"),
+            ("Deltacast-Via", "x,y,z,w,v"),
+        ],
+        o.sdp.as_bytes(),
+    );
+    assert_eq!(r.status, 508, "five hops: {}", r.text());
+}
+
+#[test]
+fn edge_viewer_keeps_playing_across_an_origin_kill9_and_restart() {
+    let (mut a, mut ff) = origin("failover");
+    let b = Server::start("pull-failover-edge", &edge_toml(a.http, 10_000));
+    let mut v = viewer(b.http, "edge viewer");
+    v.run(Duration::from_secs(2), |_| false);
+    ff.kill();
+    a.kill9_and_restart();
+    let (frames, keys, audio) = (v.frames.len(), v.keyframes(), v.audio_frames);
+    let _ff2 = Ffmpeg::publish("pull-failover-2", &a.rtmp_url("showkey"));
+    let ok = v.run(Duration::from_secs(45), |s| {
+        s.keyframes() > keys && s.frames.len() > frames + 30 && s.audio_frames > audio + 50
+    });
+    assert!(
+        ok,
+        "B's viewer got no media after A came back: frames {} (was {frames}), keyframes {} \
+         (was {keys}), audio {} (was {audio}), disconnected {}\nB:\n{}",
+        v.frames.len(),
+        v.keyframes(),
+        v.audio_frames,
+        v.disconnected,
+        b.log_tail(40)
+    );
+    assert!(!v.disconnected, "the viewer never reconnected");
+    assert!(b.metric("deltacast_pull_restarts_total") >= 1.0);
+    assert_eq!(webrtc_viewers(&a), 1, "one pull session on the restarted A");
+}
