@@ -36,9 +36,8 @@ fn origin(label: &str) -> (Server, Ffmpeg) {
 
 /// A WHEP viewer of "show" on `http` that got a keyframe and Opus.
 fn viewer(http: SocketAddr, what: &str) -> WhepClient {
-    let mut v = WhepClient::connect(http, "show").unwrap_or_else(|r| {
-        panic!("{what}: POST /whep/show: {} {}", r.status, r.text())
-    });
+    let mut v = WhepClient::connect(http, "show")
+        .unwrap_or_else(|r| panic!("{what}: POST /whep/show: {} {}", r.status, r.text()));
     let ok = v.run(Duration::from_secs(15), |s| {
         s.first_keyframe().is_some() && s.audio_frames >= 10
     });
@@ -89,7 +88,10 @@ fn edge_viewers_share_one_upstream_session_keyframes_and_hls() {
     let mut vs = Vec::new();
     for i in 0..3 {
         let v = viewer(b.http, &format!("edge viewer {i}"));
-        assert!(v.frames[0].keyframe, "viewer {i}: the first frame is a keyframe");
+        assert!(
+            v.frames[0].keyframe,
+            "viewer {i}: the first frame is a keyframe"
+        );
         vs.push(v);
         drive(&mut vs, Duration::from_millis(200));
     }
@@ -158,7 +160,9 @@ fn edge_stops_after_linger_and_loops_get_508() {
         "A still has the pull's session after B's linger:\n{}",
         b.log_tail(30)
     );
-    assert!(wait_until(Duration::from_secs(5), || b.metric("deltacast_pull_active") == 0.0));
+    assert!(wait_until(Duration::from_secs(5), || b
+        .metric("deltacast_pull_active")
+        == 0.0));
     // A new viewer pulls again.
     let _v = viewer(b.http, "edge viewer after the linger");
     assert_eq!(webrtc_viewers(&a), 1);
@@ -231,4 +235,100 @@ fn edge_viewer_keeps_playing_across_an_origin_kill9_and_restart() {
     assert!(!v.disconnected, "the viewer never reconnected");
     assert!(b.metric("deltacast_pull_restarts_total") >= 1.0);
     assert_eq!(webrtc_viewers(&a), 1, "one pull session on the restarted A");
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    (t(11) + t(12)) / 100.0
+}
+
+/// Measurement, not a check (docs/BENCHMARKS.md "Edge pull"): what one pull costs the origin
+/// against one viewer (bytes sent, CPU), and the delay one hop adds (the same frames at a viewer
+/// of A and a viewer of B, driven in one loop). Run with
+/// `cargo test --release --test pull_e2e measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_pull_cost_and_hop_latency() {
+    let (a, _ff) = origin("measure");
+    let b = Server::start("pull-measure-edge", &edge_toml(a.http, 1_000));
+    let secs = 15.0;
+    let window = |what: &str, f: &mut dyn FnMut(Duration)| {
+        let (c0, b0) = (cpu_secs(a.pid()), a.metric("deltacast_sfu_bytes_out_total"));
+        f(Duration::from_secs_f64(secs));
+        // Sessions' bytes are counted when they leave.
+        std::thread::sleep(Duration::from_secs(3));
+        let (c1, b1) = (cpu_secs(a.pid()), a.metric("deltacast_sfu_bytes_out_total"));
+        println!(
+            "{what}: origin CPU {:.1} ms/s, origin bytes out {:.0} kbit/s",
+            (c1 - c0) * 1e3 / (secs + 3.0),
+            (b1 - b0) * 8.0 / secs / 1e3
+        );
+    };
+    window("idle origin (publisher only)", &mut |d| {
+        std::thread::sleep(d)
+    });
+    window("one WHEP viewer on the origin", &mut |d| {
+        let mut v = viewer(a.http, "origin viewer");
+        drive(std::slice::from_mut(&mut v), d);
+        request(a.http, "DELETE", &v.location.clone(), &[], b"");
+    });
+    window("one edge pull (one viewer on the edge)", &mut |d| {
+        let mut v = viewer(b.http, "edge viewer");
+        drive(std::slice::from_mut(&mut v), d);
+        request(b.http, "DELETE", &v.location.clone(), &[], b"");
+        // The pull lingers 1 s, then leaves A.
+        wait_until(Duration::from_secs(5), || webrtc_viewers(&a) == 0);
+    });
+
+    // One hop: the same frames at a viewer of A and a viewer of B.
+    let mut va = viewer(a.http, "origin viewer");
+    let mut vb = viewer(b.http, "edge viewer");
+    let (na, nb) = (va.frames.len(), vb.frames.len());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        va.run(Duration::from_millis(2), |_| false);
+        vb.run(Duration::from_millis(2), |_| false);
+    }
+    let fa = &va.frames[na..];
+    let mut deltas: Vec<f64> = Vec::new();
+    for f in &vb.frames[nb..] {
+        // Frames are matched by size (test pattern P-frames differ) among A's arrivals within
+        // 1 s before or after.
+        let m: Vec<_> = fa
+            .iter()
+            .filter(|x| {
+                x.bytes == f.bytes
+                    && !x.keyframe
+                    && (x.at.max(f.at) - x.at.min(f.at)) < Duration::from_secs(1)
+            })
+            .collect();
+        if m.len() == 1 {
+            let d = if f.at >= m[0].at {
+                (f.at - m[0].at).as_secs_f64()
+            } else {
+                -(m[0].at - f.at).as_secs_f64()
+            };
+            deltas.push(d * 1e3);
+        }
+    }
+    deltas.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let q = |p: f64| deltas[((deltas.len() - 1) as f64 * p) as usize];
+    assert!(
+        deltas.len() > 50,
+        "too few matched frames: {}",
+        deltas.len()
+    );
+    println!(
+        "one hop (edge viewer − origin viewer, same frame): median {:.1} ms, p10 {:.1}, p90 {:.1} \
+         ({} frames matched)",
+        q(0.5),
+        q(0.1),
+        q(0.9),
+        deltas.len()
+    );
 }

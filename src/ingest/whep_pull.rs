@@ -429,7 +429,10 @@ async fn post_offer(
         .parse()
         .map_err(|e| PullError::Connect(format!("{}: {e}", up.whep_url)))?;
     let mut headers = vec![
-        (header::CONTENT_TYPE, HeaderValue::from_static("application/sdp")),
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/sdp"),
+        ),
         (
             header::HeaderName::from_static(VIA_HEADER),
             HeaderValue::from_str(via).map_err(|e| PullError::Loop(e.to_string()))?,
@@ -458,9 +461,8 @@ async fn post_offer(
             .map(str::to_string);
         match r.status {
             StatusCode::CREATED => {
-                let loc = location.ok_or_else(|| {
-                    PullError::Connect(format!("{uri}: 201 without a Location"))
-                })?;
+                let loc = location
+                    .ok_or_else(|| PullError::Connect(format!("{uri}: 201 without a Location")))?;
                 let resource = resolve(&uri, &loc)
                     .ok_or_else(|| PullError::Connect(format!("{uri}: bad Location {loc}")))?;
                 let answer = String::from_utf8(r.body.to_vec())
@@ -569,7 +571,9 @@ pub struct PullManager {
 /// One attempt's result inside the pull task.
 enum Attempt {
     /// Connected; ran until the link ended. `true`: the task should stop (linger passed).
-    Ran { stop: bool },
+    Ran {
+        stop: bool,
+    },
     Failed(PullError),
 }
 
@@ -630,7 +634,11 @@ impl PullManager {
 
     /// [`PullManager::ensure`] for a request that already went through the nodes `via` (its
     /// `Deltacast-Via`): the pull carries them on, this node appended.
-    pub async fn ensure_via(self: &Arc<Self>, stream: &str, via: &[String]) -> Result<(), PullError> {
+    pub async fn ensure_via(
+        self: &Arc<Self>,
+        stream: &str,
+        via: &[String],
+    ) -> Result<(), PullError> {
         let joined = self.pulls.lock().get(stream).map(|p| p.phase.clone());
         let mut phase = match joined {
             Some(p) => p,
@@ -642,11 +650,10 @@ impl PullManager {
                 let Some(resolver) = resolver else {
                     return Err(PullError::NoUpstream);
                 };
-                let Some(up) =
-                    tokio::time::timeout(self.timing.connect, resolver.upstream(stream))
-                        .await
-                        .ok()
-                        .flatten()
+                let Some(up) = tokio::time::timeout(self.timing.connect, resolver.upstream(stream))
+                    .await
+                    .ok()
+                    .flatten()
                 else {
                     return Err(PullError::NoUpstream);
                 };
@@ -681,7 +688,9 @@ impl PullManager {
         via: &[String],
     ) -> Result<watch::Receiver<Phase>, PullError> {
         let Some(sfu) = self.sfu.clone() else {
-            return Err(PullError::Unavailable("WebRTC is disabled on this node".into()));
+            return Err(PullError::Unavailable(
+                "WebRTC is disabled on this node".into(),
+            ));
         };
         let mut pulls = self.pulls.lock();
         if let Some(p) = pulls.get(stream) {
@@ -773,7 +782,9 @@ impl PullManager {
             // The origin may have moved: ask again.
             let resolver = self.resolver.lock().clone();
             if let Some(r) = resolver {
-                if let Ok(Some(u)) = tokio::time::timeout(self.timing.connect, r.upstream(stream)).await {
+                if let Ok(Some(u)) =
+                    tokio::time::timeout(self.timing.connect, r.upstream(stream)).await
+                {
                     up = u;
                 }
             }
@@ -844,7 +855,9 @@ impl PullManager {
             let now = Instant::now();
             let b = link.bytes.load(Ordering::Relaxed);
             if b != last_bytes {
-                self.stats.bytes.fetch_add(b - last_bytes, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .fetch_add(b - last_bytes, Ordering::Relaxed);
                 last_bytes = b;
                 last_media = now;
             }
@@ -870,7 +883,7 @@ impl PullManager {
                         "pull live");
                 } else if started.elapsed() > self.timing.connect {
                     break Attempt::Failed(PullError::Timeout(
-                        self.timing.connect.as_millis() as u64,
+                        self.timing.connect.as_millis() as u64
                     ));
                 }
                 continue;
@@ -949,10 +962,19 @@ mod tests {
     fn via_refuses_this_node_and_long_paths() {
         assert_eq!(check_via(&via(&[]), "a").unwrap(), Vec::<String>::new());
         assert_eq!(check_via(&via(&["o, m"]), "e").unwrap(), vec!["o", "m"]);
-        assert!(matches!(check_via(&via(&["o,e"]), "e"), Err(PullError::Loop(_))));
-        assert!(matches!(check_via(&via(&["o", "e"]), "e"), Err(PullError::Loop(_))));
+        assert!(matches!(
+            check_via(&via(&["o,e"]), "e"),
+            Err(PullError::Loop(_))
+        ));
+        assert!(matches!(
+            check_via(&via(&["o", "e"]), "e"),
+            Err(PullError::Loop(_))
+        ));
         assert!(check_via(&via(&["a,b,c,d"]), "e").is_ok());
-        assert!(matches!(check_via(&via(&["a,b,c,d,f"]), "e"), Err(PullError::Loop(_))));
+        assert!(matches!(
+            check_via(&via(&["a,b,c,d,f"]), "e"),
+            Err(PullError::Loop(_))
+        ));
     }
 
     #[test]
@@ -963,7 +985,9 @@ mod tests {
             "http://10.0.0.5:8080/whep/s/abc"
         );
         assert_eq!(
-            resolve(&base, "http://10.0.0.6:8080/whep/s").unwrap().to_string(),
+            resolve(&base, "http://10.0.0.6:8080/whep/s")
+                .unwrap()
+                .to_string(),
             "http://10.0.0.6:8080/whep/s"
         );
         assert_eq!(

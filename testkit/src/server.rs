@@ -82,8 +82,8 @@ impl Server {
                 .prefix(&format!("deltacast-{label}-"))
                 .tempdir()
                 .expect("tempdir");
-            let http: SocketAddr = fixed_http
-                .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            let http: SocketAddr =
+                fixed_http.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
             let rtmp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let config = format!(
                 "[server]\nhttp_listen = \"{http}\"\n{server_extra}\n\n\
@@ -166,8 +166,12 @@ impl Server {
             .spawn()
             .expect("restart deltacast");
         if let Err(e) = self.wait_healthy(Duration::from_secs(20)) {
-            panic!("[{}] restart: {e}
-{}", self.label, self.log_tail(60));
+            panic!(
+                "[{}] restart: {e}
+{}",
+                self.label,
+                self.log_tail(60)
+            );
         }
     }
 

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ControlMsg, SfuHandle};
-use crate::ingest::whip::{
-    build_publisher_rtc, media_mids, simulcast_rids, WhipControl, WhipError, WhipPublisher,
-};
 use crate::ingest::whep_pull::{
     build_subscriber_rtc, make_offer, subscriber_role, PendingSubscriber, PullError, PullLink,
 };
+use crate::ingest::whip::{
+    build_publisher_rtc, media_mids, simulcast_rids, WhipControl, WhipError, WhipPublisher,
+};
 use crate::media::Registry;
-use str0m::change::SdpAnswer;
 use crate::webrtc::admission::SlotKind;
 use crate::webrtc::offer::{self, Role};
 use crate::webrtc::peer::{add_candidates, Peer};
+use str0m::change::SdpAnswer;
 
 /// Result of a successful WHIP POST.
 pub struct WhipCreated {
