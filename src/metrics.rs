@@ -342,6 +342,17 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         "Viewer keyframe requests answered from the GOP cache",
         keyframes,
     );
+    r.register(
+        "sfu_keyframes_relayed",
+        "Keyframe requests of other nodes' edge pulls passed to the publisher (never answered \
+         from the GOP cache)",
+        counter(
+            sfu.workers
+                .iter()
+                .map(|w| ld(&w.shared.keyframes_relayed))
+                .sum(),
+        ),
+    );
     r.register("sfu_viewers_dropped", "Viewers dropped on timeout", dropped);
     r.register(
         "sfu_layer_switches",

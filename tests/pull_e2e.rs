@@ -8,8 +8,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use str0m::media::KeyframeRequestKind;
-use testkit::webrtc::{mid_of, WhepClient};
+use testkit::webrtc::{make_media, mid_of, WhepClient, WhipPublisher};
 use testkit::{free_port, request, Ffmpeg, Server};
 
 const SFU: &str = "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 10000\n";
@@ -50,6 +52,17 @@ fn viewer(http: SocketAddr, what: &str) -> WhepClient {
         v.connected_at
     );
     v
+}
+
+/// Send a PLI from viewer `v` (as a browser does after a loss).
+fn send_pli(v: &mut WhepClient) {
+    let mid = mid_of(&v.answer, "video").expect("video mid");
+    v.peer
+        .rtc
+        .writer(mid)
+        .expect("video writer")
+        .request_keyframe(None, KeyframeRequestKind::Pli)
+        .expect("PLI");
 }
 
 fn webrtc_viewers(s: &Server) -> u64 {
@@ -108,27 +121,28 @@ fn edge_viewers_share_one_upstream_session_keyframes_and_hls() {
     assert_eq!(b.metric("deltacast_pull_active"), 1.0);
     assert!(b.metric("deltacast_pull_bytes_total") > 10_000.0);
 
-    // A keyframe request from a viewer on B reaches A (A answers it) and a keyframe arrives.
-    let before_a = a.metric("deltacast_sfu_keyframe_answers_total");
+    // A keyframe request from a viewer on B reaches A as the pull's request, which A passes to
+    // its publisher instead of replaying its GOP cache into B (that would repeat frames on B
+    // and move B's video clock against audio); B answers its viewer from its own cache.
+    let answers_a = a.metric("deltacast_sfu_keyframe_answers_total");
+    let before_a = a.metric("deltacast_sfu_keyframes_relayed_total");
     let before_keys = vs[0].keyframes();
-    let mid = mid_of(&vs[0].answer, "video").expect("video mid");
-    vs[0]
-        .peer
-        .rtc
-        .writer(mid)
-        .expect("video writer")
-        .request_keyframe(None, KeyframeRequestKind::Pli)
-        .expect("PLI");
+    send_pli(&mut vs[0]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut reached = false;
     while Instant::now() < deadline && !reached {
         drive(&mut vs, Duration::from_millis(200));
-        reached = a.metric("deltacast_sfu_keyframe_answers_total") > before_a;
+        reached = a.metric("deltacast_sfu_keyframes_relayed_total") > before_a;
     }
     assert!(
         reached,
-        "B's viewer PLI did not reach A (A's keyframe answers stayed at {before_a})\nB:\n{}",
+        "B's viewer PLI did not reach A (relayed stayed at {before_a})\nB:\n{}",
         b.log_tail(30)
+    );
+    assert_eq!(
+        a.metric("deltacast_sfu_keyframe_answers_total"),
+        answers_a,
+        "A never replays its GOP cache to a pull"
     );
     assert!(
         vs[0].run(Duration::from_secs(5), |s| s.keyframes() > before_keys),
@@ -235,6 +249,49 @@ fn edge_viewer_keeps_playing_across_an_origin_kill9_and_restart() {
     assert!(!v.disconnected, "the viewer never reconnected");
     assert!(b.metric("deltacast_pull_restarts_total") >= 1.0);
     assert_eq!(webrtc_viewers(&a), 1, "one pull session on the restarted A");
+}
+
+#[test]
+fn edge_viewer_keyframe_request_reaches_a_whip_publisher_on_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (video, audio) = make_media(dir.path(), 4);
+    let a = Server::start("pull-pli-origin", &origin_toml());
+    let publisher = WhipPublisher::start(
+        a.http,
+        "show",
+        "showkey",
+        std::sync::Arc::new(video),
+        std::sync::Arc::new(audio),
+    )
+    .unwrap_or_else(|r| panic!("WHIP POST: {} {}", r.status, r.text()));
+    assert!(
+        publisher.wait_connected(Duration::from_secs(10)),
+        "WHIP publisher connected"
+    );
+    a.wait_state("show", "publishing", Duration::from_secs(15));
+    let b = Server::start("pull-pli-edge", &edge_toml(a.http, 10_000));
+    let mut v = viewer(b.http, "edge viewer");
+    // Let the start-up requests settle (paced 500 ms apart at most).
+    v.run(Duration::from_secs(2), |_| false);
+    let plis = || publisher.stats.keyframe_requests.load(Ordering::Relaxed);
+    let before = plis();
+    send_pli(&mut v);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && plis() == before {
+        v.run(Duration::from_millis(100), |_| false);
+    }
+    assert!(
+        plis() > before,
+        "the edge viewer's PLI never reached the WHIP publisher on A ({before} PLIs)\nA:\n{}\nB:\n{}",
+        a.log_tail(20),
+        b.log_tail(20)
+    );
+    // Opus from WHIP stays Opus through the pull: the edge viewer hears it.
+    assert!(
+        v.audio_frames > 10,
+        "Opus through the pull: {}",
+        v.audio_frames
+    );
 }
 
 /// CPU seconds (user + system) the process has used so far.

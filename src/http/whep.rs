@@ -141,7 +141,12 @@ async fn create(
                 return error_response(&state, WhepError::Refused(Refusal::PendingFull));
             }
         };
-    let res = off_thread(&state, move || sfu.create_session(&name, &offer, slot)).await;
+    // Another node's pull: its keyframe requests go to the publisher, not to our GOP cache.
+    let relay = !via.is_empty();
+    let res = off_thread(&state, move || {
+        sfu.create_session_for(&name, &offer, slot, relay)
+    })
+    .await;
     drop(permit);
     let res = match res {
         Ok(r) => r,

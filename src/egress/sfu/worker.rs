@@ -358,8 +358,10 @@ impl WorkerCore {
             ufrag,
             bwe,
             slot,
+            relay,
         } = nv;
         let mut v = Viewer::new(video, audio, bwe);
+        v.relay = relay;
         if let Some(c) = self.streams.get(&stream) {
             if bwe && c.simulcast(now) {
                 // Start on the layer the initial estimate affords; BWE moves it from there.
@@ -727,7 +729,17 @@ impl WorkerCore {
                         select_layer(&mut p.link, v, c, est, now, &self.registry);
                     }
                 }
-                if !(v.needs_start
+                if v.relay && !v.needs_start {
+                    // A downstream edge: replaying the cache would repeat frames there and
+                    // move its video clock; the publisher is asked instead (paced there).
+                    if v.take_keyframe_request(&p.link, now, self.timing.keyframe_answer) {
+                        self.shared
+                            .keyframes_relayed
+                            .fetch_add(1, Ordering::Relaxed);
+                        request_keyframe(&self.registry, &p.link.stream, v.layer());
+                    }
+                    false
+                } else if !(v.needs_start
                     || v.take_keyframe_request(&p.link, now, self.timing.keyframe_answer))
                 {
                     false
