@@ -939,5 +939,27 @@ mod tests {
     fn rejects_bad_values() {
         assert!(Config::from_toml("[hls]\npart_target_ms = 10\n").is_err());
         assert!(Config::from_toml("[[streams]]\nname = \"a b\"\n").is_err());
+        // Edge pulls: an http:// WHEP URL, bounded timings, no unknown keys.
+        let c = Config::from_toml(
+            "[[streams]]\nname = \"a\"\npull = \"http://10.0.0.5:8080/whep/a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.streams[0].pull.as_deref(),
+            Some("http://10.0.0.5:8080/whep/a")
+        );
+        assert_eq!(
+            (c.pull.linger_ms, c.pull.connect_timeout_ms),
+            (10_000, 4_000)
+        );
+        for bad in ["ftp://x/whep/a", "https://x/whep/a", "not a url", "/whep/a"] {
+            let t = format!("[[streams]]\nname = \"a\"\npull = \"{bad}\"\n");
+            assert!(Config::from_toml(&t).unwrap_err().contains("pull"), "{bad}");
+        }
+        assert!(Config::from_toml("[pull]\nlinger_ms = 0\n").is_err());
+        assert!(Config::from_toml("[pull]\nconnect_timeout_ms = 100\n").is_err());
+        assert!(Config::from_toml("[pull]\nlingerms = 5\n")
+            .unwrap_err()
+            .contains("lingerms"));
     }
 }

@@ -949,6 +949,7 @@ impl PullManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn via(v: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -994,6 +995,85 @@ mod tests {
             resolve(&base, "s/abc").unwrap().to_string(),
             "http://10.0.0.5:8080/whep/s/abc"
         );
+    }
+
+    /// A WHEP server stand-in: `/r*` redirects (307) to the next hop, `/whep/t` answers 201;
+    /// every request's path and `Deltacast-Via` are recorded.
+    async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head and the (small) body: enough for these requests.
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = c.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let via = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("deltacast-via: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                seen2.lock().push((path.clone(), via));
+                let resp = if let Some(n) = path.strip_prefix("/r") {
+                    let n: u32 = n.parse().unwrap_or(0);
+                    let next = if n == 0 {
+                        "/whep/t".to_string()
+                    } else {
+                        format!("/r{}", n - 1)
+                    };
+                    format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{addr}{next}\r\ncontent-length: 0\r\n\r\n")
+                } else {
+                    let body = "v=0\r\n";
+                    format!("HTTP/1.1 201 Created\r\nlocation: /whep/t/sess\r\ncontent-type: application/sdp\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+                };
+                let _ = c.write_all(resp.as_bytes()).await;
+                let _ = c.shutdown().await;
+            }
+        });
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_up_to_three_with_the_via_header() {
+        let (addr, seen) = fake_upstream().await;
+        let up = |p: &str| Upstream {
+            whep_url: format!("http://{addr}{p}"),
+            bearer: None,
+        };
+        let t = Duration::from_secs(5);
+        let s = post_offer(&up("/r2"), "v=0", "o,m", t)
+            .await
+            .expect("three redirects");
+        assert_eq!(s.resource.to_string(), format!("http://{addr}/whep/t/sess"));
+        assert_eq!(s.url, format!("http://{addr}/whep/t"));
+        let got = seen.lock().clone();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got.iter().all(|(_, v)| v == "o,m"),
+            "via on every hop: {got:?}"
+        );
+        seen.lock().clear();
+        let e = post_offer(&up("/r3"), "v=0", "o,m", t).await.err().unwrap();
+        assert!(
+            matches!(e, PullError::Connect(ref m) if m.contains("redirects")),
+            "{e}"
+        );
+        assert_eq!(seen.lock().len(), 4, "no fifth request");
     }
 
     #[tokio::test]
