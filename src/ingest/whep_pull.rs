@@ -751,6 +751,8 @@ impl PullManager {
                 Attempt::Ran { stop: false } => {
                     backoff = BACKOFF_MIN;
                     lost_since = Some(Instant::now());
+                    // Viewers arriving now wait (bounded) for the re-pull instead of a 409.
+                    let _ = phase.send(Phase::Starting);
                 }
                 Attempt::Failed(e) => {
                     if !ever_ready {
@@ -791,6 +793,10 @@ impl PullManager {
         }
         tracing::info!(stream, upstream = %up.whep_url, side = "ingest", path = "pull",
             "pull stopped");
+        // A viewer joining in this instant is told to come back (503 + Retry-After).
+        let _ = phase.send(Phase::Failed(PullError::Unavailable(
+            "the pull of this stream is stopping".into(),
+        )));
         self.end_stream(stream);
     }
 
