@@ -3,7 +3,9 @@
 //! viewers receive H.264 keyframes and Opus through one session on A; a viewer's keyframe
 //! request on B reaches A; B's LL-HLS packager sees a local stream; B stops pulling `linger`
 //! after its last viewer; two nodes pulling from each other get 508 with no runaway; and a
-//! viewer on B keeps playing, without reconnecting, across a kill -9 and restart of A.
+//! viewer on B keeps playing, without reconnecting, across a kill -9 and restart of A; tiers
+//! (origin → mid → edge) hold one session per hop; a PLI from an edge viewer reaches a WHIP
+//! publisher on the origin.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use str0m::media::KeyframeRequestKind;
 use testkit::webrtc::{make_media, mid_of, WhepClient, WhipPublisher};
 use testkit::{free_port, request, Ffmpeg, Server};
 
-const SFU: &str = "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nidle_timeout_ms = 10000\n";
+const SFU: &str =
+    "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\nidle_timeout_ms = 10000\n";
 
 fn origin_toml() -> String {
     format!("{SFU}\n[[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n")
@@ -158,6 +161,39 @@ fn edge_viewers_share_one_upstream_session_keyframes_and_hls() {
     assert!(text.contains("\"audio\""), "B's segment has audio: {text}");
     drive(&mut vs, Duration::from_millis(200));
     assert_eq!(webrtc_viewers(&a), 1, "still one session on A");
+}
+
+#[test]
+fn tiers_origin_mid_edge_each_hold_one_session_upstream() {
+    let (a, _ff) = origin("tiers");
+    let m = Server::start("pull-tiers-mid", &edge_toml(a.http, 10_000));
+    let e = Server::start("pull-tiers-edge", &edge_toml(m.http, 10_000));
+    let mut vs = vec![viewer(e.http, "edge viewer 0")];
+    vs.push(viewer(e.http, "edge viewer 1"));
+    drive(&mut vs, Duration::from_secs(1));
+    assert_eq!(webrtc_viewers(&e), 2);
+    assert_eq!(
+        webrtc_viewers(&m),
+        1,
+        "the mid tier serves the edge's pull only"
+    );
+    assert_eq!(
+        webrtc_viewers(&a),
+        1,
+        "the origin serves the mid tier's pull only"
+    );
+    // The mid tier's pull carries the path: the edge's node id, then its own.
+    let log = m.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("pull starting"))
+        .expect("the mid tier logs its pull");
+    let (ep, mp) = (e.http.port(), m.http.port());
+    let (ie, im) = (line.find(&format!(":{ep},")), line.find(&format!(":{mp}")));
+    assert!(
+        ie.is_some() && im.is_some() && ie < im,
+        "via of the mid tier's pull names the edge, then the mid tier: {line}"
+    );
 }
 
 #[test]
