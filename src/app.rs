@@ -133,7 +133,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.demo.name.clone(),
             ));
         }
+        // Edge pulls: `[[streams]] pull` streams through the static resolver (the cluster sets
+        // its own resolver).
+        let pulls = crate::ingest::whep_pull::PullManager::new(
+            node_id(&cfg),
+            registry.clone(),
+            sfu.clone(),
+            crate::ingest::whep_pull::PullTiming {
+                linger: std::time::Duration::from_millis(cfg.pull.linger_ms),
+                connect: std::time::Duration::from_millis(cfg.pull.connect_timeout_ms),
+            },
+        );
+        pulls.set_resolver(Arc::new(
+            crate::ingest::whep_pull::StaticResolver::from_config(&cfg),
+        ));
         let state = AppState {
+            pulls: pulls.clone(),
             cfg: cfg.clone(),
             registry: registry.clone(),
             hls: store.clone(),
@@ -149,12 +164,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = shutdown_signal() => {
                 tracing::info!("shutting down");
+                pulls.stop_all();
             }
         }
         Ok::<_, anyhow::Error>(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// This node's id for pull loop detection (`Deltacast-Via`): the host name and the HTTP port,
+/// so that nodes sharing a host stay apart.
+fn node_id(cfg: &crate::config::Config) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "deltacast".into()
+    };
+    format!("{host}:{}", cfg.server.http_listen.port())
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,27 @@ pub struct Config {
     pub sfu: SfuConfig,
     /// The watch page and the playback URLs handed to viewers (`[web]`).
     pub web: WebConfig,
+    /// Edge pulls from upstream WHEP servers (`[pull]`).
+    pub pull: PullConfig,
+}
+
+/// `[pull]`: streams pulled from another WHEP server (`[[streams]] pull`, or the cluster).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// A pull stops this long after its last local WebRTC viewer left.
+    pub linger_ms: u64,
+    /// Signaling, ICE + DTLS and the first media of a pull must complete within this.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        Self {
+            linger_ms: 10_000,
+            connect_timeout_ms: 4_000,
+        }
+    }
 }
 
 /// `[web]`: the watch page (`/watch/{stream}`), its assets, and how playback URLs are formed.
@@ -186,6 +207,10 @@ pub struct StreamConfig {
     /// playback_url = "…" }`. See `crate::provider`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<ProviderConfig>,
+    /// Pull the stream on demand from another WHEP server (`http://host:port/whep/name`) when
+    /// a viewer asks for it and it is not published here (like MediaMTX's `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<String>,
 }
 
 /// One RTMP push destination of a stream.
@@ -689,6 +714,23 @@ impl Config {
                     return Err(format!("config: streams.{}: key used twice", s.name));
                 }
             }
+            if let Some(u) = &s.pull {
+                let ok = u
+                    .parse::<axum::http::Uri>()
+                    .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+                if !ok {
+                    return Err(format!(
+                        "config: streams.{}: pull must be an http://host[:port]/path WHEP URL",
+                        s.name
+                    ));
+                }
+            }
+        }
+        if !(100..=3_600_000).contains(&self.pull.linger_ms) {
+            return Err("config: pull.linger_ms must be within 100..=3600000".into());
+        }
+        if !(500..=60_000).contains(&self.pull.connect_timeout_ms) {
+            return Err("config: pull.connect_timeout_ms must be within 500..=60000".into());
         }
         self.server.validate()?;
         self.web.validate()?;
@@ -989,5 +1031,27 @@ mod tests {
     fn rejects_bad_values() {
         assert!(Config::from_toml("[hls]\npart_target_ms = 10\n").is_err());
         assert!(Config::from_toml("[[streams]]\nname = \"a b\"\n").is_err());
+        // Edge pulls: an http:// WHEP URL, bounded timings, no unknown keys.
+        let c = Config::from_toml(
+            "[[streams]]\nname = \"a\"\npull = \"http://10.0.0.5:8080/whep/a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.streams[0].pull.as_deref(),
+            Some("http://10.0.0.5:8080/whep/a")
+        );
+        assert_eq!(
+            (c.pull.linger_ms, c.pull.connect_timeout_ms),
+            (10_000, 4_000)
+        );
+        for bad in ["ftp://x/whep/a", "https://x/whep/a", "not a url", "/whep/a"] {
+            let t = format!("[[streams]]\nname = \"a\"\npull = \"{bad}\"\n");
+            assert!(Config::from_toml(&t).unwrap_err().contains("pull"), "{bad}");
+        }
+        assert!(Config::from_toml("[pull]\nlinger_ms = 0\n").is_err());
+        assert!(Config::from_toml("[pull]\nconnect_timeout_ms = 100\n").is_err());
+        assert!(Config::from_toml("[pull]\nlingerms = 5\n")
+            .unwrap_err()
+            .contains("lingerms"));
     }
 }

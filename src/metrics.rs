@@ -117,6 +117,7 @@ impl Metrics {
         hls: &HlsStore,
         push: &PushEngine,
         sfu: Option<&crate::egress::sfu::SfuHandle>,
+        pulls: Option<&crate::ingest::whep_pull::PullManager>,
     ) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -241,6 +242,9 @@ impl Metrics {
         if let Some(sfu) = sfu {
             render_sfu(&mut r, sfu);
         }
+        if let Some(p) = pulls {
+            p.encode_metrics(&mut r);
+        }
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");
         out
@@ -337,6 +341,17 @@ fn render_sfu(r: &mut PromRegistry, sfu: &crate::egress::sfu::SfuHandle) {
         "sfu_keyframe_answers",
         "Viewer keyframe requests answered from the GOP cache",
         keyframes,
+    );
+    r.register(
+        "sfu_keyframes_relayed",
+        "Keyframe requests of other nodes' edge pulls passed to the publisher (never answered \
+         from the GOP cache)",
+        counter(
+            sfu.workers
+                .iter()
+                .map(|w| ld(&w.shared.keyframes_relayed))
+                .sum(),
+        ),
     );
     r.register("sfu_viewers_dropped", "Viewers dropped on timeout", dropped);
     r.register(

@@ -73,6 +73,13 @@ fn stream_json(state: &AppState, s: &Stream, admin: bool) -> Value {
             "destinations".into(),
             serde_json::to_value(&dests).unwrap_or_default(),
         );
+        // An edge pull: where from is an operator's business.
+        if let Some(up) = state.pulls.upstream_of(&st.name) {
+            m.insert("source".into(), json!("pull"));
+            if admin {
+                m.insert("upstream".into(), json!(up));
+            }
+        }
     }
     v
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub sfu: Option<Arc<crate::egress::sfu::SfuHandle>>,
     /// Each stream's StreamingProvider (playback URLs; see `crate::provider`).
     pub providers: Arc<crate::provider::ProviderRegistry>,
+    /// Edge pulls from upstream WHEP servers (see `crate::ingest::whep_pull`).
+    pub pulls: Arc<crate::ingest::whep_pull::PullManager>,
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, if any. The scheme is case-insensitive
@@ -52,6 +54,7 @@ async fn metrics(State(state): State<AppState>) -> Response<Body> {
         &state.hls,
         &state.push,
         state.sfu.as_deref(),
+        Some(&state.pulls),
     );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(

@@ -14,6 +14,10 @@
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
 //!   (428 without, 412 stale) → 204. The server is ICE-lite, so client candidates need no action;
 //!   an ICE restart (new ufrag/pwd) is refused with 422 (create a new session instead).
+//! - Edge pull ([`crate::ingest::whep_pull`]): a POST for a stream that is not live here but has
+//!   an upstream (`[[streams]] pull`, the cluster) first pulls it (bounded by
+//!   `pull.connect_timeout_ms`; 502/504 when the upstream fails, 508 for a loop). A POST whose
+//!   `Deltacast-Via` already names this node, or more than 4 nodes, is refused with 508.
 //! - `DELETE` → 200. `OPTIONS` → 204 with CORS (exposes Location, ETag, Link, Accept-Patch) and
 //!   `Accept-Post: application/sdp`. Other methods → 405 (axum's method router).
 
@@ -112,6 +116,15 @@ async fn create(
         Ok(x) => x,
         Err(r) => return *r,
     };
+    // A pull from another node: refuse loops, then (like any viewer of a stream that is not
+    // live here) pull it from its upstream if one is known.
+    let via = match crate::ingest::whep_pull::check_via(&headers, state.pulls.node_id()) {
+        Ok(v) => v,
+        Err(e) => return reply(&state, StatusCode::LOOP_DETECTED, e.to_string()),
+    };
+    if let Err(r) = pull_if_needed(&state, &stream, &via).await {
+        return *r;
+    }
     let name = stream.clone();
     // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
     let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
@@ -128,7 +141,12 @@ async fn create(
                 return error_response(&state, WhepError::Refused(Refusal::PendingFull));
             }
         };
-    let res = off_thread(&state, move || sfu.create_session(&name, &offer, slot)).await;
+    // Another node's pull: its keyframe requests go to the publisher, not to our GOP cache.
+    let relay = !via.is_empty();
+    let res = off_thread(&state, move || {
+        sfu.create_session_for(&name, &offer, slot, relay)
+    })
+    .await;
     drop(permit);
     let res = match res {
         Ok(r) => r,
@@ -152,6 +170,34 @@ async fn create(
         }
         Err(e) => error_response(&state, e),
     }
+}
+
+/// Make `stream` live here through an edge pull when it is not and an upstream is known; the
+/// reply when that failed. Unknown upstream: nothing to do (the answer is the usual 404/409).
+async fn pull_if_needed(
+    state: &AppState,
+    stream: &str,
+    via: &[String],
+) -> Result<(), Box<Response<Body>>> {
+    use crate::ingest::whep_pull::PullError;
+    let e = match state.pulls.ensure_via(stream, via).await {
+        Ok(()) | Err(PullError::NoUpstream) => return Ok(()),
+        Err(e) => e,
+    };
+    let msg = format!("stream '{stream}' could not be pulled: {e}");
+    tracing::info!(stream, "WHEP viewer refused: {msg}");
+    Err(Box::new(match e {
+        PullError::Loop(_) => reply(state, StatusCode::LOOP_DETECTED, msg),
+        PullError::Refused { status: 404, .. } => reply(state, StatusCode::NOT_FOUND, msg),
+        PullError::Refused { status: 409, .. } => {
+            retry_after(reply(state, StatusCode::CONFLICT, msg), 5)
+        }
+        PullError::Refused { status: 503, .. } | PullError::Unavailable(_) => {
+            retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 5)
+        }
+        PullError::Timeout(_) => reply(state, StatusCode::GATEWAY_TIMEOUT, msg),
+        _ => reply(state, StatusCode::BAD_GATEWAY, msg),
+    }))
 }
 
 /// The checks a WHEP or WHIP POST makes before any SDP work: content type, UTF-8, stream

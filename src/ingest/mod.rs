@@ -14,4 +14,5 @@ pub mod demo;
 pub mod flv;
 pub mod rtmp;
 pub mod simulcast;
+pub mod whep_pull;
 pub mod whip;

@@ -1231,6 +1231,7 @@ mod tests {
             name: "town-hall".into(),
             keys: vec!["s3cret-key".into()],
             provider: None,
+            pull: None,
         }];
         let (addr, reg) = start(c).await;
         let e = Client::connect(addr, "other").await.err().unwrap();

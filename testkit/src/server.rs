@@ -42,6 +42,12 @@ impl Server {
         Self::start_inner(label, server_extra, rtmp_extra, rest, args, None)
     }
 
+    /// [`Server::start`] on a chosen HTTP address (from [`free_port`]), for nodes whose
+    /// configs must name each other before they start.
+    pub fn start_at(label: &str, http: SocketAddr, extra_toml: &str) -> Server {
+        Self::start_inner_at(label, "", "", extra_toml, &[], None, Some(http))
+    }
+
     /// [`Server::start_with`] with the server's open-files limit (RLIMIT_NOFILE, soft and hard)
     /// set to `nofile`, as an operator's `LimitNOFILE=` would.
     pub fn start_with_nofile(label: &str, server_extra: &str, rest: &str, nofile: u64) -> Server {
@@ -56,6 +62,18 @@ impl Server {
         args: &[&str],
         nofile: Option<u64>,
     ) -> Server {
+        Self::start_inner_at(label, server_extra, rtmp_extra, rest, args, nofile, None)
+    }
+
+    fn start_inner_at(
+        label: &str,
+        server_extra: &str,
+        rtmp_extra: &str,
+        rest: &str,
+        args: &[&str],
+        nofile: Option<u64>,
+        fixed_http: Option<SocketAddr>,
+    ) -> Server {
         let bin = crate::deltacast_bin();
         let mut last_err = String::new();
         // The free-port trick can race with another test; retry with fresh ports.
@@ -64,7 +82,8 @@ impl Server {
                 .prefix(&format!("deltacast-{label}-"))
                 .tempdir()
                 .expect("tempdir");
-            let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let http: SocketAddr =
+                fixed_http.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
             let rtmp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let config = format!(
                 "[server]\nhttp_listen = \"{http}\"\n{server_extra}\n\n\
@@ -126,6 +145,34 @@ impl Server {
             }
         }
         panic!("[{label}] deltacast did not become healthy: {last_err}");
+    }
+
+    /// Kill the process with SIGKILL (no shutdown of any kind), then start it again on the same
+    /// config file, so on the same HTTP and RTMP addresses (CLI flags are not repeated); its log
+    /// continues in the same file.
+    pub fn kill9_and_restart(&mut self) {
+        kill_child(&mut self.child);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open the log");
+        self.child = Command::new(crate::deltacast_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restart deltacast");
+        if let Err(e) = self.wait_healthy(Duration::from_secs(20)) {
+            panic!(
+                "[{}] restart: {e}
+{}",
+                self.label,
+                self.log_tail(60)
+            );
+        }
     }
 
     fn silent_kill(&mut self) {

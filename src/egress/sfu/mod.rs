@@ -97,6 +97,8 @@ pub enum ControlMsg {
     Add(Box<NewViewer>),
     /// A WHIP publisher's peer (see [`publish`]).
     AddPublisher(Box<Peer<crate::ingest::whip::WhipPublisher>>),
+    /// An edge pull's subscriber peer (see [`publish`]).
+    AddUpstream(Box<Peer<crate::ingest::whep_pull::UpstreamSubscriber>>),
     Remove(u64),
     Shutdown,
 }
@@ -114,6 +116,9 @@ pub struct NewViewer {
     pub bwe: bool,
     /// The viewer's admission slot (released when the viewer is dropped; None in tests).
     pub slot: Option<Slot>,
+    /// Another node's edge pull (its POST carried `Deltacast-Via`): keyframe requests go to
+    /// the publisher only, never answered from the GOP cache (see [`session::Viewer::relay`]).
+    pub relay: bool,
 }
 
 /// What the HTTP side keeps per session (for PATCH / DELETE).
@@ -199,6 +204,8 @@ pub struct WorkerShared {
     pub datagrams_unknown: AtomicU64,
     pub frames_in: AtomicU64,
     pub keyframe_answers: AtomicU64,
+    /// Keyframe requests of relay viewers (other nodes' edge pulls) passed to the publisher.
+    pub keyframes_relayed: AtomicU64,
     pub viewers_dropped: AtomicU64,
     /// Simulcast layer changes of this worker's viewers (as reported to the API).
     pub layer_switches: AtomicU64,
@@ -502,6 +509,18 @@ impl SfuHandle {
         offer: &str,
         slot: Slot,
     ) -> Result<Created, WhepError> {
+        self.create_session_for(stream, offer, slot, false)
+    }
+
+    /// [`SfuHandle::create_session`] for a viewer that is another node's edge pull when
+    /// `relay`.
+    pub fn create_session_for(
+        &self,
+        stream: &str,
+        offer: &str,
+        slot: Slot,
+        relay: bool,
+    ) -> Result<Created, WhepError> {
         let offer::Offer {
             sdp: parsed, mids, ..
         } = offer::check(offer, Role::Viewer)?;
@@ -544,6 +563,7 @@ impl SfuHandle {
             ufrag: creds.ufrag,
             bwe: bwe.is_some(),
             slot: Some(slot),
+            relay,
         };
         let msg = ControlMsg::Add(Box::new(nv));
         match self.hand_over(worker, &ids, Role::Viewer, stream, msg) {
@@ -715,6 +735,7 @@ pub fn answer_in_process(
             ufrag: creds.ufrag,
             bwe: false,
             slot: None,
+            relay: false,
         },
         now,
     );

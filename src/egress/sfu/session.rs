@@ -62,6 +62,10 @@ pub struct ViewerStats {
 
 /// The viewer role: what is sent to one WHEP viewer, and how.
 pub struct Viewer {
+    /// Another node's edge pull: its keyframe requests go to the publisher and are never
+    /// answered from the GOP cache (a replay there repeats frames and moves its video clock
+    /// against audio). Its first frames still come from the cache (fast start).
+    pub relay: bool,
     video: VideoOut,
     /// Just connected: the worker sends the GOP cache before the next live frame.
     pub needs_start: bool,
@@ -121,6 +125,7 @@ impl PeerRole for Viewer {
 impl Viewer {
     pub fn new(video: VideoOut, audio: Option<AudioOut>, bwe: bool) -> Self {
         Self {
+            relay: false,
             video,
             needs_start: false,
             need_keyframe: true,

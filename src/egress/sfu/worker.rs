@@ -21,6 +21,7 @@ use super::session::{choose_layer, Viewer};
 use super::tcp::ConnMark;
 use super::{ControlMsg, MediaMsg, NewViewer, SessionTable, SfuFrame, WorkerShared};
 use crate::config::SfuConfig;
+use crate::ingest::whep_pull::UpstreamSubscriber;
 use crate::ingest::whip::WhipPublisher;
 use crate::io::{Outgoing, UdpDriver};
 use crate::media::{Registry, TrackKind, MAX_LAYERS};
@@ -188,14 +189,16 @@ impl StreamCache {
     }
 }
 
-/// The roles a peer on a worker can have. An upstream subscriber (an edge pulling a stream
-/// from its origin) would be a third: frames in like a publisher, placed by the cluster.
+/// The roles a peer on a worker can have: viewers (RTP out), WHIP publishers and upstream
+/// subscribers (an edge pulling a stream from another WHEP server: frames in like a
+/// publisher, placed by [`crate::ingest::whep_pull`]).
 // The viewer stays inline: it is on the per-packet path, and there are thousands of them.
 #[allow(clippy::large_enum_variant)]
 pub enum SfuRole {
     Viewer(Viewer),
     /// Boxed: viewers are the many, and each should cost only its own size.
     Publisher(Box<WhipPublisher>),
+    Upstream(Box<UpstreamSubscriber>),
 }
 
 impl PeerRole for SfuRole {
@@ -203,6 +206,7 @@ impl PeerRole for SfuRole {
         match self {
             SfuRole::Viewer(v) => v.kind(),
             SfuRole::Publisher(p) => p.kind(),
+            SfuRole::Upstream(u) => u.kind(),
         }
     }
 
@@ -210,6 +214,7 @@ impl PeerRole for SfuRole {
         match self {
             SfuRole::Viewer(v) => v.on_event(link, e, now),
             SfuRole::Publisher(p) => p.on_event(link, e, now),
+            SfuRole::Upstream(u) => u.on_event(link, e, now),
         }
     }
 }
@@ -252,8 +257,12 @@ pub struct WorkerCore {
     by_ufrag: HashMap<String, u64>,
     by_addr: HashMap<SocketAddr, u64>,
     streams: HashMap<Arc<str>, StreamCache>,
-    /// The publishers among `peers` (polled for keyframe requests each turn).
+    /// The publishers and upstream subscribers among `peers` (polled for keyframe requests
+    /// each turn).
     publishers: Vec<u64>,
+    /// The upstream subscribers among `peers`: they connect out, so an answer from an address
+    /// not seen yet is offered to them ([`Peer::accepts`]).
+    upstreams: Vec<u64>,
     /// Our candidate addresses (what str0m sees as a datagram's destination).
     local: Vec<SocketAddr>,
     timing: Timing,
@@ -290,6 +299,7 @@ impl WorkerCore {
             by_addr: HashMap::new(),
             streams: HashMap::new(),
             publishers: Vec::new(),
+            upstreams: Vec::new(),
             local,
             timing,
             shared,
@@ -329,6 +339,15 @@ impl WorkerCore {
         self.add_peer(p.with_role(|r| SfuRole::Publisher(Box::new(r))), now);
     }
 
+    /// Host an edge pull's subscriber peer.
+    pub fn add_upstream(&mut self, p: Peer<UpstreamSubscriber>, now: Instant) {
+        tracing::info!(worker = self.index, subscriber = p.id(), stream = %p.link.stream,
+            side = "ingest", path = "pull", "upstream subscriber added");
+        self.publishers.push(p.id());
+        self.upstreams.push(p.id());
+        self.add_peer(p.with_role(|r| SfuRole::Upstream(Box::new(r))), now);
+    }
+
     pub fn add_viewer(&mut self, nv: NewViewer, now: Instant) {
         let NewViewer {
             id,
@@ -339,8 +358,10 @@ impl WorkerCore {
             ufrag,
             bwe,
             slot,
+            relay,
         } = nv;
         let mut v = Viewer::new(video, audio, bwe);
+        v.relay = relay;
         if let Some(c) = self.streams.get(&stream) {
             if bwe && c.simulcast(now) {
                 // Start on the layer the initial estimate affords; BWE moves it from there.
@@ -360,8 +381,10 @@ impl WorkerCore {
         let Some(mut p) = self.peers.remove(&id) else {
             return;
         };
-        if let SfuRole::Publisher(w) = &mut p.role {
-            w.end(why);
+        match &mut p.role {
+            SfuRole::Publisher(w) => w.end(why),
+            SfuRole::Upstream(u) => u.end(why),
+            SfuRole::Viewer(_) => {}
         }
         p.close(Instant::now(), &mut self.out);
         self.by_ufrag.remove(&p.link.local_ufrag);
@@ -393,6 +416,16 @@ impl WorkerCore {
                     side = "ingest", reason = why.as_str(), video_frames = w.stats.video_frames,
                     audio_frames = w.stats.audio_frames,
                     keyframe_requests = w.stats.keyframe_requests, "WHIP publisher left");
+            }
+            SfuRole::Upstream(u) => {
+                self.publishers.retain(|x| *x != id);
+                self.upstreams.retain(|x| *x != id);
+                self.shared.publishers.fetch_sub(1, Ordering::Relaxed);
+                let st = u.stats();
+                tracing::info!(worker = self.index, subscriber = id, stream = %stream,
+                    side = "ingest", path = "pull", reason = why.as_str(),
+                    video_frames = st.video_frames, audio_frames = st.audio_frames,
+                    keyframe_requests = st.keyframe_requests, "upstream subscriber left");
             }
         }
     }
@@ -429,7 +462,7 @@ impl WorkerCore {
     pub fn viewer(&self, id: u64) -> Option<&Viewer> {
         match &self.peers.get(&id)?.role {
             SfuRole::Viewer(v) => Some(v),
-            SfuRole::Publisher(_) => None,
+            SfuRole::Publisher(_) | SfuRole::Upstream(_) => None,
         }
     }
 
@@ -628,7 +661,17 @@ impl WorkerCore {
                 None => None,
             }
         } else {
-            self.by_addr.get(&src).copied()
+            self.by_addr.get(&src).copied().or_else(|| {
+                // An upstream answering our checks (its address is not known yet): few peers,
+                // and only datagrams from unknown addresses get here.
+                let id = self.upstreams.iter().copied().find(|id| {
+                    self.peers
+                        .get(id)
+                        .is_some_and(|p| p.accepts(now, proto, src, dst, data))
+                })?;
+                self.by_addr.insert(src, id);
+                Some(id)
+            })
         };
         let Some(id) = id else {
             self.shared
@@ -679,13 +722,24 @@ impl WorkerCore {
         }
         let wrote = match &mut p.role {
             SfuRole::Publisher(w) => w.on_control(&mut p.link, now),
+            SfuRole::Upstream(u) => u.on_control(&mut p.link, now),
             SfuRole::Viewer(v) => {
                 if let Some(est) = v.take_estimate() {
                     if let Some(c) = self.streams.get(&p.link.stream) {
                         select_layer(&mut p.link, v, c, est, now, &self.registry);
                     }
                 }
-                if !(v.needs_start
+                if v.relay && !v.needs_start {
+                    // A downstream edge: replaying the cache would repeat frames there and
+                    // move its video clock; the publisher is asked instead (paced there).
+                    if v.take_keyframe_request(&p.link, now, self.timing.keyframe_answer) {
+                        self.shared
+                            .keyframes_relayed
+                            .fetch_add(1, Ordering::Relaxed);
+                        request_keyframe(&self.registry, &p.link.stream, v.layer());
+                    }
+                    false
+                } else if !(v.needs_start
                     || v.take_keyframe_request(&p.link, now, self.timing.keyframe_answer))
                 {
                     false
@@ -797,6 +851,7 @@ fn keyframe_retry_at(p: &SfuPeer, answer_interval: Duration) -> Option<Instant> 
     match &p.role {
         SfuRole::Viewer(v) => v.keyframe_retry_at(p.link.created, answer_interval),
         SfuRole::Publisher(w) => w.keyframe_retry_at(&p.link),
+        SfuRole::Upstream(u) => u.keyframe_retry_at(&p.link),
     }
 }
 
@@ -934,6 +989,7 @@ impl Worker {
                 match self.control_rx.try_recv() {
                     Ok(ControlMsg::Add(nv)) => self.core.add_viewer(*nv, now),
                     Ok(ControlMsg::AddPublisher(p)) => self.core.add_publisher(*p, now),
+                    Ok(ControlMsg::AddUpstream(p)) => self.core.add_upstream(*p, now),
                     Ok(ControlMsg::Remove(id)) => self.core.remove(id, DropReason::Deleted),
                     Ok(ControlMsg::Shutdown) => {
                         self.core.drop_all(DropReason::Shutdown);
