@@ -101,6 +101,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .context("setting up the streams' providers")?,
     );
 
+    let cluster = crate::cluster::Cluster::new(&cfg, registry.clone(), sfu.clone());
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.server.http_threads.max(1))
         .thread_name("control")
@@ -126,6 +128,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.clone(),
             metrics.clone(),
         ));
+        cluster.start();
         if cfg.demo.enabled {
             tracing::info!(stream = %cfg.demo.name, "publishing the built-in demo program");
             tokio::spawn(crate::ingest::demo::run(
@@ -141,6 +144,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             push: push.clone(),
             sfu: sfu.clone(),
             providers: providers.clone(),
+            cluster: cluster.clone(),
         };
         let server = tokio::spawn(http::serve(http_listener, state));
         tokio::select! {

@@ -33,6 +33,8 @@ pub struct AppState {
     pub sfu: Option<Arc<crate::egress::sfu::SfuHandle>>,
     /// Each stream's StreamingProvider (playback URLs; see `crate::provider`).
     pub providers: Arc<crate::provider::ProviderRegistry>,
+    /// This node in the cluster (inert without `[cluster] redis`; see `crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, if any. The scheme is case-insensitive
