@@ -117,6 +117,7 @@ impl Metrics {
         hls: &HlsStore,
         push: &PushEngine,
         sfu: Option<&crate::egress::sfu::SfuHandle>,
+        cluster: Option<&crate::cluster::Cluster>,
     ) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -240,6 +241,9 @@ impl Metrics {
 
         if let Some(sfu) = sfu {
             render_sfu(&mut r, sfu);
+        }
+        if let Some(c) = cluster {
+            c.encode_metrics(&mut r);
         }
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -357,6 +357,48 @@ impl Cluster {
         v.nodes.iter().find(|n| n.info.id == s.origin).map(|n| n.info.clone())
     }
 
+    /// `deltacast_cluster_*` (only in a cluster: a single node's metrics are as before).
+    pub fn encode_metrics(&self, r: &mut prometheus_client::registry::Registry) {
+        use crate::metrics::{counter, gauge};
+        let s = &self.stats;
+        let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        r.register(
+            "cluster_redis_up",
+            "1 while the last heartbeat reached Redis",
+            gauge(s.redis_up.load(Ordering::Relaxed) as i64),
+        );
+        r.register(
+            "cluster_nodes",
+            "Live nodes in the last registry view (this one included)",
+            gauge(ld(&s.nodes) as i64),
+        );
+        r.register(
+            "cluster_redirects",
+            "WHEP POSTs this node was too full for, sent to another node (307)",
+            counter(ld(&s.redirects)),
+        );
+        r.register(
+            "cluster_full_refusals",
+            "WHEP POSTs refused (503) because no other node had room",
+            counter(ld(&s.cluster_full)),
+        );
+        r.register(
+            "cluster_hls_proxied",
+            "LL-HLS requests answered by proxying to the stream's origin node",
+            counter(ld(&s.hls_proxied)),
+        );
+        r.register(
+            "cluster_hls_proxy_errors",
+            "LL-HLS requests whose origin node did not answer (502)",
+            counter(ld(&s.hls_proxy_errors)),
+        );
+        r.register(
+            "cluster_heartbeat_errors",
+            "Heartbeats that could not reach Redis",
+            counter(ld(&s.heartbeat_errors)),
+        );
+    }
+
     /// The resolver the edge pull asks where a stream comes from.
     pub fn resolver(self: &Arc<Self>) -> Arc<dyn OriginResolver> {
         Arc::new(RedisResolver(self.clone()))
