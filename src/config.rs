@@ -770,6 +770,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section_defaults_and_checks() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.cluster.is_none());
+        // Without [cluster] the printed config is as before (no section at all).
+        assert!(!toml::to_string(&c).unwrap().contains("cluster"));
+        let c = Config::from_toml("[cluster]\nredis = \"redis://127.0.0.1:6379\"\n").unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.heartbeat_ms, cl.ttl_ms, cl.capacity), (1_000, 5_000, 0));
+        for bad in [
+            "redis = \"http://x\"",
+            "node_id = \"a b\"",
+            "public_http = \"10.0.0.5:8080\"",
+            "heartbeat_ms = 10",
+            "heartbeat_ms = 1000\nttl_ms = 1500",
+            "capacity = 100000",
+            "bogus = 1",
+        ] {
+            let e = Config::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
+            assert!(e.contains("cluster") || e.contains("bogus"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn keys_map_to_names() {
         let c =
             Config::from_toml("[[streams]]\nname = \"town-hall\"\nkeys = [\"s3cret\"]\n").unwrap();
