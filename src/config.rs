@@ -79,9 +79,7 @@ impl ClusterConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
-            return Err(
-                "config: cluster.node_id must be at most 64 of [A-Za-z0-9._-]".into(),
-            );
+            return Err("config: cluster.node_id must be at most 64 of [A-Za-z0-9._-]".into());
         }
         if !self.public_http.is_empty()
             && !((self.public_http.starts_with("http://")

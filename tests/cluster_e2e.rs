@@ -98,9 +98,8 @@ fn assert_503(r: &testkit::Resp, context: &str) {
 
 /// A viewer that plays: connected and `frames` video frames in.
 fn viewer(s: &Server, stream: &str, frames: usize) -> WhepClient {
-    let mut v = WhepClient::connect(s.http, stream).unwrap_or_else(|r| {
-        panic!("WHEP on {}: {} {}", s.http, r.status, r.text())
-    });
+    let mut v = WhepClient::connect(s.http, stream)
+        .unwrap_or_else(|r| panic!("WHEP on {}: {} {}", s.http, r.status, r.text()));
     assert!(
         v.run(Duration::from_secs(20), |x| x.frames.len() >= frames),
         "viewer on {} got {} frames",
@@ -112,14 +111,20 @@ fn viewer(s: &Server, stream: &str, frames: usize) -> WhepClient {
 
 #[test]
 fn a_single_node_describes_itself_alone() {
-    let s = Server::start("cluster-single", "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n");
+    let s = Server::start(
+        "cluster-single",
+        "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n",
+    );
     let v = cluster(&s);
     assert_eq!(v["cluster"], false, "{v}");
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{v}");
     assert_eq!(nodes[0]["public_http"], format!("http://{}", s.http));
     assert_eq!(nodes[0]["capacity"], 1500);
-    assert!(nodes[0]["load"].is_number() && nodes[0]["viewers"] == 0, "{v}");
+    assert!(
+        nodes[0]["load"].is_number() && nodes[0]["viewers"] == 0,
+        "{v}"
+    );
     // Nothing of the cluster in a single node's metrics.
     assert!(!s.get("/metrics").text().contains("deltacast_cluster_"));
 }
@@ -139,12 +144,20 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
         assert_eq!(n["public_http"], format!("http://{}", s.http), "{n}");
         assert_eq!(n["capacity"], 1500, "{n}");
         assert_eq!(n["viewers"], 0, "{n}");
-        assert!(n["load"].as_f64().is_some_and(|l| (0.0..1.0).contains(&l)), "{n}");
-        assert!(n["last_seen_ms"].as_u64().is_some_and(|ms| ms <= 1500), "{n}");
+        assert!(
+            n["load"].as_f64().is_some_and(|l| (0.0..1.0).contains(&l)),
+            "{n}"
+        );
+        assert!(
+            n["last_seen_ms"].as_u64().is_some_and(|ms| ms <= 1500),
+            "{n}"
+        );
         assert!(n["workers"].as_array().is_some_and(|w| w.len() == 1), "{n}");
         let cands = n["candidates"].as_array().unwrap();
         assert!(
-            cands.iter().any(|c| c.as_str().unwrap().starts_with(&s.http.ip().to_string())),
+            cands
+                .iter()
+                .any(|c| c.as_str().unwrap().starts_with(&s.http.ip().to_string())),
             "{n}"
         );
     }
@@ -159,13 +172,20 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
     // The playback document on B: the stream is live (on A); both nodes are idle, B keeps it.
     let pb = b.get("/api/v1/streams/show/playback").json();
     assert_eq!(pb["state"], "live", "{pb}");
-    assert_eq!(pb["webrtc"]["whep"], format!("http://{}/whep/show", b.http), "{pb}");
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", b.http),
+        "{pb}"
+    );
 
     // The stream ends: its origin key goes with it.
     ff.kill();
-    wait_cluster(&b, "show gone from the registry", Duration::from_secs(20), |v| {
-        origin_of(v, "show").is_none()
-    });
+    wait_cluster(
+        &b,
+        "show gone from the registry",
+        Duration::from_secs(20),
+        |v| origin_of(v, "show").is_none(),
+    );
 }
 
 #[test]
@@ -191,7 +211,11 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
         r.header("location"),
         Some(format!("http://{}/whep/show?via=a", b.http).as_str())
     );
-    assert!(r.header("access-control-allow-origin").is_some(), "{:?}", r.headers);
+    assert!(
+        r.header("access-control-allow-origin").is_some(),
+        "{:?}",
+        r.headers
+    );
     assert!(
         r.header("access-control-expose-headers")
             .is_some_and(|h| h.contains("Location")),
@@ -200,7 +224,11 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
     );
     // The playback document on A sends new viewers to B.
     let pb = a.get("/api/v1/streams/show/playback").json();
-    assert_eq!(pb["webrtc"]["whep"], format!("http://{}/whep/show", b.http), "{pb}");
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", b.http),
+        "{pb}"
+    );
     // Loop guard: a POST that A already redirected is not redirected by A again.
     assert_503(&post_offer(&a, "/whep/show?via=a"), "POST back to A");
 
@@ -212,7 +240,11 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
     assert_503(&post_offer(&a, "/whep/show"), "every node full, POST to A");
     assert_503(&post_offer(&b, "/whep/other"), "every node full, POST to B");
     let pb = a.get("/api/v1/streams/show/playback").json();
-    assert_eq!(pb["webrtc"]["whep"], format!("http://{}/whep/show", a.http), "{pb}");
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", a.http),
+        "{pb}"
+    );
     assert!(a.metric("deltacast_cluster_redirects_total") >= 1.0);
     assert!(a.metric("deltacast_cluster_full_refusals_total") >= 1.0);
     // The viewers that joined kept playing through all this.
@@ -241,7 +273,10 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
     // Keep the viewer going while A notices.
     let t0 = Instant::now();
     while a.metric("deltacast_cluster_redis_up") != 0.0 {
-        assert!(t0.elapsed() < Duration::from_secs(15), "A never noticed Redis went away");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "A never noticed Redis went away"
+        );
         v.run(Duration::from_millis(300), |_| false);
     }
     let n = v.frames.len();
@@ -251,7 +286,11 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
         n,
         v.frames.len()
     );
-    assert!(a.log_text().contains("Redis unreachable"), "{}", a.log_tail(20));
+    assert!(
+        a.log_text().contains("Redis unreachable"),
+        "{}",
+        a.log_tail(20)
+    );
     let down = cluster(&a);
     assert_eq!(down["redis"], "down", "{down}");
     assert_eq!(
@@ -278,7 +317,10 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
         );
         v.run(Duration::from_millis(300), |_| false);
     }
-    println!("re-registered {:.1} s after Redis came back", t0.elapsed().as_secs_f64());
+    println!(
+        "re-registered {:.1} s after Redis came back",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(a.log_text().contains("re-registered"), "{}", a.log_tail(20));
     let n = v.frames.len();
     assert!(
@@ -309,7 +351,10 @@ fn ll_hls_of_a_stream_is_proxied_by_any_node_to_its_origin() {
     }
     assert!(r.header("access-control-allow-origin").is_some());
     let seg = &pl.segments[0];
-    let part = seg.parts.first().map_or(seg.uri.as_str(), |p| p.uri.as_str());
+    let part = seg
+        .parts
+        .first()
+        .map_or(seg.uri.as_str(), |p| p.uri.as_str());
     let path = resolve(&Server::playlist_path("show"), part);
     let via_b = b.get(&path);
     let via_a = a.get(&path);
@@ -325,7 +370,10 @@ fn ll_hls_of_a_stream_is_proxied_by_any_node_to_its_origin() {
     };
     let t0 = Instant::now();
     let held = b.get_timeout(
-        &format!("{}?_HLS_msn={msn}&_HLS_part={part_n}", Server::playlist_path("show")),
+        &format!(
+            "{}?_HLS_msn={msn}&_HLS_part={part_n}",
+            Server::playlist_path("show")
+        ),
         Duration::from_secs(15),
     );
     assert_eq!(held.status, 200, "{}", held.text());

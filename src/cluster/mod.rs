@@ -292,7 +292,9 @@ impl Cluster {
     }
 
     fn store_view(&self, nodes: Vec<NodeView>, streams: Vec<StreamView>) {
-        self.stats.nodes.store(nodes.len() as u64, Ordering::Relaxed);
+        self.stats
+            .nodes
+            .store(nodes.len() as u64, Ordering::Relaxed);
         *self.view.write() = View {
             nodes,
             streams,
@@ -346,7 +348,9 @@ impl Cluster {
             return None;
         }
         let me = self.local_info();
-        let best = least_loaded(std::iter::once(me).chain(self.fresh_others().into_iter().map(|n| n.info)))?;
+        let best = least_loaded(
+            std::iter::once(me).chain(self.fresh_others().into_iter().map(|n| n.info)),
+        )?;
         (best.id != self.node_id).then_some(best.public_http)
     }
 
@@ -354,7 +358,10 @@ impl Cluster {
     pub fn origin_of(&self, stream: &str) -> Option<NodeInfo> {
         let v = self.view.read();
         let s = v.streams.iter().find(|s| s.name == stream)?;
-        v.nodes.iter().find(|n| n.info.id == s.origin).map(|n| n.info.clone())
+        v.nodes
+            .iter()
+            .find(|n| n.info.id == s.origin)
+            .map(|n| n.info.clone())
     }
 
     /// `deltacast_cluster_*` (only in a cluster: a single node's metrics are as before).
@@ -515,13 +522,20 @@ pub fn parse_via(query: Option<&str>) -> Vec<String> {
 }
 
 /// Group per-stream data read from Redis into views (used by [`registry`]).
-fn stream_views(origins: Vec<(String, Option<String>)>, edges: HashMap<String, Vec<String>>) -> Vec<StreamView> {
+fn stream_views(
+    origins: Vec<(String, Option<String>)>,
+    edges: HashMap<String, Vec<String>>,
+) -> Vec<StreamView> {
     let mut out: Vec<StreamView> = origins
         .into_iter()
         .filter_map(|(name, origin)| {
             let origin = origin?;
             let edges = edges.get(&name).cloned().unwrap_or_default();
-            Some(StreamView { name, origin, edges })
+            Some(StreamView {
+                name,
+                origin,
+                edges,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -546,7 +560,12 @@ mod tests {
     #[test]
     fn least_loaded_skips_full_nodes_and_keeps_the_first_on_ties() {
         let n = least_loaded(
-            [node("a", 0.5, true), node("b", 0.2, false), node("c", 0.5, true)].into_iter(),
+            [
+                node("a", 0.5, true),
+                node("b", 0.2, false),
+                node("c", 0.5, true),
+            ]
+            .into_iter(),
         );
         assert_eq!(n.unwrap().id, "a");
         assert!(least_loaded([node("a", 0.1, false)].into_iter()).is_none());

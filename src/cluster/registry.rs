@@ -163,7 +163,11 @@ async fn beat(
         .arg("PX")
         .arg(ttl)
         .ignore();
-    p.cmd("ZADD").arg(nodes_index()).arg(now).arg(&c.node_id).ignore();
+    p.cmd("ZADD")
+        .arg(nodes_index())
+        .arg(now)
+        .arg(&c.node_id)
+        .ignore();
     for s in &origins {
         p.cmd("SET")
             .arg(origin_key(s))
@@ -184,7 +188,11 @@ async fn beat(
             .ignore();
     }
     for s in &edges {
-        p.cmd("ZADD").arg(edges_key(s)).arg(now).arg(&c.node_id).ignore();
+        p.cmd("ZADD")
+            .arg(edges_key(s))
+            .arg(now)
+            .arg(&c.node_id)
+            .ignore();
         p.cmd("PEXPIRE").arg(edges_key(s)).arg(ttl).ignore();
     }
     for s in reg.edges.difference(&edges) {
@@ -202,7 +210,10 @@ async fn beat(
         .arg(sweep)
         .ignore();
     p.cmd("ZRANGE").arg(nodes_index()).arg(0).arg(MAX_NODES - 1);
-    p.cmd("ZRANGE").arg(streams_index()).arg(0).arg(MAX_STREAMS - 1);
+    p.cmd("ZRANGE")
+        .arg(streams_index())
+        .arg(0)
+        .arg(MAX_STREAMS - 1);
     let (ids, streams): (Vec<String>, Vec<String>) = p.query_async(m).await?;
     reg.origins = origins;
     reg.edges = edges;
@@ -311,7 +322,10 @@ mod tests {
         let good = r#"{"id":"a","public_http":"http://10.0.0.5:8080","candidates":[],"capacity":10,
             "viewers":1,"workers":[],"busy_pct":0.0,"load":0.1,"room":true,"webrtc":true}"#;
         assert_eq!(parse_node("a", good).unwrap().capacity, 10);
-        assert!(parse_node("b", good).is_none(), "a document under another node's key");
+        assert!(
+            parse_node("b", good).is_none(),
+            "a document under another node's key"
+        );
         assert!(parse_node("a", "{").is_none());
         let bad_url = good.replace("http://10.0.0.5:8080", "javascript:x");
         assert_eq!(parse_node("a", &bad_url).unwrap().public_http, "");

@@ -107,7 +107,10 @@ async fn from_origin(
     let hold = Duration::from_secs(3 * target_s + 5);
     let mut r = crate::cluster::hls_proxy::forward(c, &origin, method, uri, headers, hold).await;
     state.metrics.hls_response(r.status());
-    if !r.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+    if !r
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
         cors(state, r.headers_mut());
     }
     Some(r)

@@ -70,7 +70,10 @@ async fn cluster(State(state): State<AppState>) -> Response<Body> {
     let body = serde_json::to_vec(&state.cluster.describe()).unwrap_or_default();
     let mut r = Response::new(Body::from(body));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
