@@ -68,9 +68,8 @@ impl Default for ClusterConfig {
 
 impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !self.redis.is_empty()
-            && !(self.redis.starts_with("redis://") || self.redis.starts_with("rediss://"))
-        {
+        let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        if !self.redis.is_empty() && !scheme_ok(&self.redis) {
             return Err("config: cluster.redis must be a redis:// or rediss:// URL".into());
         }
         if self.node_id.len() > 64
