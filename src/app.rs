@@ -153,6 +153,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = shutdown_signal() => {
                 tracing::info!("shutting down");
+                cluster.leave().await;
             }
         }
         Ok::<_, anyhow::Error>(())

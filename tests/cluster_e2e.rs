@@ -20,17 +20,29 @@ use testkit::{request, resolve, Ffmpeg, Playlist, Server};
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
-/// A node `id` on `ip` in the cluster of `redis` (fast heartbeats so the tests run quickly).
-fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
+/// A node `id` on `ip` in the cluster of `redis` (fast heartbeats so the tests run quickly);
+/// `cluster_extra` goes under `[cluster]` (a `ttl_ms`).
+fn node_with(
+    label: &str,
+    id: &str,
+    ip: Ipv4Addr,
+    redis: &Redis,
+    sfu_extra: &str,
+    cluster_extra: &str,
+) -> Server {
     Server::start_on(
         label,
         ip,
         &format!(
             "[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
-             [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\nttl_ms = 1500\n",
+             [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n{cluster_extra}\n",
             redis.url()
         ),
     )
+}
+
+fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
+    node_with(label, id, ip, redis, sfu_extra, "ttl_ms = 1500\n")
 }
 
 fn cluster(s: &Server) -> Value {
@@ -192,7 +204,15 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
 fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
     let redis = Redis::start("full");
     let a = node("cl-full-a", "a", A, &redis, "max_viewers = 1\n");
-    let b = node("cl-full-b", "b", B, &redis, "max_viewers = 1\n");
+    // B is full by its cluster capacity (below sfu.max_viewers), A by its viewer cap.
+    let b = node_with(
+        "cl-full-b",
+        "b",
+        B,
+        &redis,
+        "",
+        "ttl_ms = 1500\ncapacity = 1\n",
+    );
     let _fa = publish("cl-full-a", &a, "show");
     let _fb = publish("cl-full-b", &b, "other");
     wait_cluster(&a, "both streams and nodes", Duration::from_secs(15), |v| {
@@ -401,4 +421,24 @@ fn ll_hls_of_a_stream_is_proxied_by_any_node_to_its_origin() {
     assert_eq!(r.status, 200, "{path}");
     assert_eq!(r.body, via_a.body);
     assert!(b.metric("deltacast_cluster_hls_proxied_total") >= 4.0);
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_leaves_the_registry_at_once() {
+    let redis = Redis::start("leave");
+    // A long TTL: only B's deregistration can take it out of the view within the bound below.
+    let a = node_with("cl-leave-a", "a", A, &redis, "", "ttl_ms = 30000\n");
+    let b = node_with("cl-leave-b", "b", B, &redis, "", "ttl_ms = 30000\n");
+    let _ff = publish("cl-leave", &b, "show");
+    wait_cluster(&a, "B and its stream", Duration::from_secs(15), |v| {
+        node_of(v, "b").is_some() && origin_of(v, "show").as_deref() == Some("b")
+    });
+    // SAFETY: kill(2) on the pid of the server this test started; it is still running.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    wait_cluster(&a, "B gone", Duration::from_secs(5), |v| {
+        node_of(v, "b").is_none() && origin_of(v, "show").is_none()
+    });
+    println!("B left the view {:?} after SIGTERM", t0.elapsed());
+    assert!(b.log_text().contains("cluster: left"), "{}", b.log_tail(10));
 }

@@ -142,6 +142,10 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// The Redis connection once made (the heartbeat makes it; it reconnects by itself).
     conn: parking_lot::Mutex<Option<redis::aio::ConnectionManager>>,
+    /// Held by a heartbeat while it writes and by [`Cluster::leave`]: no heartbeat writes after
+    /// the node has left.
+    writing: tokio::sync::Mutex<()>,
+    leaving: AtomicBool,
     /// Shared HTTP client of the LL-HLS proxy.
     pub(crate) http: hls_proxy::Client,
 }
@@ -203,6 +207,8 @@ impl Cluster {
             pulls: RwLock::new(None),
             stats: ClusterStats::default(),
             conn: parking_lot::Mutex::new(None),
+            writing: tokio::sync::Mutex::new(()),
+            leaving: AtomicBool::new(false),
             http: hls_proxy::client(),
         })
     }
@@ -211,6 +217,13 @@ impl Cluster {
     pub fn start(self: &Arc<Self>) {
         if self.enabled {
             tokio::spawn(registry::heartbeat(self.clone(), self.redis_url.clone()));
+        }
+    }
+
+    /// Deregister on shutdown (see [`registry::leave`]).
+    pub async fn leave(&self) {
+        if self.enabled {
+            registry::leave(self).await;
         }
     }
 

@@ -83,6 +83,10 @@ pub(super) async fn heartbeat(c: Arc<Cluster>, url: String) {
     let mut last_error = String::new();
     loop {
         tick.tick().await;
+        let _writing = c.writing.lock().await;
+        if c.leaving.load(Ordering::Acquire) {
+            return;
+        }
         let conn = c.conn.lock().clone();
         let res = match conn {
             Some(mut m) => match tokio::time::timeout(OP_TIMEOUT, beat(&c, &mut m, &mut reg)).await
@@ -288,6 +292,40 @@ fn parse_node(id: &str, doc: &str) -> Option<NodeInfo> {
         info.public_http.clear(); // never placed on (see `least_loaded`)
     }
     Some(info)
+}
+
+/// Leave the cluster at once (on shutdown): delete this node's key and the origin keys that still
+/// name it, so placement stops sending viewers here without waiting for the TTL. Bounded; a Redis
+/// that is away just lets the keys expire.
+pub(super) async fn leave(c: &Cluster) {
+    c.leaving.store(true, Ordering::Release);
+    // Wait out a heartbeat in flight (bounded by its own timeouts), so none writes after this.
+    let Ok(_writing) = tokio::time::timeout(OP_TIMEOUT, c.writing.lock()).await else {
+        return;
+    };
+    let Some(mut m) = c.conn.lock().clone() else {
+        return;
+    };
+    let mut p = redis::pipe();
+    p.cmd("DEL").arg(node_key(&c.node_id)).ignore();
+    p.cmd("ZREM").arg(nodes_index()).arg(&c.node_id).ignore();
+    for s in c.origin_streams() {
+        p.cmd("EVAL")
+            .arg(DEL_IF_OWNER)
+            .arg(2)
+            .arg(origin_key(&s))
+            .arg(streams_index())
+            .arg(&c.node_id)
+            .arg(&s)
+            .ignore();
+    }
+    for (s, _) in c.pulled() {
+        p.cmd("ZREM").arg(edges_key(&s)).arg(&c.node_id).ignore();
+    }
+    match tokio::time::timeout(Duration::from_secs(1), p.query_async::<()>(&mut m)).await {
+        Ok(Ok(())) => tracing::info!(node = %c.node_id, "cluster: left"),
+        _ => tracing::warn!(node = %c.node_id, "cluster: could not deregister; keys expire"),
+    }
 }
 
 /// The origin of `stream` as Redis says now (None when unknown or Redis is away).
