@@ -101,6 +101,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .context("setting up the streams' providers")?,
     );
 
+    let cluster = crate::cluster::Cluster::new(&cfg, registry.clone(), sfu.clone());
+
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.server.http_threads.max(1))
         .thread_name("control")
@@ -126,6 +128,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.clone(),
             metrics.clone(),
         ));
+        cluster.start();
         if cfg.demo.enabled {
             tracing::info!(stream = %cfg.demo.name, "publishing the built-in demo program");
             tokio::spawn(crate::ingest::demo::run(
@@ -136,7 +139,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         // Edge pulls: `[[streams]] pull` streams through the static resolver (the cluster sets
         // its own resolver).
         let pulls = crate::ingest::whep_pull::PullManager::new(
-            node_id(&cfg),
+            if cluster.enabled {
+                cluster.node_id.clone()
+            } else {
+                node_id(&cfg)
+            },
             registry.clone(),
             sfu.clone(),
             crate::ingest::whep_pull::PullTiming {
@@ -144,9 +151,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 connect: std::time::Duration::from_millis(cfg.pull.connect_timeout_ms),
             },
         );
-        pulls.set_resolver(Arc::new(
+        let configured: Arc<dyn crate::ingest::whep_pull::OriginResolver> = Arc::new(
             crate::ingest::whep_pull::StaticResolver::from_config(&cfg),
-        ));
+        );
+        if cluster.enabled {
+            pulls.set_resolver(Arc::new(crate::cluster::pull::FirstOf(vec![
+                configured,
+                cluster.resolver(),
+            ])));
+            let p = pulls.clone();
+            cluster.set_pulls(Arc::new(move || p.active()));
+        } else {
+            pulls.set_resolver(configured);
+        }
         let state = AppState {
             pulls: pulls.clone(),
             cfg: cfg.clone(),
@@ -156,6 +173,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             push: push.clone(),
             sfu: sfu.clone(),
             providers: providers.clone(),
+            cluster: cluster.clone(),
         };
         let server = tokio::spawn(http::serve(http_listener, state));
         tokio::select! {
@@ -165,6 +183,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             _ = shutdown_signal() => {
                 tracing::info!("shutting down");
                 pulls.stop_all();
+                cluster.leave().await;
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -30,6 +30,10 @@ pub struct Config {
     pub web: WebConfig,
     /// Edge pulls from upstream WHEP servers (`[pull]`).
     pub pull: PullConfig,
+    /// `[cluster]`: membership in a Redis-backed cluster. Absent, or without `redis`: one node,
+    /// exactly as before (and `check-config` prints no `[cluster]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[pull]`: streams pulled from another WHEP server (`[[streams]] pull`, or the cluster).
@@ -48,6 +52,73 @@ impl Default for PullConfig {
             linger_ms: 10_000,
             connect_timeout_ms: 4_000,
         }
+    }
+}
+
+/// `[cluster]`: this node in a cluster whose registry lives in Redis (see `crate::cluster`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[user:pass@]host[:port][/db]` (or `rediss://`). Empty: single node.
+    pub redis: String,
+    /// This node's id in the registry. Empty: the host name.
+    pub node_id: String,
+    /// Base URL other nodes and clients reach this node's HTTP listener at
+    /// (`http://10.0.0.5:8080`). Empty: `http://` + `server.http_listen`.
+    pub public_http: String,
+    /// WebRTC viewers this node takes before it sends new ones elsewhere (307). 0: `sfu.max_viewers`.
+    pub capacity: usize,
+    /// How often the node refreshes its keys in Redis.
+    pub heartbeat_ms: u64,
+    /// Lifetime of the node's keys: a node silent for this long is gone from the cluster.
+    pub ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node_id: String::new(),
+            public_http: String::new(),
+            capacity: 0,
+            heartbeat_ms: 1_000,
+            ttl_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        if !self.redis.is_empty() && !scheme_ok(&self.redis) {
+            return Err("config: cluster.redis must be a redis:// or rediss:// URL".into());
+        }
+        if self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err("config: cluster.node_id must be at most 64 of [A-Za-z0-9._-]".into());
+        }
+        if !self.public_http.is_empty()
+            && !((self.public_http.starts_with("http://")
+                || self.public_http.starts_with("https://"))
+                && self.public_http.len() <= 512
+                && self.public_http.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err("config: cluster.public_http must be an http:// or https:// URL".into());
+        }
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return Err("config: cluster.heartbeat_ms must be within 100..=60000".into());
+        }
+        if self.ttl_ms < 2 * self.heartbeat_ms || self.ttl_ms > 600_000 {
+            return Err(
+                "config: cluster.ttl_ms must be at least twice heartbeat_ms and at most 600000"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -735,6 +806,12 @@ impl Config {
         self.server.validate()?;
         self.web.validate()?;
         self.sfu.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+            if c.capacity > self.sfu.max_viewers {
+                return Err("config: cluster.capacity must not exceed sfu.max_viewers".into());
+            }
+        }
         let mut dest_ids = std::collections::HashSet::new();
         for d in &self.destinations {
             if !crate::media::stream::valid_stream_name(&d.stream) {
@@ -802,6 +879,29 @@ mod tests {
         assert!(e.contains("part_target"), "{e}");
         let e = Config::from_toml("bogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn cluster_section_defaults_and_checks() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.cluster.is_none());
+        // Without [cluster] the printed config is as before (no section at all).
+        assert!(!toml::to_string(&c).unwrap().contains("cluster"));
+        let c = Config::from_toml("[cluster]\nredis = \"redis://127.0.0.1:6379\"\n").unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.heartbeat_ms, cl.ttl_ms, cl.capacity), (1_000, 5_000, 0));
+        for bad in [
+            "redis = \"http://x\"",
+            "node_id = \"a b\"",
+            "public_http = \"10.0.0.5:8080\"",
+            "heartbeat_ms = 10",
+            "heartbeat_ms = 1000\nttl_ms = 1500",
+            "capacity = 100000",
+            "bogus = 1",
+        ] {
+            let e = Config::from_toml(&format!("[cluster]\n{bad}\n")).unwrap_err();
+            assert!(e.contains("cluster") || e.contains("bogus"), "{bad}: {e}");
+        }
     }
 
     #[test]

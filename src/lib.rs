@@ -3,6 +3,7 @@
 
 pub mod affinity;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod egress;

@@ -118,6 +118,7 @@ impl Metrics {
         push: &PushEngine,
         sfu: Option<&crate::egress::sfu::SfuHandle>,
         pulls: Option<&crate::ingest::whep_pull::PullManager>,
+        cluster: Option<&crate::cluster::Cluster>,
     ) -> String {
         let mut r = PromRegistry::with_prefix("deltacast");
         let ld = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -244,6 +245,9 @@ impl Metrics {
         }
         if let Some(p) = pulls {
             p.encode_metrics(&mut r);
+        }
+        if let Some(c) = cluster {
+            c.encode_metrics(&mut r);
         }
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -1,13 +1,16 @@
 //! The LL-HLS origin: playlists with blocking reload and delta updates, parts/segments/init with
 //! CDN-correct caching, HEAD and Range, CORS. Every answer is built from the store's pre-rendered
 //! bytes; a blocked request waits on the stream's change channel, never polls.
+//!
+//! In a cluster, a stream that is not on this node but whose origin is another node is proxied
+//! to that origin (`crate::cluster::hls_proxy`): one stable URL per stream for a CDN.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 
 use super::AppState;
 use crate::egress::hls::store::{Lookup, Object, Readiness};
@@ -86,16 +89,49 @@ pub fn parse_query_for_fuzz(q: &str) -> bool {
     parse_directives(Some(q)).is_ok()
 }
 
+/// The stream is not on this node and its origin is another node: the origin's answer.
+async fn from_origin(
+    state: &AppState,
+    stream: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
+    if state.hls.get(stream).is_some() || state.registry.get(stream).is_some() {
+        return None;
+    }
+    let c = &state.cluster;
+    let origin = crate::cluster::hls_proxy::origin_for(c, stream, headers)?;
+    // Long enough for the origin's longest blocking hold (3 target durations) and then some.
+    let target_s = state.cfg.hls.segment_target_ms.div_ceil(1000);
+    let hold = Duration::from_secs(3 * target_s + 5);
+    let mut r = crate::cluster::hls_proxy::forward(c, &origin, method, uri, headers, hold).await;
+    state.metrics.hls_response(r.status());
+    if !r
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        cors(state, r.headers_mut());
+    }
+    Some(r)
+}
+
 pub async fn playlist(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(stream): Path<String>,
     RawQuery(query): RawQuery,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Response<Body> {
     let d = match parse_directives(query.as_deref()) {
         Ok(d) => d,
         Err(e) => return plain(&state, StatusCode::BAD_REQUEST, e),
     };
+    if let Some(r) = from_origin(&state, &stream, &method, &uri, &headers).await {
+        return r;
+    }
     let Some(hs) = state.hls.get(&stream) else {
         return if state.registry.get(&stream).is_some() {
             unavailable(&state, "stream has not produced media yet")
@@ -188,8 +224,14 @@ fn unavailable(state: &AppState, msg: &str) -> Response<Body> {
 pub async fn media(
     State(state): State<AppState>,
     Path((stream, gen, file)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response<Body> {
+    // Before the generation check: the origin's objects carry the origin's generation.
+    if let Some(r) = from_origin(&state, &stream, &method, &uri, &headers).await {
+        return r;
+    }
     if gen != *state.hls.gen {
         return plain(&state, StatusCode::NOT_FOUND, "unknown generation");
     }

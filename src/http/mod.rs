@@ -35,6 +35,8 @@ pub struct AppState {
     pub providers: Arc<crate::provider::ProviderRegistry>,
     /// Edge pulls from upstream WHEP servers (see `crate::ingest::whep_pull`).
     pub pulls: Arc<crate::ingest::whep_pull::PullManager>,
+    /// This node in the cluster (inert without `[cluster] redis`; see `crate::cluster`).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header, if any. The scheme is case-insensitive
@@ -55,12 +57,27 @@ async fn metrics(State(state): State<AppState>) -> Response<Body> {
         &state.push,
         state.sfu.as_deref(),
         Some(&state.pulls),
+        state.cluster.enabled.then_some(&*state.cluster),
     );
     let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    r
+}
+
+/// `GET /api/v1/cluster`: the nodes and live streams of the cluster (this node alone with
+/// `"cluster": false` without Redis).
+async fn cluster(State(state): State<AppState>) -> Response<Body> {
+    let body = serde_json::to_vec(&state.cluster.describe()).unwrap_or_default();
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -95,6 +112,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/streams", get(api::list))
         .route("/api/v1/streams/{name}", get(api::get).delete(api::remove))
         .route("/api/v1/streams/{name}/publisher", delete(api::kick))

@@ -10,6 +10,9 @@
 //!   "playback_url": "https://…"}`.
 //!
 //! URLs are absolute: `web.public_url` when set, otherwise `http://` + the request's `Host`.
+//!
+//! In a cluster the WHEP URL is the least-loaded node's with room (this node when it ties), as
+//! the registry last said (see `crate::cluster`); a stream live on another node is `live` here.
 
 use std::net::SocketAddr;
 
@@ -122,10 +125,22 @@ pub async fn playback(
         return error(StatusCode::NOT_FOUND, "no such stream");
     };
     let node = node_urls(&state, &headers);
-    let pb = p.playback(&node, &name);
+    let mut pb = p.playback(&node, &name);
+    let mut live = live_state(&state, &name);
+    if state.cluster.enabled {
+        // Only this node's own WHEP URL is moved: a provider's URL elsewhere is the provider's.
+        if let Some(w) = pb.webrtc.as_mut().filter(|w| w.whep == node.whep(&name)) {
+            if let Some(base) = state.cluster.playback_base() {
+                w.whep = format!("{base}/whep/{name}");
+            }
+        }
+        if live == "offline" && state.cluster.origin_of(&name).is_some() {
+            live = "live";
+        }
+    }
     let body = json!({
         "stream": name,
-        "state": live_state(&state, &name),
+        "state": live,
         "webrtc": pb.webrtc,
         "hls": pb.hls,
         "webrtc_timeout_ms": state.cfg.web.webrtc_timeout_ms,

@@ -9,6 +9,11 @@
 //!   Retry-After when full, when too many sessions are being set up (in all, or from the
 //!   client's address), when every SFU worker is busier than `sfu.admit_max_busy_pct`, or
 //!   when the SFU is off; the body says which.
+//! - In a cluster (`[cluster] redis`), a POST this node has no room for (the viewer cap, the
+//!   cluster `capacity`, or the measured load) answers `307 Temporary Redirect` with `Location:
+//!   {node}/whep/{stream}?via={ids}` on the least-loaded other node with room (RFC 9725 §4.5
+//!   allows redirects for load balancing); `via` lists the nodes that already redirected it, and
+//!   none of them redirects it again. 503 + Retry-After when no node has room.
 //! - Session URLs of WHEP viewers and WHIP publishers are separate namespaces: a WHEP path never
 //!   reaches a publisher's session, nor the other way round.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
@@ -24,7 +29,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use axum::routing::post;
 use axum::Router;
@@ -104,6 +109,7 @@ pub(super) fn ice_links(state: &AppState, h: &mut HeaderMap) {
 async fn create(
     State(state): State<AppState>,
     Path(stream): Path<String>,
+    RawQuery(query): RawQuery,
     ext: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
@@ -122,6 +128,13 @@ async fn create(
         Ok(v) => v,
         Err(e) => return reply(&state, StatusCode::LOOP_DETECTED, e.to_string()),
     };
+    // The nodes that already redirected this POST (placement), apart from the pull's hops.
+    let redirected = crate::cluster::parse_via(query.as_deref());
+    // A full node sends the viewer on before it spends a pull on it.
+    if state.cluster.at_capacity() {
+        sfu.admission.count_refusal(Refusal::Full);
+        return full_here(&state, &stream, &redirected, WhepError::Refused(Refusal::Full));
+    }
     if let Err(r) = pull_if_needed(&state, &stream, &via).await {
         return *r;
     }
@@ -129,6 +142,9 @@ async fn create(
     // The slot first (atomic, per-address pending bound): a refused stranger costs no SDP work.
     let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
         Ok(s) => s,
+        Err(r @ (Refusal::Full | Refusal::Overloaded(_))) => {
+            return full_here(&state, &stream, &redirected, WhepError::Refused(r))
+        }
         Err(r) => return error_response(&state, WhepError::Refused(r)),
     };
     // SDP parsing and DTLS/ICE setup are CPU work: keep them off the async workers, a few at a
@@ -168,6 +184,9 @@ async fn create(
             // Configured but never published since start: known, just not live.
             error_response(&state, WhepError::NotLive(n))
         }
+        Err(e @ (WhepError::Full | WhepError::Refused(Refusal::Overloaded(_)))) => {
+            full_here(&state, &stream, &redirected, e)
+        }
         Err(e) => error_response(&state, e),
     }
 }
@@ -198,6 +217,38 @@ async fn pull_if_needed(
         PullError::Timeout(_) => reply(state, StatusCode::GATEWAY_TIMEOUT, msg),
         _ => reply(state, StatusCode::BAD_GATEWAY, msg),
     }))
+}
+
+/// This node has no room for the viewer: 307 to the least-loaded other node with room (see the
+/// module docs), else the refusal `e` as a single node answers it.
+fn full_here(state: &AppState, stream: &str, via: &[String], e: WhepError) -> Response<Body> {
+    let c = &state.cluster;
+    if !c.enabled {
+        return error_response(state, e);
+    }
+    let Some(to) = c.redirect_target(via) else {
+        c.count_redirect(false);
+        return error_response(state, e);
+    };
+    c.count_redirect(true);
+    let mut ids = via.to_vec();
+    ids.push(c.node_id.clone());
+    let location = format!(
+        "{}/whep/{stream}?{}={}",
+        to.public_http,
+        crate::cluster::VIA_PARAM,
+        ids.join(",")
+    );
+    tracing::debug!(stream, to = %to.id, "WHEP POST redirected: this node is full");
+    let mut r = reply(
+        state,
+        StatusCode::TEMPORARY_REDIRECT,
+        format!("this node is full; node {} takes the viewer", to.id),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// The checks a WHEP or WHIP POST makes before any SDP work: content type, UTF-8, stream

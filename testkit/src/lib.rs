@@ -16,6 +16,7 @@ pub mod http;
 pub mod nginx;
 pub mod peer;
 pub mod process;
+pub mod redis;
 pub mod server;
 pub mod webrtc;
 

@@ -11,6 +11,8 @@ use crate::hls::{resolve, Playlist, Segment};
 use crate::http::{http_get, Resp};
 use crate::process::{free_port, kill_child, require_tool, run_bounded, tail_of};
 
+const LOOPBACK: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
+
 /// A running `deltacast serve` on free loopback ports. Killed on drop.
 pub struct Server {
     child: Child,
@@ -39,19 +41,29 @@ impl Server {
         rest: &str,
         args: &[&str],
     ) -> Server {
-        Self::start_inner(label, server_extra, rtmp_extra, rest, args, None)
+        Self::start_inner(label, server_extra, rtmp_extra, rest, args, None, LOOPBACK)
+    }
+
+    /// [`Server::start`] listening on `ip` (any 127.0.0.0/8 address), so that several nodes of a
+    /// cluster each have an address of their own.
+    pub fn start_on(label: &str, ip: std::net::Ipv4Addr, rest: &str) -> Server {
+        Self::start_inner(label, "", "", rest, &[], None, ip)
     }
 
     /// [`Server::start`] on a chosen HTTP address (from [`free_port`]), for nodes whose
     /// configs must name each other before they start.
     pub fn start_at(label: &str, http: SocketAddr, extra_toml: &str) -> Server {
-        Self::start_inner_at(label, "", "", extra_toml, &[], None, Some(http))
+        let ip = match http.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => LOOPBACK,
+        };
+        Self::start_inner_at(label, "", "", extra_toml, &[], None, Some(http), ip)
     }
 
     /// [`Server::start_with`] with the server's open-files limit (RLIMIT_NOFILE, soft and hard)
     /// set to `nofile`, as an operator's `LimitNOFILE=` would.
     pub fn start_with_nofile(label: &str, server_extra: &str, rest: &str, nofile: u64) -> Server {
-        Self::start_inner(label, server_extra, "", rest, &[], Some(nofile))
+        Self::start_inner(label, server_extra, "", rest, &[], Some(nofile), LOOPBACK)
     }
 
     fn start_inner(
@@ -61,8 +73,9 @@ impl Server {
         rest: &str,
         args: &[&str],
         nofile: Option<u64>,
+        ip: std::net::Ipv4Addr,
     ) -> Server {
-        Self::start_inner_at(label, server_extra, rtmp_extra, rest, args, nofile, None)
+        Self::start_inner_at(label, server_extra, rtmp_extra, rest, args, nofile, None, ip)
     }
 
     fn start_inner_at(
@@ -73,6 +86,7 @@ impl Server {
         args: &[&str],
         nofile: Option<u64>,
         fixed_http: Option<SocketAddr>,
+        ip: std::net::Ipv4Addr,
     ) -> Server {
         let bin = crate::deltacast_bin();
         let mut last_err = String::new();
@@ -83,8 +97,8 @@ impl Server {
                 .tempdir()
                 .expect("tempdir");
             let http: SocketAddr =
-                fixed_http.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-            let rtmp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                fixed_http.unwrap_or_else(|| format!("{ip}:{}", free_port()).parse().unwrap());
+            let rtmp: SocketAddr = format!("{ip}:{}", free_port()).parse().unwrap();
             let config = format!(
                 "[server]\nhttp_listen = \"{http}\"\n{server_extra}\n\n\
                  [rtmp]\nlisten = \"{rtmp}\"\nhandshake_timeout_ms = 3000\nidle_timeout_ms = 5000\n{rtmp_extra}\n\n\

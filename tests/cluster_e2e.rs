@@ -1,0 +1,444 @@
+//! The cluster end to end, with real parts: a real `redis-server` (no persistence) started by the
+//! test, two `deltacast` processes each on its own 127.0.0.x address with `[cluster]` pointing
+//! at it, ffmpeg publishing over RTMP, str0m WHEP viewers, nginx as a CDN.
+//!
+//! Covered: membership with load in `/api/v1/cluster`, a stream's origin, the 307 of a full node
+//! (and its loop guard), 503 + Retry-After when every node is full, the playback document's
+//! placement, Redis killed and restarted mid-stream (viewers keep playing, nodes re-register),
+//! LL-HLS of a stream proxied by a node that is not its origin (directly and through the CDN).
+//! Viewers on an edge of a stream published elsewhere need the edge pull (`ingest::whep_pull`).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::nginx::Nginx;
+use testkit::redis::Redis;
+use testkit::webrtc::{offer, WhepClient};
+use testkit::{request, resolve, Ffmpeg, Playlist, Server};
+
+const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// A node `id` on `ip` in the cluster of `redis` (fast heartbeats so the tests run quickly);
+/// `cluster_extra` goes under `[cluster]` (a `ttl_ms`).
+fn node_with(
+    label: &str,
+    id: &str,
+    ip: Ipv4Addr,
+    redis: &Redis,
+    sfu_extra: &str,
+    cluster_extra: &str,
+) -> Server {
+    Server::start_on(
+        label,
+        ip,
+        &format!(
+            "[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
+             [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n{cluster_extra}\n",
+            redis.url()
+        ),
+    )
+}
+
+fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
+    node_with(label, id, ip, redis, sfu_extra, "ttl_ms = 1500\n")
+}
+
+fn cluster(s: &Server) -> Value {
+    let r = s.get("/api/v1/cluster");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    r.json()
+}
+
+/// Poll `s`'s `/api/v1/cluster` until `ok` holds; panics with the last answer after `timeout`.
+fn wait_cluster(s: &Server, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = cluster(s);
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}; last /api/v1/cluster: {v:#}\nlog:\n{}",
+            s.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node_of<'a>(v: &'a Value, id: &str) -> Option<&'a Value> {
+    v["nodes"].as_array()?.iter().find(|n| n["id"] == id)
+}
+
+fn origin_of(v: &Value, stream: &str) -> Option<String> {
+    v["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == stream)
+        .and_then(|s| s["origin"].as_str())
+        .map(str::to_string)
+}
+
+fn publish(label: &str, s: &Server, key: &str) -> Ffmpeg {
+    let ff = Ffmpeg::publish(label, &s.rtmp_url(key));
+    s.wait_state(key, "publishing", Duration::from_secs(20));
+    ff
+}
+
+fn post_offer(s: &Server, path: &str) -> testkit::Resp {
+    request(
+        s.http,
+        "POST",
+        path,
+        &[("Content-Type", "application/sdp")],
+        offer(false).sdp.as_bytes(),
+    )
+}
+
+fn assert_503(r: &testkit::Resp, context: &str) {
+    assert_eq!(r.status, 503, "{context}: {} {:?}", r.text(), r.headers);
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u32>().is_ok()),
+        "{context}: 503 without Retry-After: {:?}",
+        r.headers
+    );
+}
+
+/// A viewer that plays: connected and `frames` video frames in.
+fn viewer(s: &Server, stream: &str, frames: usize) -> WhepClient {
+    let mut v = WhepClient::connect(s.http, stream)
+        .unwrap_or_else(|r| panic!("WHEP on {}: {} {}", s.http, r.status, r.text()));
+    assert!(
+        v.run(Duration::from_secs(20), |x| x.frames.len() >= frames),
+        "viewer on {} got {} frames",
+        s.http,
+        v.frames.len()
+    );
+    v
+}
+
+#[test]
+fn a_single_node_describes_itself_alone() {
+    let s = Server::start(
+        "cluster-single",
+        "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n",
+    );
+    let v = cluster(&s);
+    assert_eq!(v["cluster"], false, "{v}");
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["public_http"], format!("http://{}", s.http));
+    assert_eq!(nodes[0]["capacity"], 1500);
+    assert!(
+        nodes[0]["load"].is_number() && nodes[0]["viewers"] == 0,
+        "{v}"
+    );
+    // Nothing of the cluster in a single node's metrics.
+    assert!(!s.get("/metrics").text().contains("deltacast_cluster_"));
+}
+
+#[test]
+fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
+    let redis = Redis::start("members");
+    let a = node("cl-members-a", "a", A, &redis, "");
+    let b = node("cl-members-b", "b", B, &redis, "");
+    let v = wait_cluster(&b, "both nodes registered", Duration::from_secs(15), |v| {
+        node_of(v, "a").is_some() && node_of(v, "b").is_some()
+    });
+    assert_eq!(v["cluster"], true);
+    assert_eq!(v["redis"], "up");
+    for (id, s) in [("a", &a), ("b", &b)] {
+        let n = node_of(&v, id).unwrap();
+        assert_eq!(n["public_http"], format!("http://{}", s.http), "{n}");
+        assert_eq!(n["capacity"], 1500, "{n}");
+        assert_eq!(n["viewers"], 0, "{n}");
+        assert!(
+            n["load"].as_f64().is_some_and(|l| (0.0..1.0).contains(&l)),
+            "{n}"
+        );
+        assert!(
+            n["last_seen_ms"].as_u64().is_some_and(|ms| ms <= 1500),
+            "{n}"
+        );
+        assert!(n["workers"].as_array().is_some_and(|w| w.len() == 1), "{n}");
+        let cands = n["candidates"].as_array().unwrap();
+        assert!(
+            cands
+                .iter()
+                .any(|c| c.as_str().unwrap().starts_with(&s.http.ip().to_string())),
+            "{n}"
+        );
+    }
+    assert_eq!(b.metric("deltacast_cluster_nodes"), 2.0);
+    assert_eq!(b.metric("deltacast_cluster_redis_up"), 1.0);
+
+    let mut ff = publish("cl-members", &a, "show");
+    let v = wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+        origin_of(v, "show").is_some()
+    });
+    assert_eq!(origin_of(&v, "show").as_deref(), Some("a"), "{v}");
+    // The playback document on B: the stream is live (on A); both nodes are idle, B keeps it.
+    let pb = b.get("/api/v1/streams/show/playback").json();
+    assert_eq!(pb["state"], "live", "{pb}");
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", b.http),
+        "{pb}"
+    );
+
+    // The stream ends: its origin key goes with it.
+    ff.kill();
+    wait_cluster(
+        &b,
+        "show gone from the registry",
+        Duration::from_secs(20),
+        |v| origin_of(v, "show").is_none(),
+    );
+}
+
+#[test]
+fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
+    let redis = Redis::start("full");
+    let a = node("cl-full-a", "a", A, &redis, "max_viewers = 1\n");
+    // B is full by its cluster capacity (below sfu.max_viewers), A by its viewer cap.
+    let b = node_with(
+        "cl-full-b",
+        "b",
+        B,
+        &redis,
+        "",
+        "ttl_ms = 1500\ncapacity = 1\n",
+    );
+    let _fa = publish("cl-full-a", &a, "show");
+    let _fb = publish("cl-full-b", &b, "other");
+    wait_cluster(&a, "both streams and nodes", Duration::from_secs(15), |v| {
+        origin_of(v, "show").is_some() && origin_of(v, "other").is_some()
+    });
+
+    // A takes one viewer; then it is full and B has room.
+    let mut v1 = viewer(&a, "show", 10);
+    wait_cluster(&a, "A full, B with room", Duration::from_secs(10), |v| {
+        node_of(v, "a").is_some_and(|n| n["room"] == false)
+            && node_of(v, "b").is_some_and(|n| n["room"] == true)
+    });
+    let r = post_offer(&a, "/whep/show");
+    assert_eq!(r.status, 307, "{} {:?}", r.text(), r.headers);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{}/whep/show?via=a", b.http).as_str())
+    );
+    assert!(
+        r.header("access-control-allow-origin").is_some(),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.header("access-control-expose-headers")
+            .is_some_and(|h| h.contains("Location")),
+        "{:?}",
+        r.headers
+    );
+    // The playback document on A sends new viewers to B.
+    let pb = a.get("/api/v1/streams/show/playback").json();
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", b.http),
+        "{pb}"
+    );
+    // Loop guard: a POST that A already redirected is not redirected by A again.
+    assert_503(&post_offer(&a, "/whep/show?via=a"), "POST back to A");
+
+    // B takes one viewer too: the whole cluster is full.
+    let mut v2 = viewer(&b, "other", 10);
+    wait_cluster(&a, "B full", Duration::from_secs(10), |v| {
+        node_of(v, "b").is_some_and(|n| n["room"] == false)
+    });
+    assert_503(&post_offer(&a, "/whep/show"), "every node full, POST to A");
+    assert_503(&post_offer(&b, "/whep/other"), "every node full, POST to B");
+    let pb = a.get("/api/v1/streams/show/playback").json();
+    assert_eq!(
+        pb["webrtc"]["whep"],
+        format!("http://{}/whep/show", a.http),
+        "{pb}"
+    );
+    assert!(a.metric("deltacast_cluster_redirects_total") >= 1.0);
+    assert!(a.metric("deltacast_cluster_full_refusals_total") >= 1.0);
+    // The viewers that joined kept playing through all this.
+    for (v, s) in [(&mut v1, &a), (&mut v2, &b)] {
+        let n = v.frames.len();
+        assert!(
+            v.run(Duration::from_secs(10), |x| x.frames.len() >= n + 10),
+            "viewer on {} stalled",
+            s.http
+        );
+    }
+}
+
+#[test]
+fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
+    let mut redis = Redis::start("restart");
+    let a = node("cl-restart-a", "a", A, &redis, "");
+    let b = node("cl-restart-b", "b", B, &redis, "");
+    let _ff = publish("cl-restart", &a, "show");
+    wait_cluster(&b, "registered", Duration::from_secs(15), |v| {
+        node_of(v, "a").is_some() && origin_of(v, "show").as_deref() == Some("a")
+    });
+    let mut v = viewer(&a, "show", 10);
+
+    redis.kill();
+    // Keep the viewer going while A notices.
+    let t0 = Instant::now();
+    while a.metric("deltacast_cluster_redis_up") != 0.0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "A never noticed Redis went away"
+        );
+        v.run(Duration::from_millis(300), |_| false);
+    }
+    let n = v.frames.len();
+    assert!(
+        v.run(Duration::from_secs(20), |x| x.frames.len() >= n + 60),
+        "viewer stalled while Redis was down: {} → {} frames",
+        n,
+        v.frames.len()
+    );
+    assert!(
+        a.log_text().contains("Redis unreachable"),
+        "{}",
+        a.log_tail(20)
+    );
+    let down = cluster(&a);
+    assert_eq!(down["redis"], "down", "{down}");
+    assert_eq!(
+        a.api_stream("show").map(|s| s["state"].clone()),
+        Some(Value::from("publishing"))
+    );
+
+    redis.restart();
+    // An empty Redis: both nodes and the origin are back within a few heartbeats.
+    let t0 = Instant::now();
+    loop {
+        let c = cluster(&b);
+        if c["redis"] == "up"
+            && node_of(&c, "a").is_some()
+            && node_of(&c, "b").is_some()
+            && origin_of(&c, "show").as_deref() == Some("a")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "not re-registered: {c:#}\n{}",
+            redis.log_tail(10)
+        );
+        v.run(Duration::from_millis(300), |_| false);
+    }
+    println!(
+        "re-registered {:.1} s after Redis came back",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(a.log_text().contains("re-registered"), "{}", a.log_tail(20));
+    let n = v.frames.len();
+    assert!(
+        v.run(Duration::from_secs(15), |x| x.frames.len() >= n + 30),
+        "viewer stalled after Redis came back"
+    );
+    assert!(!v.disconnected, "the viewer was dropped");
+}
+
+#[test]
+fn ll_hls_of_a_stream_is_proxied_by_any_node_to_its_origin() {
+    let redis = Redis::start("hls");
+    let a = node("cl-hls-a", "a", A, &redis, "");
+    let b = node("cl-hls-b", "b", B, &redis, "");
+    let _ff = publish("cl-hls", &a, "show");
+    a.wait_segments("show", 1, Duration::from_secs(30));
+    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+        origin_of(v, "show").as_deref() == Some("a")
+    });
+
+    // B answers the playlist and its objects from A.
+    let pl = b.wait_segments("show", 1, Duration::from_secs(10));
+    let r = b.get(&Server::playlist_path("show"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let direct = a.get(&Server::playlist_path("show"));
+    for h in ["content-type", "cache-control"] {
+        assert_eq!(r.header(h), direct.header(h), "{h}");
+    }
+    assert!(r.header("access-control-allow-origin").is_some());
+    let seg = &pl.segments[0];
+    let part = seg
+        .parts
+        .first()
+        .map_or(seg.uri.as_str(), |p| p.uri.as_str());
+    let path = resolve(&Server::playlist_path("show"), part);
+    let via_b = b.get(&path);
+    let via_a = a.get(&path);
+    assert_eq!(via_b.status, 200, "{path}: {}", via_b.text());
+    assert!(!via_b.body.is_empty());
+    assert_eq!(via_b.body, via_a.body, "{path}: B's bytes differ from A's");
+    assert_eq!(via_b.header("cache-control"), via_a.header("cache-control"));
+    // A blocking reload goes through: the next part is waited for at the origin.
+    let last = Playlist::parse(&r.text()).unwrap();
+    let (msn, part_n) = match last.trailing_parts.len() {
+        0 => (last.media_sequence + last.segments.len() as u64, 0),
+        n => (last.media_sequence + last.segments.len() as u64, n as u64),
+    };
+    let t0 = Instant::now();
+    let held = b.get_timeout(
+        &format!(
+            "{}?_HLS_msn={msn}&_HLS_part={part_n}",
+            Server::playlist_path("show")
+        ),
+        Duration::from_secs(15),
+    );
+    assert_eq!(held.status, 200, "{}", held.text());
+    println!("blocking reload through B answered in {:?}", t0.elapsed());
+    assert!(
+        held.text().contains(&format!("MSN={msn}")) || Playlist::parse(&held.text()).is_ok(),
+        "{}",
+        held.text()
+    );
+    // A request that already went through a node is not proxied again (no ping-pong).
+    let r = request(
+        b.http,
+        "GET",
+        &Server::playlist_path("show"),
+        &[("Deltacast-Via", "a")],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // A CDN in front of B (the docs/CDN.md nginx block) gets the stream through B's proxy.
+    let cdn = Nginx::cdn(b.http);
+    let r = cdn.get(&Server::playlist_path("show"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = cdn.get(&path);
+    assert_eq!(r.status, 200, "{path}");
+    assert_eq!(r.body, via_a.body);
+    assert!(b.metric("deltacast_cluster_hls_proxied_total") >= 4.0);
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_leaves_the_registry_at_once() {
+    let redis = Redis::start("leave");
+    // A long TTL: only B's deregistration can take it out of the view within the bound below.
+    let a = node_with("cl-leave-a", "a", A, &redis, "", "ttl_ms = 30000\n");
+    let b = node_with("cl-leave-b", "b", B, &redis, "", "ttl_ms = 30000\n");
+    let _ff = publish("cl-leave", &b, "show");
+    wait_cluster(&a, "B and its stream", Duration::from_secs(15), |v| {
+        node_of(v, "b").is_some() && origin_of(v, "show").as_deref() == Some("b")
+    });
+    // SAFETY: kill(2) on the pid of the server this test started; it is still running.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    wait_cluster(&a, "B gone", Duration::from_secs(5), |v| {
+        node_of(v, "b").is_none() && origin_of(v, "show").is_none()
+    });
+    println!("B left the view {:?} after SIGTERM", t0.elapsed());
+    assert!(b.log_text().contains("cluster: left"), "{}", b.log_tail(10));
+}
