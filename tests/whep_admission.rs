@@ -246,11 +246,19 @@ fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value 
         "deltacast-load",
         "deltacast-load",
     ));
-    cmd.args(["run", "--url", &url, "--stream", "show", "--webrtc", &viewers])
-        .args(["--ramp", &rate, "--duration", "7", "--webrtc-mode", "full"])
-        .args(["--webrtc-threads", "2", "--max-failed-joins", "1000", "--quiet"])
-        .args(["--server-pid", &pid, "--json"])
-        .arg(&out);
+    cmd.args([
+        "run", "--url", &url, "--stream", "show", "--webrtc", &viewers,
+    ])
+    .args(["--ramp", &rate, "--duration", "7", "--webrtc-mode", "full"])
+    .args([
+        "--webrtc-threads",
+        "2",
+        "--max-failed-joins",
+        "1000",
+        "--quiet",
+    ])
+    .args(["--server-pid", &pid, "--json"])
+    .arg(&out);
     let (status, stdout, stderr) = testkit::run_bounded(&mut cmd, Duration::from_secs(60));
     println!("{stdout}");
     assert!(status.success(), "load tool: {status}\n{stderr}");

@@ -1,5 +1,5 @@
-//! WebRTC viewers over WHEP: each a str0m client on its own UDP socket, joining with a full ICE
-//! + DTLS handshake, its POST and socket from one source address of `--bind-range` (the relay
+//! WebRTC viewers over WHEP: each a str0m client on its own UDP socket, joining with a full
+//! ICE and DTLS handshake, its POST and socket from one source address of `--bind-range` (the relay
 //! bounds pending handshakes per address). Joins are paced at the ramp by a few joiner threads;
 //! joined viewers are handed to polling threads.
 //!
@@ -111,7 +111,11 @@ fn video_payload_types(sdp: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for l in sdp.lines() {
         if let Some(rest) = l.strip_prefix("m=video ") {
-            out.extend(rest.split_whitespace().skip(2).filter_map(|p| p.parse::<u8>().ok()));
+            out.extend(
+                rest.split_whitespace()
+                    .skip(2)
+                    .filter_map(|p| p.parse::<u8>().ok()),
+            );
         }
     }
     out
@@ -120,7 +124,11 @@ fn video_payload_types(sdp: &str) -> Vec<u8> {
 fn udp_socket(bind: Option<IpAddr>) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let ip = bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, None)?;
+    let s = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::DGRAM,
+        None,
+    )?;
     // Room for keyframe bursts between two reads of a batch interval.
     let _ = s.set_recv_buffer_size(1 << 20);
     let one: libc::c_int = 1;
@@ -215,7 +223,16 @@ impl Acc {
 
 /// Count one RTP packet (fast path: cleartext header; full path: str0m's decrypted packet).
 #[allow(clippy::too_many_arguments)]
-fn count(v: &mut Viewer, acc: &mut Acc, pt: u8, marker: bool, seq: u16, ssrc: u32, len: usize, at_ns: u64) {
+fn count(
+    v: &mut Viewer,
+    acc: &mut Acc,
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    ssrc: u32,
+    len: usize,
+    at_ns: u64,
+) {
     let d = v.counters.add(ssrc, seq);
     acc.pkts += 1;
     acc.bytes += len as u64;
@@ -394,7 +411,16 @@ fn poll_thread(
                     let (data, src, ns) = b.get(i);
                     if mode == Mode::Fast && v.connected {
                         if let Some(h) = parse_rtp(data) {
-                            count(v, &mut acc, h.payload_type, h.marker, h.seq, h.ssrc, data.len(), ns);
+                            count(
+                                v,
+                                &mut acc,
+                                h.payload_type,
+                                h.marker,
+                                h.seq,
+                                h.ssrc,
+                                data.len(),
+                                ns,
+                            );
                             continue;
                         }
                     }
@@ -477,7 +503,8 @@ pub fn start(o: Opts, t0: Instant, live: Arc<Live>, stop_joins: Arc<AtomicBool>)
     let o = Arc::new(o);
     let joiners = (0..JOIN_THREADS)
         .map(|k| {
-            let (o, txs, live, stop_joins) = (o.clone(), txs.clone(), live.clone(), stop_joins.clone());
+            let (o, txs, live, stop_joins) =
+                (o.clone(), txs.clone(), live.clone(), stop_joins.clone());
             std::thread::Builder::new()
                 .name(format!("whep-join-{k}"))
                 .spawn(move || {
