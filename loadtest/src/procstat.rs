@@ -26,6 +26,28 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Raise this process's open-files soft limit to its hard limit (thousands of viewers hold two
+/// TCP connections or a UDP socket each). Returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur as u64;
+            }
+        }
+        r.rlim_cur as u64
+    }
+}
+
 /// This process's CPU time (user + system, all threads), ns.
 pub fn self_cpu_ns() -> u64 {
     // SAFETY: getrusage fills the zeroed struct.

@@ -34,6 +34,9 @@ pub struct Second {
     pub server_rss_kib: Option<u64>,
     /// This load tool's own CPU (% of one core; summed over machines after `merge`).
     pub load_cpu_pct: f64,
+    /// This load tool's own RSS (summed over machines after `merge`).
+    #[serde(default)]
+    pub load_rss_kib: Option<u64>,
 }
 
 impl Second {
@@ -277,6 +280,10 @@ pub fn merge(inputs: &[(String, Results)]) -> Result<Results, String> {
             };
             m.server_rss_kib = m.server_rss_kib.max(s.server_rss_kib);
             m.load_cpu_pct += s.load_cpu_pct;
+            m.load_rss_kib = match (m.load_rss_kib, s.load_rss_kib) {
+                (Some(x), Some(y)) => Some(x + y),
+                (x, y) => x.or(y),
+            };
         }
         out.first_frame_ms.extend(&r.first_frame_ms);
         out.first_part_ms.extend(&r.first_part_ms);

@@ -208,6 +208,15 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         max_dropped: 0,
         max_hls_errors: a.max_hls_errors,
     };
+    // Two TCP connections per LL-HLS viewer, a UDP socket per WebRTC viewer, and spare.
+    let nofile = procstat::raise_nofile();
+    let need = (a.hls * 2 + a.webrtc + 256) as u64;
+    if nofile < need {
+        return Err(format!(
+            "{} viewers need about {need} open files; the limit is {nofile} (ulimit -n)",
+            a.webrtc + a.hls
+        ));
+    }
     let live = Arc::new(Live::default());
     let stop_joins = Arc::new(AtomicBool::new(false));
     let started_unix_ms = unix_ns() / 1_000_000;
@@ -302,6 +311,7 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
             },
             server_rss_kib: rss,
             load_cpu_pct: (me - prev_me) as f64 / 1e7 / dt,
+            load_rss_kib: procstat::rss_kib(std::process::id()),
         };
         sec.compute_loss();
         if !a.quiet {
@@ -521,6 +531,9 @@ pub fn print_summary(r: &Results) {
         t.load_cpu_s,
         t.load_cpu_s * 100.0 / t.duration_s.max(1e-3)
     );
+    if let Some(k) = r.series.iter().filter_map(|s| s.load_rss_kib).max() {
+        own += &format!(", RSS max {}", fmt_kib(Some(k)));
+    }
     if let Some(u) = t.load_cpu_us_per_packet {
         own += &format!(", {u:.2} µs per RTP packet");
     }
