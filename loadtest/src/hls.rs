@@ -445,7 +445,12 @@ async fn viewer(cx: ViewerCtx) {
     let mut first = true;
     let mut playlist = s;
     let mut last_hint: Option<String> = None;
+    // The reload that brought `playlist` arrived at this time (None: the first playlist), and
+    // the hinted part fetched meanwhile with its lateness against one part target.
+    let mut arrived: Option<Instant> = None;
+    let mut hinted: Option<(String, f64)> = None;
     while !cx.stop.load(Ordering::Relaxed) {
+        // One parse per playlist: the stall and hint accounting of the last reload use it too.
         let e = match Edge::parse(&playlist) {
             Ok(e) => e,
             Err(_) => {
@@ -453,6 +458,22 @@ async fn viewer(cx: ViewerCtx) {
                 break;
             }
         };
+        if let Some(at) = arrived.take() {
+            if watch.playlist(e.next_part(), at, pt) {
+                add(&cx.live.h_stalls, 1);
+            }
+        }
+        if let Some((u, late)) = hinted.take() {
+            add(&cx.live.h_hinted, 1);
+            // The hinted part's duration, now that the playlist lists it.
+            let d = e
+                .parts
+                .iter()
+                .find(|p| p.uri == u)
+                .map(|p| p.duration)
+                .unwrap_or(pt);
+            cx.account_lateness(late + pt - d, pt);
+        }
         // Every listed part after the last one fetched (the hinted one was fetched already).
         for p in &e.parts {
             let pos = (p.msn, p.index);
@@ -514,7 +535,9 @@ async fn viewer(cx: ViewerCtx) {
         match reload {
             Ok((200, _)) => {
                 add(&cx.live.h_playlists, 1);
-                playlist = String::from_utf8_lossy(&text).into_owned();
+                arrived = Some(Instant::now());
+                playlist.clear();
+                playlist.push_str(&String::from_utf8_lossy(&text));
             }
             Ok(_) => {
                 cx.error();
@@ -529,23 +552,8 @@ async fn viewer(cx: ViewerCtx) {
                 continue;
             }
         }
-        let Ok(ne) = Edge::parse(&playlist) else {
-            cx.error();
-            break;
-        };
-        if watch.playlist(ne.next_part(), Instant::now(), pt) {
-            add(&cx.live.h_stalls, 1);
-        }
         if let (Some(u), Some(late)) = (&hint, hint_late) {
-            add(&cx.live.h_hinted, 1);
-            // The hinted part's duration, now that the playlist lists it.
-            let d = ne
-                .parts
-                .iter()
-                .find(|p| p.uri == u)
-                .map(|p| p.duration)
-                .unwrap_or(pt);
-            cx.account_lateness(late + pt - d, pt);
+            hinted = Some((u.clone(), late));
         }
         last_hint = if hint_late.is_some() { hint } else { None };
     }
