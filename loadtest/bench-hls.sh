@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# HLS origin load: wrk against a cached part (keep-alive), then the blocking-reload hold test.
+# HLS origin load: wrk against a cached part (keep-alive), then deltacast-load's LL-HLS viewers.
 # Starts its own relay with the built-in demo on loopback, and stops it at the end.
 # usage: loadtest/bench-hls.sh [wrk-seconds] [held-clients]
 set -euo pipefail
 secs=${1:-10}
 held=${2:-1000}
 cd "$(dirname "$0")/.."
-cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-loadtest >/dev/null
+cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-load >/dev/null
 http=127.0.0.1:18080
 ulimit -n 65536 || true
 # Pin the relay to core 0 and the load generators to core 1, so they do not share a core.
@@ -27,8 +27,9 @@ echo "== wrk: cached part, 1 thread, 64 keep-alive connections, ${secs}s (relay 
 taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://$http/hls/demo/$part"
 echo "== wrk: playlist (non-blocking), 1 thread, 64 connections, ${secs}s"
 taskset -c 1 wrk -t1 -c64 -d"${secs}s" --latency "http://$http/hls/demo/index.m3u8"
-echo "== blocking reload: $held held requests for the next part, 20 s"
-taskset -c 1 target/release/deltacast-loadtest $http /hls/demo/index.m3u8 --clients "$held" --secs 20
+echo "== LL-HLS viewers as hls.js (blocking reloads + preload-hinted parts): $held viewers, 20 s held"
+taskset -c 1 target/release/deltacast-load run --url "http://$http" --stream demo --hls "$held" \
+  --ramp 200 --duration 20 --server-pid "$relay" --quiet || true
 echo "== relay RSS: $(grep VmRSS /proc/$relay/status)"
 echo "== server-side: part landed → held request answered (histogram, seconds)"
 curl -sf "http://$http/metrics" | grep '^deltacast_hls_block_release_seconds'

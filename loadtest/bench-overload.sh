@@ -4,9 +4,9 @@
 #
 #   ffmpeg -re -c copy (1 Mb/s H.264 clip, 640x360 30 fps, 2 s GOP) ──RTMP──► deltacast (core 0)
 #                                   [sfu] workers = 1, max_viewers = $CAP, admit_max_busy_pct = $BUSY
-#   deltacast-whep-load --json (core 1): $N str0m viewers joining at $JOIN_RATE/s, full ICE + DTLS +
-#   SRTP, then 2 s settle and the window; the report holds every refusal and every joined viewer's
-#   whole-life loss.
+#   deltacast-load run --webrtc-mode full --json (core 1): $N str0m viewers joining at $JOIN_RATE/s,
+#   full ICE + DTLS + SRTP, held for the window; the results hold every refusal and every joined
+#   viewer's whole-life loss.
 #
 # usage: loadtest/bench-overload.sh [window-seconds]
 # env:   CAP=150 (sfu.max_viewers)  N=2*CAP (viewers asked for)  BUSY=85 (sfu.admit_max_busy_pct)
@@ -23,9 +23,9 @@ for tool in ffmpeg curl taskset python3; do
     command -v $tool >/dev/null || { echo "bench-overload: $tool is required" >&2; exit 1; }
 done
 relay_bin=${RELAY_BIN:-target/release/deltacast}
-load_bin=${LOAD_BIN:-target/release/deltacast-whep-load}
+load_bin=${LOAD_BIN:-target/release/deltacast-load}
 if [ -z "${RELAY_BIN:-}${LOAD_BIN:-}" ]; then
-    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-whep-load >/dev/null
+    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-load >/dev/null
 fi
 ncpu=$(nproc)
 relay_core=0
@@ -68,14 +68,17 @@ for _ in $(seq 100); do
 done
 sleep 3
 echo "── max_viewers $cap, admit_max_busy_pct $busy: $n viewers at $join_rate/s ──"
-taskset -c $load_core "$load_bin" --http "127.0.0.1:$http" --stream bench --viewers "$n" \
-    --secs "$win" --join-rate "$join_rate" --threads "$threads" --pid "$relay" \
-    --json "$work/report.json" | grep -v '^RESULT'
+taskset -c $load_core "$load_bin" run --url "http://127.0.0.1:$http" --stream bench --webrtc "$n" \
+    --duration "$win" --ramp "$join_rate" --webrtc-mode full --webrtc-threads "$threads" \
+    --server-pid "$relay" --max-failed-joins "$n" --quiet --json "$work/report.json" || true
 curl -s "http://127.0.0.1:$http/metrics" | grep -E '^deltacast_sfu_(joins_refused_total|worker_busy_ratio|worker_loop_lag_seconds|viewers_dropped_total|viewer_slots)'
 python3 - "$work/report.json" <<'PY'
 import json, sys, collections
-r = json.load(open(sys.argv[1]))
+r = json.load(open(sys.argv[1]))["webrtc"]
 v = r["viewers"]
+r["ice_disconnected"] = sum(x["ice_disconnected"] for x in v)
+r["stalled"] = sum(1 for x in v if (x["last_packet_before_end_ms"] or 1e9) > 1000)
+r["worst_loss_pct"] = max([x["loss_pct"] for x in v] or [0.0])
 print(f"joined {r['joined']}, refused {r['refused_503']} (503, {r['refused_503_with_retry_after']} with Retry-After), other failures {r['failed_other']}")
 print(f"joined viewers that kept their media: {r['kept_media']} of {r['joined']}; ICE drops {r['ice_disconnected']}, stalled {r['stalled']}, worst life loss {r['worst_loss_pct']:.3f} %")
 if v:

@@ -4,14 +4,15 @@
 #
 #   ffmpeg -re -c copy (1 Mb/s H.264 clip, 640x360 30 fps, 2 s GOP) ──RTMP──► deltacast (core 0)
 #                                   [sfu] workers = 1, --sfu-io epoll|uring, --sfu-gso on|off
-#   deltacast-whep-load (core 1): N str0m viewers, full ICE + DTLS + SRTP, one UDP socket each
+#   deltacast-load run (core 1): N str0m viewers, full ICE + DTLS + SRTP, one UDP socket each
+#   (--webrtc-mode full by default; MODE=fast counts the cleartext RTP headers instead)
 #
 # For every driver, GSO setting and viewer count a fresh relay is started (so RSS at 0 viewers is
 # a clean baseline), the publisher runs for a GOP, the load generator joins N viewers at
-# --join-rate, waits 2 s, measures for the window and prints one RESULT line; the table below collects them.
+# the ramp, holds them for the window and writes its JSON results; the table below collects them.
 #
 # usage: loadtest/bench-sfu.sh [window-seconds] [viewer counts...]   (default: 20 50 200 500)
-# env:   DRIVERS="epoll uring"  JOIN_RATE=200  LOAD_THREADS=2
+# env:   DRIVERS="epoll uring"  JOIN_RATE=200  LOAD_THREADS=2  MODE=full|fast
 #        GSO="on off": run each driver with sfu.gso on and off (default: the config default only);
 #        every driver runs with every GSO mode, in the order given (drivers outer, modes inner)
 #        RELAY_BIN / LOAD_BIN: prebuilt binaries (then nothing is built)
@@ -23,14 +24,15 @@ drivers=${DRIVERS:-"epoll uring"}
 gso_modes=${GSO:-default}
 join_rate=${JOIN_RATE:-200}
 threads=${LOAD_THREADS:-2}
+mode=${MODE:-full}
 cd "$(dirname "$0")/.."
 for tool in ffmpeg curl taskset; do
     command -v $tool >/dev/null || { echo "bench-sfu: $tool is required" >&2; exit 1; }
 done
 relay_bin=${RELAY_BIN:-target/release/deltacast}
-load_bin=${LOAD_BIN:-target/release/deltacast-whep-load}
+load_bin=${LOAD_BIN:-target/release/deltacast-load}
 if [ -z "${RELAY_BIN:-}${LOAD_BIN:-}" ]; then
-    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-whep-load >/dev/null
+    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-load >/dev/null
 fi
 
 ncpu=$(nproc)
@@ -94,12 +96,12 @@ EOF
             done
             sleep 3
             echo "── $drv, gso $gso, $n viewers ──"
-            out=$(taskset -c $load_core "$load_bin" --http "127.0.0.1:$http" \
-                --stream bench --viewers "$n" --secs "$win" --join-rate "$join_rate" \
-                --threads "$threads" --pid "$relay" 2>&1) || true
-            echo "$out" | grep -v '^RESULT'
-            line=$(echo "$out" | grep '^RESULT' || echo "RESULT viewers=$n failed=1")
-            echo "driver=$drv gso=$gso $line" >>"$results"
+            json=$work/run-$drv-$gso-$n.json
+            taskset -c $load_core "$load_bin" run --url "http://127.0.0.1:$http" \
+                --stream bench --webrtc "$n" --duration "$win" --ramp "$join_rate" \
+                --webrtc-mode "$mode" --webrtc-threads "$threads" --server-pid "$relay" \
+                --quiet --json "$json" || true
+            echo "$drv $gso $n $json" >>"$results"
             grep -m3 GSO "$log" || true  # e.g. the kernel refusing UDP GSO
             stop_all
             sleep 1
@@ -108,19 +110,31 @@ EOF
 done
 
 echo
-printf '%-6s %-7s %-7s %-8s %-8s %-13s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s %-6s %-12s\n' driver gso viewers playing "pkt/s" "loss%/reord%" "p50ms" "p99ms" "maxms" "ttff-p50" "relay%" "sfu%" "pkt/s/core" "KB/view" "gen%" "drops(v/r)"
-while read -r line; do
-    get() { echo "$line" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
-    printf '%-6s %-7s %-7s %-8s %-8s %-13s %-9s %-9s %-9s %-10s %-9s %-8s %-10s %-8s %-6s %-12s\n' \
-        "$(get driver)" "$(get gso)" "$(get viewers)" "$(get playing)" "$(get pps)" "$(get loss_pct)/$(get reordered_pct)" \
-        "$(get lat_p50_ms)" "$(get lat_p99_ms)" "$(get lat_max_ms)" "$(get ttff_p50_ms)" \
-        "$(get cpu_pct)" "$(get sfu_cpu_pct)" "$(get pps_per_core)" "$(get kb_per_viewer)" \
-        "$(get loadgen_cpu_pct)" "$(get client_sock_drops)/$(get relay_sock_drops)"
-done <"$results"
-echo "columns: p50/p99/max = fan-out spread (kernel rx timestamp − first viewer's, same payload);"
-echo "  loss = unique sequence numbers missing; reord = arrived behind a higher sequence number;"
-echo "  ttff-p50 = POST → first complete frame; relay% = whole relay process, sfu% = the SFU worker"
-echo "  thread, pkt/s/core = SRTP packets received / SFU worker CPU s; KB/view = (RSS(N) − RSS(0)) / N;"
-echo "  gen% = load generator CPU; drops(v/r) = kernel drops at the viewers' / the relay's sockets"
+python3 - "$results" <<'PY'
+import json, sys
+cols = "driver gso viewers joined pkt/s loss% reord% ttff-p50 relay% RSS-MiB KB/view gen% us/pkt".split()
+print(("{:<8}" * len(cols)).format(*cols))
+for line in open(sys.argv[1]):
+    drv, gso, n, path = line.split()
+    try:
+        r = json.load(open(path))
+    except Exception:
+        print(f"{drv:<8}{gso:<8}{n:<8}failed"); continue
+    t, w = r["totals"], r["totals"]["webrtc"]
+    ser = r["series"]
+    hold = ser[-int(r["config"]["duration"]):] or ser
+    pps = sum(s["pkts"] for s in hold) / max(len(hold), 1)
+    ff = sorted(r["first_frame_ms"]); p50 = ff[len(ff) // 2] if ff else float("nan")
+    rss0, rss1 = t["server_rss_first_kib"] or 0, t["server_rss_last_kib"] or 0
+    cpu = sum(s["server_cpu_pct"] or 0 for s in hold) / max(len(hold), 1)
+    gen = sum(s["load_cpu_pct"] for s in hold) / max(len(hold), 1)
+    print(("{:<8}" * len(cols)).format(drv, gso, n, w["joined"], f"{pps:.0f}", f"{w['loss_pct']:.3f}",
+        f"{100 * w['reordered'] / max(w['packets'], 1):.2f}", f"{p50:.0f}", f"{cpu:.1f}", f"{rss1 / 1024:.0f}",
+        f"{(rss1 - rss0) / max(w['joined'], 1):.1f}", f"{gen:.0f}", f"{t['load_cpu_us_per_packet'] or 0:.2f}"))
+PY
+echo "columns: pkt/s = RTP packets/s received over the hold; loss = unique sequence numbers missing over"
+echo "  the run; reord = arrived behind a higher sequence number; ttff-p50 = POST -> first complete frame;"
+echo "  relay% = whole relay process (/proc/PID/stat) over the hold; RSS-MiB = relay RSS at the end;"
+echo "  KB/view = (RSS(end) - RSS(first second)) / joined; gen% = load tool CPU; us/pkt = load tool CPU per packet"
 echo "relay on core $relay_core, load generator + publisher on core $load_core"
 echo "machine: $ncpu cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -2,7 +2,7 @@
 //! 127.0.0.1): strangers' bare offers cannot take the node's capacity, the viewer cap holds under
 //! concurrent offers, idle ICE-TCP connections are closed, and joins past capacity are refused
 //! with 503 + Retry-After while every viewer that joined keeps its media (driven by the
-//! `deltacast-whep-load` load generator in its bounded `--json` mode).
+//! `deltacast-load run` load tool with its `--json` results).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -234,34 +234,36 @@ fn ice_tcp_connections_without_a_session_are_closed_at_the_deadline() {
     assert!(t0.elapsed() < Duration::from_secs(15));
 }
 
-/// Run `deltacast-whep-load` in its bounded mode: `viewers` joins at `rate`/s, then 1 s of
-/// settling and a 6 s window; returns its `--json` report.
+/// Run `deltacast-load run` with `viewers` WebRTC viewers (full decrypt: NACK and RTCP as a real
+/// client) joining at `rate`/s, held 7 s after the last join; returns the WebRTC part of its
+/// `--json` results (every refused join, every joined viewer's life).
 fn whep_load(server: &Server, viewers: usize, rate: usize) -> serde_json::Value {
-    let out = server.dir.path().join("whep-load.json");
-    let (pid, http) = (server.pid().to_string(), server.http.to_string());
+    let out = server.dir.path().join("load.json");
+    let (pid, url) = (server.pid().to_string(), format!("http://{}", server.http));
     let (viewers, rate) = (viewers.to_string(), rate.to_string());
     let mut cmd = std::process::Command::new(testkit::workspace_bin(
         "loadtest",
         "deltacast-load",
-        "deltacast-whep-load",
+        "deltacast-load",
     ));
-    cmd.args(["--http", &http, "--stream", "show", "--viewers", &viewers])
-        .args([
-            "--join-rate",
-            &rate,
-            "--settle",
-            "1",
-            "--secs",
-            "6",
-            "--threads",
-            "2",
-        ])
-        .args(["--pid", &pid, "--json"])
-        .arg(&out);
+    cmd.args([
+        "run", "--url", &url, "--stream", "show", "--webrtc", &viewers,
+    ])
+    .args(["--ramp", &rate, "--duration", "7", "--webrtc-mode", "full"])
+    .args([
+        "--webrtc-threads",
+        "2",
+        "--max-failed-joins",
+        "1000",
+        "--quiet",
+    ])
+    .args(["--server-pid", &pid, "--json"])
+    .arg(&out);
     let (status, stdout, stderr) = testkit::run_bounded(&mut cmd, Duration::from_secs(60));
     println!("{stdout}");
-    assert!(status.success(), "load generator: {status}\n{stderr}");
-    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    assert!(status.success(), "load tool: {status}\n{stderr}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    results["webrtc"].clone()
 }
 
 /// Every viewer in a `whep_load` report kept its media, and played through the whole run.

@@ -82,8 +82,34 @@ pub fn http_send(
     body: &[u8],
     timeout: Duration,
 ) -> io::Result<Resp> {
+    http_send_from(None, addr, method, path, headers, body, timeout)
+}
+
+/// [`http_send`] from source address `from` (a load generator spreading its clients over
+/// 127.0.0.2..254, as the relay bounds pending sessions per address); None: the kernel's choice.
+pub fn http_send_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Resp> {
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let mut s = match from {
+        None => TcpStream::connect_timeout(&addr, timeout)?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            sock.connect_timeout(&addr.into(), timeout)?;
+            sock.into()
+        }
+    };
     s.set_nodelay(true)?;
     exchange_with_body(&mut s, method, path, headers, body, true, start, timeout)
 }

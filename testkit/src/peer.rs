@@ -14,7 +14,7 @@ use str0m::media::{Direction, MediaKind, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig, RtcError};
 
-use crate::http::{http_send, Resp};
+use crate::http::{http_send_from, Resp};
 
 /// Where a peer's datagrams go.
 pub enum Link {
@@ -372,9 +372,21 @@ impl Offered {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> std::io::Result<Result<Peer, Resp>> {
+        self.try_post_from(None, http, path, headers, timeout)
+    }
+
+    /// [`Offered::try_post`] with the POST's connection from source address `from`.
+    pub fn try_post_from(
+        self,
+        from: Option<std::net::IpAddr>,
+        http: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> std::io::Result<Result<Peer, Resp>> {
         let mut h = vec![("Content-Type", "application/sdp")];
         h.extend_from_slice(headers);
-        let r = http_send(http, "POST", path, &h, self.sdp.as_bytes(), timeout)?;
+        let r = http_send_from(from, http, "POST", path, &h, self.sdp.as_bytes(), timeout)?;
         if r.status != 201 {
             return Ok(Err(r));
         }
