@@ -208,7 +208,9 @@ impl StallWatch {
 
     /// No advance yet at `now`: true when this starts a stall episode.
     pub fn check(&mut self, now: Instant, part_target: f64) -> bool {
-        if !self.in_stall && now.saturating_duration_since(self.last_advance) > Self::limit(part_target) {
+        if !self.in_stall
+            && now.saturating_duration_since(self.last_advance) > Self::limit(part_target)
+        {
             self.in_stall = true;
             self.stalls += 1;
             return true;
@@ -332,7 +334,15 @@ impl ViewerCtx {
     }
 
     /// Fetch one part and account it. Returns false on failure.
-    async fn part(&self, media: &mut Conn, uri: &str, duration: Option<f64>, pt: f64, t0: Instant, first: &mut bool) -> Option<f64> {
+    async fn part(
+        &self,
+        media: &mut Conn,
+        uri: &str,
+        duration: Option<f64>,
+        pt: f64,
+        t0: Instant,
+        first: &mut bool,
+    ) -> Option<f64> {
         let path = testkit::hls::resolve(&self.o.playlist_path, uri);
         let req = Instant::now();
         match get(media, &self.o.host, &path, None, Duration::from_secs(10)).await {
@@ -342,7 +352,10 @@ impl ViewerCtx {
                 add(&self.live.h_bytes, n);
                 if *first {
                     *first = false;
-                    self.samples.lock().first_part_ms.push(done.duration_since(t0).as_secs_f64() * 1e3);
+                    self.samples
+                        .lock()
+                        .first_part_ms
+                        .push(done.duration_since(t0).as_secs_f64() * 1e3);
                 }
                 let late = lateness(req, done, duration.unwrap_or(pt));
                 Some(late)
@@ -374,7 +387,8 @@ impl ViewerCtx {
 async fn viewer(cx: ViewerCtx) {
     let t0 = Instant::now();
     let o = cx.o.clone();
-    let (mut pl, mut media) = match tokio::join!(connect(o.addr, cx.bind), connect(o.addr, cx.bind)) {
+    let (mut pl, mut media) = match tokio::join!(connect(o.addr, cx.bind), connect(o.addr, cx.bind))
+    {
         (Ok(a), Ok(b)) => (a, b),
         _ => {
             cx.live.h_failed.fetch_add(1, Ordering::Relaxed);
@@ -382,7 +396,15 @@ async fn viewer(cx: ViewerCtx) {
         }
     };
     let mut text = Vec::with_capacity(8 * 1024);
-    match get(&mut pl, &o.host, &o.playlist_path, Some(&mut text), Duration::from_secs(10)).await {
+    match get(
+        &mut pl,
+        &o.host,
+        &o.playlist_path,
+        Some(&mut text),
+        Duration::from_secs(10),
+    )
+    .await
+    {
         Ok((200, _)) => {}
         _ => {
             cx.live.h_failed.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +427,11 @@ async fn viewer(cx: ViewerCtx) {
         }
     }
     // Start at the newest independent part, as a player joining the edge.
-    let start = e.parts.iter().rposition(|p| p.independent).or(e.parts.len().checked_sub(1));
+    let start = e
+        .parts
+        .iter()
+        .rposition(|p| p.independent)
+        .or(e.parts.len().checked_sub(1));
     // Position of the last part fetched (or skipped over at the start).
     let mut done_pos: (u64, u64) = match start {
         Some(i) if i > 0 => (e.parts[i - 1].msn, e.parts[i - 1].index),
@@ -436,7 +462,10 @@ async fn viewer(cx: ViewerCtx) {
             if last_hint.as_deref() == Some(p.uri) {
                 continue;
             }
-            if let Some(l) = cx.part(&mut media, p.uri, Some(p.duration), pt, t0, &mut first).await {
+            if let Some(l) = cx
+                .part(&mut media, p.uri, Some(p.duration), pt, t0, &mut first)
+                .await
+            {
                 cx.account_lateness(l, pt);
             }
             if cx.stop.load(Ordering::Relaxed) {
@@ -458,10 +487,17 @@ async fn viewer(cx: ViewerCtx) {
             }
         };
         let reload_fut = async {
-            let req = get(&mut pl, &o.host, &reload_path, Some(&mut text), Duration::from_secs_f64((pt * 30.0).max(10.0)));
+            let req = get(
+                &mut pl,
+                &o.host,
+                &reload_path,
+                Some(&mut text),
+                Duration::from_secs_f64((pt * 30.0).max(10.0)),
+            );
             tokio::pin!(req);
             loop {
-                let wait = (watch.last_advance + limit).saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+                let wait = (watch.last_advance + limit).saturating_duration_since(Instant::now())
+                    + Duration::from_millis(1);
                 tokio::select! {
                     r = &mut req => break r,
                     _ = tokio::time::sleep(wait), if !watch.in_stall => {
@@ -501,7 +537,12 @@ async fn viewer(cx: ViewerCtx) {
         if let (Some(u), Some(late)) = (&hint, hint_late) {
             add(&cx.live.h_hinted, 1);
             // The hinted part's duration, now that the playlist lists it.
-            let d = ne.parts.iter().find(|p| p.uri == u).map(|p| p.duration).unwrap_or(pt);
+            let d = ne
+                .parts
+                .iter()
+                .find(|p| p.uri == u)
+                .map(|p| p.duration)
+                .unwrap_or(pt);
             cx.account_lateness(late + pt - d, pt);
         }
         last_hint = if hint_late.is_some() { hint } else { None };
@@ -528,7 +569,13 @@ pub fn start(o: Opts, t0: Instant, live: Arc<Live>, stop_joins: Arc<AtomicBool>)
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let spawner = {
-        let (o, live, samples, stop, stop_joins) = (o.clone(), live.clone(), samples.clone(), stop.clone(), stop_joins.clone());
+        let (o, live, samples, stop, stop_joins) = (
+            o.clone(),
+            live.clone(),
+            samples.clone(),
+            stop.clone(),
+            stop_joins.clone(),
+        );
         rt.spawn(async move {
             let mut hs = Vec::with_capacity(o.viewers);
             for i in 0..o.viewers {
@@ -607,7 +654,12 @@ mod tests {
         let pos: Vec<(u64, u64, &str)> = e.parts.iter().map(|p| (p.msn, p.index, p.uri)).collect();
         assert_eq!(
             pos,
-            vec![(10, 0, "g/10.0.m4s"), (10, 1, "g/10.1.m4s"), (12, 0, "g/12.0.m4s"), (12, 1, "g/12.1.m4s")]
+            vec![
+                (10, 0, "g/10.0.m4s"),
+                (10, 1, "g/10.1.m4s"),
+                (12, 0, "g/12.0.m4s"),
+                (12, 1, "g/12.1.m4s")
+            ]
         );
         assert_eq!(e.parts[3].duration, 0.18);
         assert!(e.parts[2].independent && !e.parts[3].independent);
@@ -618,7 +670,10 @@ mod tests {
         let full = testkit::hls::Playlist::parse(PL).unwrap();
         let e = Edge::parse(PL).unwrap();
         assert_eq!(e.next_part(), full.next_part());
-        assert_eq!(e.hint, full.preload_hint.as_ref().map(|h| h["URI"].as_str()));
+        assert_eq!(
+            e.hint,
+            full.preload_hint.as_ref().map(|h| h["URI"].as_str())
+        );
         let uris: Vec<&str> = full.all_parts().map(|p| p.uri.as_str()).collect();
         assert_eq!(uris, e.parts.iter().map(|p| p.uri).collect::<Vec<_>>());
     }

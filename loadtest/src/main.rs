@@ -8,6 +8,7 @@
 //! merge, verdict), [`plot`], [`procstat`] (relay and own CPU/RSS), [`live`] (shared counters).
 
 mod hls;
+mod janus;
 mod live;
 mod plot;
 mod procstat;
@@ -60,9 +61,9 @@ fn main() -> ExitCode {
         Cmd::Merge { inputs, out } => {
             let mut rs = Vec::new();
             for p in &inputs {
-                let r = std::fs::read(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice::<report::Results>(&b).map_err(|e| e.to_string()));
+                let r = std::fs::read(p).map_err(|e| e.to_string()).and_then(|b| {
+                    serde_json::from_slice::<report::Results>(&b).map_err(|e| e.to_string())
+                });
                 match r {
                     Ok(r) => rs.push((p.display().to_string(), r)),
                     Err(e) => {
@@ -90,10 +91,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Plot { result, out, format } => {
+        Cmd::Plot {
+            result,
+            out,
+            format,
+        } => {
             let r = std::fs::read(&result)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<report::Results>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| {
+                    serde_json::from_slice::<report::Results>(&b).map_err(|e| e.to_string())
+                })
                 .and_then(|r| plot::plot(&r, &out, format));
             match r {
                 Ok(files) => {

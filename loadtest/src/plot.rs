@@ -44,14 +44,14 @@ fn register_font() -> Result<(), String> {
 }
 
 fn draw<DB: DrawingBackend>(
-root: DrawingArea<DB, plotters::coord::Shift>,
-title: &str,
-x_label: &str,
-y_label: &str,
-series: &[(&str, RGBColor, Vec<(f64, f64)>)],
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, RGBColor, Vec<(f64, f64)>)],
 ) -> Result<(), Box<dyn std::error::Error>>
 where
-DB::ErrorType: 'static,
+    DB::ErrorType: 'static,
 {
     root.fill(&WHITE)?;
     let pts = series.iter().flat_map(|s| s.2.iter());
@@ -92,15 +92,31 @@ fn chart(
     series: &[(&str, RGBColor, Vec<(f64, f64)>)],
 ) -> Result<(), String> {
     let r = match format {
-        Format::Svg => draw(SVGBackend::new(path, (960, 480)).into_drawing_area(), title, x_label, y_label, series),
-        Format::Png => draw(BitMapBackend::new(path, (960, 480)).into_drawing_area(), title, x_label, y_label, series),
+        Format::Svg => draw(
+            SVGBackend::new(path, (960, 480)).into_drawing_area(),
+            title,
+            x_label,
+            y_label,
+            series,
+        ),
+        Format::Png => draw(
+            BitMapBackend::new(path, (960, 480)).into_drawing_area(),
+            title,
+            x_label,
+            y_label,
+            series,
+        ),
     };
     r.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn cdf(sorted: &[f64]) -> Vec<(f64, f64)> {
     let n = sorted.len() as f64;
-    sorted.iter().enumerate().map(|(i, &x)| (x, (i + 1) as f64 * 100.0 / n)).collect()
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x, (i + 1) as f64 * 100.0 / n))
+        .collect()
 }
 
 /// Write the charts of `r` into `dir`; returns the files written.
@@ -117,7 +133,12 @@ pub fn plot(r: &Results, dir: &Path, format: Format) -> Result<Vec<PathBuf>, Str
         ser.iter().filter_map(|s| f(s).map(|y| (x(s), y))).collect()
     };
     let mut out = Vec::new();
-    let mut emit = |name: &str, title: &str, xl: &str, yl: &str, s: Vec<(&str, RGBColor, Vec<(f64, f64)>)>| -> Result<(), String> {
+    let mut emit = |name: &str,
+                    title: &str,
+                    xl: &str,
+                    yl: &str,
+                    s: Vec<(&str, RGBColor, Vec<(f64, f64)>)>|
+     -> Result<(), String> {
         if s.iter().all(|(_, _, p)| p.is_empty()) {
             return Ok(());
         }
@@ -126,39 +147,91 @@ pub fn plot(r: &Results, dir: &Path, format: Format) -> Result<Vec<PathBuf>, Str
         out.push(p);
         Ok(())
     };
-    let label = if r.label.is_empty() { String::new() } else { format!(" ({})", r.label) };
-    emit("joined", &format!("Joined viewers{label}"), "s", "viewers", vec![
-        ("WebRTC joined", BLUE, pts(&|s| (r.totals.webrtc.target > 0).then_some(s.webrtc_joined as f64))),
-        ("LL-HLS joined", GREEN, pts(&|s| (r.totals.hls.target > 0).then_some(s.hls_joined as f64))),
-        ("failed", RED, pts(&|s| Some((s.webrtc_failed + s.hls_failed) as f64))),
-    ])?;
+    let label = if r.label.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", r.label)
+    };
+    emit(
+        "joined",
+        &format!("Joined viewers{label}"),
+        "s",
+        "viewers",
+        vec![
+            (
+                "WebRTC joined",
+                BLUE,
+                pts(&|s| (r.totals.webrtc.target > 0).then_some(s.webrtc_joined as f64)),
+            ),
+            (
+                "LL-HLS joined",
+                GREEN,
+                pts(&|s| (r.totals.hls.target > 0).then_some(s.hls_joined as f64)),
+            ),
+            (
+                "failed",
+                RED,
+                pts(&|s| Some((s.webrtc_failed + s.hls_failed) as f64)),
+            ),
+        ],
+    )?;
     if r.totals.webrtc.target > 0 {
-        emit("loss", &format!("WebRTC loss per second{label}"), "s", "loss %", vec![
-            ("loss %", RED, pts(&|s| Some(s.loss_pct))),
-        ])?;
+        emit(
+            "loss",
+            &format!("WebRTC loss per second{label}"),
+            "s",
+            "loss %",
+            vec![("loss %", RED, pts(&|s| Some(s.loss_pct)))],
+        )?;
     }
     if r.totals.hls.target > 0 {
-        emit("late", &format!("LL-HLS late parts and stalls per second{label}"), "s", "count", vec![
-            ("late parts", RED, pts(&|s| Some(s.late_parts as f64))),
-            ("stalls", MAGENTA, pts(&|s| Some(s.stalls as f64))),
-            ("errors", BLACK, pts(&|s| Some(s.hls_errors as f64))),
-        ])?;
+        emit(
+            "late",
+            &format!("LL-HLS late parts and stalls per second{label}"),
+            "s",
+            "count",
+            vec![
+                ("late parts", RED, pts(&|s| Some(s.late_parts as f64))),
+                ("stalls", MAGENTA, pts(&|s| Some(s.stalls as f64))),
+                ("errors", BLACK, pts(&|s| Some(s.hls_errors as f64))),
+            ],
+        )?;
     }
-    emit("cpu", &format!("CPU{label}"), "s", "% of one core", vec![
-        ("server", BLUE, pts(&|s| s.server_cpu_pct)),
-        ("load tool", CYAN, pts(&|s| Some(s.load_cpu_pct))),
-    ])?;
-    emit("rss", &format!("Server RSS{label}"), "s", "MiB", vec![
-        ("server RSS", BLUE, pts(&|s| s.server_rss_kib.map(|k| k as f64 / 1024.0))),
-    ])?;
+    emit(
+        "cpu",
+        &format!("CPU{label}"),
+        "s",
+        "% of one core",
+        vec![
+            ("server", BLUE, pts(&|s| s.server_cpu_pct)),
+            ("load tool", CYAN, pts(&|s| Some(s.load_cpu_pct))),
+        ],
+    )?;
+    emit(
+        "rss",
+        &format!("Server RSS{label}"),
+        "s",
+        "MiB",
+        vec![(
+            "server RSS",
+            BLUE,
+            pts(&|s| s.server_rss_kib.map(|k| k as f64 / 1024.0)),
+        )],
+    )?;
     let mut ff = r.first_frame_ms.clone();
     ff.sort_by(f64::total_cmp);
     let mut fp = r.first_part_ms.clone();
     fp.sort_by(f64::total_cmp);
-    emit("first_frame_cdf", &format!("Time to first frame / first part{label}"), "ms", "% of viewers", vec![
-        ("WebRTC: POST → first frame", BLUE, cdf(&ff)),
-        ("LL-HLS: start → first part", GREEN, cdf(&fp)),
-    ])?;
+    emit(
+        "first_frame_cdf",
+        &format!("Time to first frame / first part{label}"),
+        "ms",
+        "% of viewers",
+        vec![
+            ("WebRTC: POST → first frame", BLUE, cdf(&ff)),
+            ("LL-HLS: start → first part", GREEN, cdf(&fp)),
+        ],
+    )?;
     Ok(out)
 }
 

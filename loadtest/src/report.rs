@@ -165,10 +165,16 @@ pub fn judge(t: &Totals, c: &Criteria) -> Verdict {
     let h = &t.hls;
     if w.target > 0 {
         if w.loss_pct > c.max_loss_pct {
-            f.push(format!("WebRTC loss {:.3} % > {} %", w.loss_pct, c.max_loss_pct));
+            f.push(format!(
+                "WebRTC loss {:.3} % > {} %",
+                w.loss_pct, c.max_loss_pct
+            ));
         }
         if w.dropped > c.max_dropped {
-            f.push(format!("{} joined WebRTC viewers dropped (> {})", w.dropped, c.max_dropped));
+            f.push(format!(
+                "{} joined WebRTC viewers dropped (> {})",
+                w.dropped, c.max_dropped
+            ));
         }
         if w.joined > 0 && w.packets == 0 {
             f.push("WebRTC viewers joined but received no RTP".into());
@@ -185,10 +191,16 @@ pub fn judge(t: &Totals, c: &Criteria) -> Verdict {
             f.push(format!("{} LL-HLS stalls (> {})", h.stalls, c.max_stalls));
         }
         if h.late_parts > c.max_late_parts {
-            f.push(format!("{} late LL-HLS parts (> {})", h.late_parts, c.max_late_parts));
+            f.push(format!(
+                "{} late LL-HLS parts (> {})",
+                h.late_parts, c.max_late_parts
+            ));
         }
         if h.errors > c.max_hls_errors {
-            f.push(format!("{} LL-HLS errors (> {})", h.errors, c.max_hls_errors));
+            f.push(format!(
+                "{} LL-HLS errors (> {})",
+                h.errors, c.max_hls_errors
+            ));
         }
         if h.joined > 0 && h.parts == 0 {
             f.push("LL-HLS viewers joined but fetched no part".into());
@@ -229,7 +241,11 @@ pub fn merge(inputs: &[(String, Results)]) -> Result<Results, String> {
             "merged": inputs.iter().map(|(_, r)| r.config.clone()).collect::<Vec<_>>()
         }),
         criteria: first.criteria.clone(),
-        started_unix_ms: inputs.iter().map(|(_, r)| r.started_unix_ms).min().unwrap_or(0),
+        started_unix_ms: inputs
+            .iter()
+            .map(|(_, r)| r.started_unix_ms)
+            .min()
+            .unwrap_or(0),
         merged_from: inputs.iter().map(|(n, _)| n.clone()).collect(),
         ..Default::default()
     };
@@ -386,20 +402,41 @@ mod tests {
         assert_eq!(m.label, "a+b");
         // b's stall fails the merged run.
         assert!(!m.verdict.passed);
-        assert!(m.verdict.failures.iter().any(|f| f.contains("stalls")), "{:?}", m.verdict);
+        assert!(
+            m.verdict.failures.iter().any(|f| f.contains("stalls")),
+            "{:?}",
+            m.verdict
+        );
         assert!(merge(&[]).is_err());
     }
 
     #[test]
     fn verdict_follows_the_criteria() {
         let mut t = Totals::default();
-        t.webrtc = WebrtcTotals { target: 2, joined: 2, packets: 1000, expected: 1000, lost: 4, loss_pct: 0.4, ..Default::default() };
-        t.hls = HlsTotals { target: 2, joined: 2, parts: 10, late_parts: 1, ..Default::default() };
+        t.webrtc = WebrtcTotals {
+            target: 2,
+            joined: 2,
+            packets: 1000,
+            expected: 1000,
+            lost: 4,
+            loss_pct: 0.4,
+            ..Default::default()
+        };
+        t.hls = HlsTotals {
+            target: 2,
+            joined: 2,
+            parts: 10,
+            late_parts: 1,
+            ..Default::default()
+        };
         let c = Criteria::default();
         let v = judge(&t, &c);
         assert_eq!(v.failures.len(), 1, "{v:?}");
         assert!(v.failures[0].contains("late"));
-        let relaxed = Criteria { max_late_parts: 1, ..c.clone() };
+        let relaxed = Criteria {
+            max_late_parts: 1,
+            ..c.clone()
+        };
         assert!(judge(&t, &relaxed).passed);
         t.webrtc.loss_pct = 0.6;
         assert!(!judge(&t, &relaxed).passed);

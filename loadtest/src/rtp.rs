@@ -192,7 +192,10 @@ mod tests {
         p[2..4].copy_from_slice(&65535u16.to_be_bytes());
         p[8..12].copy_from_slice(&0xdead_beefu32.to_be_bytes());
         let h = parse_rtp(&p).unwrap();
-        assert_eq!((h.payload_type, h.marker, h.seq, h.ssrc), (96, true, 65535, 0xdead_beef));
+        assert_eq!(
+            (h.payload_type, h.marker, h.seq, h.ssrc),
+            (96, true, 65535, 0xdead_beef)
+        );
         p[1] = 200; // RTCP sender report (PT 200 = 0x80 | 72)
         assert!(parse_rtp(&p).is_none());
         p[0] = 0x00; // STUN
@@ -210,7 +213,10 @@ mod tests {
             c.add(s);
             s = s.wrapping_add(1);
         }
-        assert_eq!((c.expected(), c.unique, c.lost(), c.reordered), (20, 20, 0, 0));
+        assert_eq!(
+            (c.expected(), c.unique, c.lost(), c.reordered),
+            (20, 20, 0, 0)
+        );
     }
 
     #[test]
@@ -222,7 +228,15 @@ mod tests {
         // 0 and 1 missing across the wrap.
         assert_eq!((c.expected(), c.lost()), (6, 2));
         let d = c.add(0);
-        assert_eq!(d, Delta { expected: 0, unique: 1, reordered: 1, duplicate: 0 });
+        assert_eq!(
+            d,
+            Delta {
+                expected: 0,
+                unique: 1,
+                reordered: 1,
+                duplicate: 0
+            }
+        );
         assert_eq!((c.lost(), c.reordered), (1, 1));
         // The same again is a duplicate, not a reorder and not a unique packet.
         let d = c.add(0);

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::hls;
 use crate::live::{Live, Snap};
 use crate::procstat;
 use crate::report::{self, pct, Criteria, Results, Second, Totals};
 use crate::webrtc::{self, unix_ns, Mode};
-use crate::hls;
 
 #[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct RunArgs {
@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Pass: LL-HLS errors (non-2xx, transport errors, timeouts) at most.
     #[arg(long, default_value_t = 0)]
     pub max_hls_errors: u64,
+    /// Join WebRTC viewers through Janus's streaming plugin (this mountpoint id) instead of
+    /// WHEP; --url is then the Janus HTTP API, e.g. http://10.77.0.1:8088/janus.
+    #[arg(long)]
+    pub janus_mountpoint: Option<u64>,
     /// Allow a target outside 127.0.0.0/8 (load-test only servers you run).
     #[arg(long)]
     pub allow_remote: bool,
@@ -104,13 +108,24 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
+/// The path of an http:// URL ("/" when it has none).
+fn url_path(u: &str) -> String {
+    let rest = u.strip_prefix("http://").unwrap_or(u);
+    rest.find('/')
+        .map_or("/".to_string(), |i| rest[i..].to_string())
+}
+
 /// http://HOST:PORT[/...] → (socket address, Host header). Only plain HTTP.
 fn parse_url(u: &str) -> Result<(SocketAddr, String), String> {
     let rest = u
         .strip_prefix("http://")
         .ok_or_else(|| format!("{u}: only http:// URLs are supported"))?;
     let host = rest.split('/').next().unwrap_or("");
-    let hp = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let hp = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
     let addr = hp
         .to_socket_addrs()
         .map_err(|e| format!("{u}: {e}"))?
@@ -127,11 +142,19 @@ fn parse_bind(spec: Option<&str>, target: IpAddr) -> Result<Vec<IpAddr>, String>
         None => return Ok(Vec::new()),
     };
     let (a, b) = spec.split_once('-').unwrap_or((&spec, &spec));
-    let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("--bind-range {spec}: bad address"))?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("--bind-range {spec}: bad address"))?;
+    let a: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("--bind-range {spec}: bad address"))?;
+    let b: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("--bind-range {spec}: bad address"))?;
     let (a, b) = (u32::from(a), u32::from(b));
     if b < a || b - a > 65_535 {
-        return Err(format!("--bind-range {spec}: FIRST-LAST, at most 65,536 addresses"));
+        return Err(format!(
+            "--bind-range {spec}: FIRST-LAST, at most 65,536 addresses"
+        ));
     }
     Ok((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))).collect())
 }
@@ -161,10 +184,18 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         return Err("nothing to run: give --webrtc N and/or --hls N".into());
     }
     if a.webrtc + a.hls > a.max_viewers {
-        return Err(format!("{} viewers asked for, --max-viewers is {}", a.webrtc + a.hls, a.max_viewers));
+        return Err(format!(
+            "{} viewers asked for, --max-viewers is {}",
+            a.webrtc + a.hls,
+            a.max_viewers
+        ));
     }
     if a.webrtc > webrtc::MAX_VIEWERS || a.hls > hls::MAX_VIEWERS {
-        return Err(format!("at most {} WebRTC and {} LL-HLS viewers per machine (merge several)", webrtc::MAX_VIEWERS, hls::MAX_VIEWERS));
+        return Err(format!(
+            "at most {} WebRTC and {} LL-HLS viewers per machine (merge several)",
+            webrtc::MAX_VIEWERS,
+            hls::MAX_VIEWERS
+        ));
     }
     if !(a.ramp > 0.0 && a.ramp <= 10_000.0) {
         return Err("--ramp must be within (0, 10000]".into());
@@ -173,7 +204,9 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
     let (hls_addr, hls_host) = parse_url(a.hls_url.as_deref().unwrap_or(&a.url))?;
     for t in [http.ip(), hls_addr.ip()] {
         if !t.is_loopback() && !a.allow_remote {
-            return Err(format!("{t} is not a loopback address: pass --allow-remote to load a server elsewhere"));
+            return Err(format!(
+                "{t} is not a loopback address: pass --allow-remote to load a server elsewhere"
+            ));
         }
     }
     let bind = parse_bind(a.bind_range.as_deref(), http.ip())?;
@@ -205,6 +238,10 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
                 threads: a.webrtc_threads.clamp(1, 64),
                 batch: Duration::from_millis(a.webrtc_batch_ms.min(100)),
                 bind,
+                janus: a.janus_mountpoint.map(|mountpoint| crate::janus::Target {
+                    path: url_path(&a.url),
+                    mountpoint,
+                }),
             },
             t0,
             live.clone(),
@@ -287,19 +324,30 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
             if a.webrtc > 0 {
                 line += &format!(
                     " | webrtc {}/{} failed {} {:.0} pkt/s loss {:.2}%",
-                    sec.webrtc_joined, a.webrtc, sec.webrtc_failed, sec.pkts as f64 / dt, sec.loss_pct
+                    sec.webrtc_joined,
+                    a.webrtc,
+                    sec.webrtc_failed,
+                    sec.pkts as f64 / dt,
+                    sec.loss_pct
                 );
             }
             if a.hls > 0 {
                 line += &format!(
                     " | hls {}/{} failed {} {:.0} parts/s late {} stalls {} err {}",
-                    sec.hls_joined, a.hls, sec.hls_failed, sec.hls_parts as f64 / dt, s.h_late, s.h_stalls, s.h_errors
+                    sec.hls_joined,
+                    a.hls,
+                    sec.hls_failed,
+                    sec.hls_parts as f64 / dt,
+                    s.h_late,
+                    s.h_stalls,
+                    s.h_errors
                 );
             }
             if a.server_pid.is_some() {
                 line += &format!(
                     " | server cpu {} rss {}",
-                    sec.server_cpu_pct.map_or("-".into(), |c| format!("{c:.0}%")),
+                    sec.server_cpu_pct
+                        .map_or("-".into(), |c| format!("{c:.0}%")),
                     fmt_kib(rss)
                 );
             }
@@ -311,7 +359,10 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         prev_me = me;
         prev_srv = srv;
         if a.server_pid.is_some() && srv.is_none() {
-            eprintln!("deltacast-load: the relay (pid {}) is gone; stopping", a.server_pid.unwrap());
+            eprintln!(
+                "deltacast-load: the relay (pid {}) is gone; stopping",
+                a.server_pid.unwrap()
+            );
             break;
         }
     }
@@ -341,7 +392,10 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         let is_dropped = v.ice_disconnected || silence.is_none_or(|s| s > DROPPED_SILENCE_NS);
         dropped += is_dropped as u64;
         let loss = report::loss_pct(v.expected, v.expected - v.lost);
-        let ok = !v.ice_disconnected && silence.is_some_and(|s| s <= KEPT_MAX_SILENCE_NS) && v.expected > 0 && loss < KEPT_MAX_LOSS_PCT;
+        let ok = !v.ice_disconnected
+            && silence.is_some_and(|s| s <= KEPT_MAX_SILENCE_NS)
+            && v.expected > 0
+            && loss < KEPT_MAX_LOSS_PCT;
         kept += ok as u64;
         wt.packets += v.packets;
         wt.bytes += v.bytes;
@@ -408,8 +462,10 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
     let cpu: Vec<f64> = series.iter().filter_map(|s| s.server_cpu_pct).collect();
     let totals = Totals {
         duration_s,
-        load_cpu_us_per_packet: (a.hls == 0 && wt.packets > 0).then(|| load_cpu_s * 1e6 / wt.packets as f64),
-        load_cpu_us_per_part: (a.webrtc == 0 && ht.parts > 0).then(|| load_cpu_s * 1e6 / (ht.parts + ht.playlists) as f64),
+        load_cpu_us_per_packet: (a.hls == 0 && wt.packets > 0)
+            .then(|| load_cpu_s * 1e6 / wt.packets as f64),
+        load_cpu_us_per_part: (a.webrtc == 0 && ht.parts > 0)
+            .then(|| load_cpu_s * 1e6 / (ht.parts + ht.playlists) as f64),
         webrtc: wt,
         hls: ht,
         load_cpu_s,
@@ -437,7 +493,8 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
     };
     print_summary(&r);
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&r).unwrap()).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&r).unwrap())
+            .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(r)
 }
@@ -472,17 +529,26 @@ pub fn print_summary(r: &Results) {
     if let Some(c) = t.server_cpu_avg_pct {
         println!(
             "server: cpu avg {c:.0} % of a core; rss first {} max {} last {}",
-            fmt_kib(t.server_rss_first_kib), fmt_kib(t.server_rss_max_kib), fmt_kib(t.server_rss_last_kib)
+            fmt_kib(t.server_rss_first_kib),
+            fmt_kib(t.server_rss_max_kib),
+            fmt_kib(t.server_rss_last_kib)
         );
     }
-    let mut own = format!("load tool: {:.1} s CPU ({:.0} % of a core)", t.load_cpu_s, t.load_cpu_s * 100.0 / t.duration_s.max(1e-3));
+    let mut own = format!(
+        "load tool: {:.1} s CPU ({:.0} % of a core)",
+        t.load_cpu_s,
+        t.load_cpu_s * 100.0 / t.duration_s.max(1e-3)
+    );
     if let Some(u) = t.load_cpu_us_per_packet {
         own += &format!(", {u:.2} µs per RTP packet");
     }
     if let Some(u) = t.load_cpu_us_per_part {
         own += &format!(", {u:.1} µs per HLS request");
     }
-    own += &format!("; host UDP drops: {} receive-buffer, {} send-buffer", t.udp_rcvbuf_errors, t.udp_sndbuf_errors);
+    own += &format!(
+        "; host UDP drops: {} receive-buffer, {} send-buffer",
+        t.udp_rcvbuf_errors, t.udp_sndbuf_errors
+    );
     println!("{own}");
     if r.verdict.passed {
         println!("PASS");
@@ -503,9 +569,18 @@ mod tests {
         let b = parse_bind(None, "127.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(b.len(), 253);
         assert_eq!(b[0], "127.0.0.2".parse::<IpAddr>().unwrap());
-        assert!(parse_bind(None, "10.0.0.1".parse().unwrap()).unwrap().is_empty());
-        assert!(parse_bind(Some("none"), "127.0.0.1".parse().unwrap()).unwrap().is_empty());
-        assert_eq!(parse_bind(Some("127.0.0.9"), "127.0.0.1".parse().unwrap()).unwrap().len(), 1);
+        assert!(parse_bind(None, "10.0.0.1".parse().unwrap())
+            .unwrap()
+            .is_empty());
+        assert!(parse_bind(Some("none"), "127.0.0.1".parse().unwrap())
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            parse_bind(Some("127.0.0.9"), "127.0.0.1".parse().unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(parse_bind(Some("127.0.0.9-127.0.0.1"), "127.0.0.1".parse().unwrap()).is_err());
     }
 }

@@ -52,6 +52,8 @@ pub struct Opts {
     pub batch: Duration,
     /// Source addresses, used round-robin; empty: the kernel chooses.
     pub bind: Vec<IpAddr>,
+    /// Join through Janus's streaming plugin instead of WHEP (the side-by-side benchmark).
+    pub janus: Option<crate::janus::Target>,
 }
 
 /// A join that got no session: the HTTP answer (status 0: no answer at all).
@@ -111,7 +113,11 @@ fn video_payload_types(sdp: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for l in sdp.lines() {
         if let Some(rest) = l.strip_prefix("m=video ") {
-            out.extend(rest.split_whitespace().skip(2).filter_map(|p| p.parse::<u8>().ok()));
+            out.extend(
+                rest.split_whitespace()
+                    .skip(2)
+                    .filter_map(|p| p.parse::<u8>().ok()),
+            );
         }
     }
     out
@@ -120,7 +126,11 @@ fn video_payload_types(sdp: &str) -> Vec<u8> {
 fn udp_socket(bind: Option<IpAddr>) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let ip = bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, None)?;
+    let s = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::DGRAM,
+        None,
+    )?;
     // Room for keyframe bursts between two reads of a batch interval.
     let _ = s.set_recv_buffer_size(1 << 20);
     let one: libc::c_int = 1;
@@ -152,24 +162,34 @@ fn join(o: &Opts, index: usize) -> Result<Viewer, Refused> {
     // the relay is reached on, as a client would its interface address.
     let sock = udp_socket(from.or(o.http.ip().is_loopback().then(|| o.http.ip())))
         .map_err(|e| fail(format!("socket: {e}")))?;
-    let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
-    let peer = match offered.try_post_from(
-        from,
-        o.http,
-        &format!("/whep/{}", o.stream),
-        &[],
-        Duration::from_secs(10),
-    ) {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(r)) => {
-            return Err(Refused {
-                index,
-                status: r.status,
-                retry_after: r.header("retry-after").map(str::to_string),
-                body: r.text().trim().chars().take(300).collect(),
-            })
+    let peer = if let Some(t) = &o.janus {
+        let timeout = Duration::from_secs(10);
+        let w = crate::janus::watch(t, from, o.http, timeout).map_err(fail)?;
+        let peer = Peer::answer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), &w.offer)
+            .map_err(|e| fail(e.to_string()))?;
+        w.start(t, from, o.http, &peer.answer, timeout)
+            .map_err(fail)?;
+        peer
+    } else {
+        let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
+        match offered.try_post_from(
+            from,
+            o.http,
+            &format!("/whep/{}", o.stream),
+            &[],
+            Duration::from_secs(10),
+        ) {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(r)) => {
+                return Err(Refused {
+                    index,
+                    status: r.status,
+                    retry_after: r.header("retry-after").map(str::to_string),
+                    body: r.text().trim().chars().take(300).collect(),
+                })
+            }
+            Err(e) => return Err(fail(e.to_string())),
         }
-        Err(e) => return Err(fail(e.to_string())),
     };
     let video_pts = video_payload_types(&peer.answer);
     Ok(Viewer {
@@ -215,7 +235,16 @@ impl Acc {
 
 /// Count one RTP packet (fast path: cleartext header; full path: str0m's decrypted packet).
 #[allow(clippy::too_many_arguments)]
-fn count(v: &mut Viewer, acc: &mut Acc, pt: u8, marker: bool, seq: u16, ssrc: u32, len: usize, at_ns: u64) {
+fn count(
+    v: &mut Viewer,
+    acc: &mut Acc,
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    ssrc: u32,
+    len: usize,
+    at_ns: u64,
+) {
     let d = v.counters.add(ssrc, seq);
     acc.pkts += 1;
     acc.bytes += len as u64;
@@ -394,7 +423,16 @@ fn poll_thread(
                     let (data, src, ns) = b.get(i);
                     if mode == Mode::Fast && v.connected {
                         if let Some(h) = parse_rtp(data) {
-                            count(v, &mut acc, h.payload_type, h.marker, h.seq, h.ssrc, data.len(), ns);
+                            count(
+                                v,
+                                &mut acc,
+                                h.payload_type,
+                                h.marker,
+                                h.seq,
+                                h.ssrc,
+                                data.len(),
+                                ns,
+                            );
                             continue;
                         }
                     }
@@ -477,7 +515,8 @@ pub fn start(o: Opts, t0: Instant, live: Arc<Live>, stop_joins: Arc<AtomicBool>)
     let o = Arc::new(o);
     let joiners = (0..JOIN_THREADS)
         .map(|k| {
-            let (o, txs, live, stop_joins) = (o.clone(), txs.clone(), live.clone(), stop_joins.clone());
+            let (o, txs, live, stop_joins) =
+                (o.clone(), txs.clone(), live.clone(), stop_joins.clone());
             std::thread::Builder::new()
                 .name(format!("whep-join-{k}"))
                 .spawn(move || {

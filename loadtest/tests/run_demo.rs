@@ -16,9 +16,30 @@ fn mixed_load_against_the_demo_joins_plays_without_loss_and_plots() {
     let tool = env!("CARGO_BIN_EXE_deltacast-load");
     let (status, stdout, stderr) = testkit::run_bounded(
         Command::new(tool)
-            .args(["run", "--url", &format!("http://{}", server.http), "--stream", "demo"])
-            .args(["--webrtc", "5", "--hls", "20", "--ramp", "20", "--duration", "7"])
-            .args(["--server-pid", &server.pid().to_string(), "--label", "e2e", "--json"])
+            .args([
+                "run",
+                "--url",
+                &format!("http://{}", server.http),
+                "--stream",
+                "demo",
+            ])
+            .args([
+                "--webrtc",
+                "5",
+                "--hls",
+                "20",
+                "--ramp",
+                "20",
+                "--duration",
+                "7",
+            ])
+            .args([
+                "--server-pid",
+                &server.pid().to_string(),
+                "--label",
+                "e2e",
+                "--json",
+            ])
             .arg(&out),
         Duration::from_secs(60),
     );
@@ -48,20 +69,32 @@ fn mixed_load_against_the_demo_joins_plays_without_loss_and_plots() {
 
     let dir = server.dir.path().join("plots");
     let (status, stdout, stderr) = testkit::run_bounded(
-        Command::new(tool).arg("plot").arg(&out).arg("--out").arg(&dir),
+        Command::new(tool)
+            .arg("plot")
+            .arg(&out)
+            .arg("--out")
+            .arg(&dir),
         Duration::from_secs(30),
     );
     assert!(status.success(), "plot: {stdout}\n{stderr}");
     for f in ["joined", "loss", "late", "cpu", "rss", "first_frame_cdf"] {
         let p = dir.join(format!("{f}.svg"));
         let svg = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(svg.contains("<polyline") || svg.contains("<path"), "{f}.svg has no line");
+        assert!(
+            svg.contains("<polyline") || svg.contains("<path"),
+            "{f}.svg has no line"
+        );
     }
 
     // Two machines' files merge into one with the counts summed.
     let merged = server.dir.path().join("m.json");
     let (status, _, stderr) = testkit::run_bounded(
-        Command::new(tool).arg("merge").arg(&out).arg(&out).arg("-o").arg(&merged),
+        Command::new(tool)
+            .arg("merge")
+            .arg(&out)
+            .arg(&out)
+            .arg("-o")
+            .arg(&merged),
         Duration::from_secs(30),
     );
     assert!(status.success(), "merge: {stderr}");
