@@ -151,9 +151,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 connect: std::time::Duration::from_millis(cfg.pull.connect_timeout_ms),
             },
         );
-        let configured: Arc<dyn crate::ingest::whep_pull::OriginResolver> = Arc::new(
-            crate::ingest::whep_pull::StaticResolver::from_config(&cfg),
-        );
+        let configured: Arc<dyn crate::ingest::whep_pull::OriginResolver> =
+            Arc::new(crate::ingest::whep_pull::StaticResolver::from_config(&cfg));
         if cluster.enabled {
             pulls.set_resolver(Arc::new(crate::cluster::pull::FirstOf(vec![
                 configured,

@@ -8,6 +8,7 @@
 //! merge, verdict), [`plot`], [`procstat`] (relay and own CPU/RSS), [`live`] (shared counters).
 
 mod hls;
+mod janus;
 mod live;
 mod plot;
 mod procstat;

@@ -96,12 +96,23 @@ pub struct RunArgs {
     /// Pass: LL-HLS errors (non-2xx, transport errors, timeouts) at most.
     #[arg(long, default_value_t = 0)]
     pub max_hls_errors: u64,
+    /// Join WebRTC viewers through Janus's streaming plugin (this mountpoint id) instead of
+    /// WHEP; --url is then the Janus HTTP API, e.g. http://10.77.0.1:8088/janus.
+    #[arg(long)]
+    pub janus_mountpoint: Option<u64>,
     /// Allow a target outside 127.0.0.0/8 (load-test only servers you run).
     #[arg(long)]
     pub allow_remote: bool,
     /// No progress lines (the summary is still printed).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The path of an http:// URL ("/" when it has none).
+fn url_path(u: &str) -> String {
+    let rest = u.strip_prefix("http://").unwrap_or(u);
+    rest.find('/')
+        .map_or("/".to_string(), |i| rest[i..].to_string())
 }
 
 /// http://HOST:PORT[/...] → (socket address, Host header). Only plain HTTP.
@@ -236,6 +247,10 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
                 threads: a.webrtc_threads.clamp(1, 64),
                 batch: Duration::from_millis(a.webrtc_batch_ms.min(100)),
                 bind,
+                janus: a.janus_mountpoint.map(|mountpoint| crate::janus::Target {
+                    path: url_path(&a.url),
+                    mountpoint,
+                }),
             },
             t0,
             live.clone(),

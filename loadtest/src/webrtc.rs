@@ -52,6 +52,8 @@ pub struct Opts {
     pub batch: Duration,
     /// Source addresses, used round-robin; empty: the kernel chooses.
     pub bind: Vec<IpAddr>,
+    /// Join through Janus's streaming plugin instead of WHEP (the side-by-side benchmark).
+    pub janus: Option<crate::janus::Target>,
 }
 
 /// A join that got no session: the HTTP answer (status 0: no answer at all).
@@ -160,24 +162,34 @@ fn join(o: &Opts, index: usize) -> Result<Viewer, Refused> {
     // the relay is reached on, as a client would its interface address.
     let sock = udp_socket(from.or(o.http.ip().is_loopback().then(|| o.http.ip())))
         .map_err(|e| fail(format!("socket: {e}")))?;
-    let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
-    let peer = match offered.try_post_from(
-        from,
-        o.http,
-        &format!("/whep/{}", o.stream),
-        &[],
-        Duration::from_secs(10),
-    ) {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(r)) => {
-            return Err(Refused {
-                index,
-                status: r.status,
-                retry_after: r.header("retry-after").map(str::to_string),
-                body: r.text().trim().chars().take(300).collect(),
-            })
+    let peer = if let Some(t) = &o.janus {
+        let timeout = Duration::from_secs(10);
+        let w = crate::janus::watch(t, from, o.http, timeout).map_err(fail)?;
+        let peer = Peer::answer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), &w.offer)
+            .map_err(|e| fail(e.to_string()))?;
+        w.start(t, from, o.http, &peer.answer, timeout)
+            .map_err(fail)?;
+        peer
+    } else {
+        let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
+        match offered.try_post_from(
+            from,
+            o.http,
+            &format!("/whep/{}", o.stream),
+            &[],
+            Duration::from_secs(10),
+        ) {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(r)) => {
+                return Err(Refused {
+                    index,
+                    status: r.status,
+                    retry_after: r.header("retry-after").map(str::to_string),
+                    body: r.text().trim().chars().take(300).collect(),
+                })
+            }
+            Err(e) => return Err(fail(e.to_string())),
         }
-        Err(e) => return Err(fail(e.to_string())),
     };
     let video_pts = video_payload_types(&peer.answer);
     Ok(Viewer {

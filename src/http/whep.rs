@@ -133,7 +133,12 @@ async fn create(
     // A full node sends the viewer on before it spends a pull on it.
     if state.cluster.at_capacity() {
         sfu.admission.count_refusal(Refusal::Full);
-        return full_here(&state, &stream, &redirected, WhepError::Refused(Refusal::Full));
+        return full_here(
+            &state,
+            &stream,
+            &redirected,
+            WhepError::Refused(Refusal::Full),
+        );
     }
     if let Err(r) = pull_if_needed(&state, &stream, &via).await {
         return *r;

@@ -203,6 +203,37 @@ impl Peer {
         }
     }
 
+    /// A peer on a UDP `link` that answers `offer` (SDP text) from a server that offers first
+    /// (Janus's streaming plugin): the answer's SDP is in [`Peer::answer`].
+    pub fn answer_on(role: &Role, link: Link, offer: &str) -> std::io::Result<Peer> {
+        let local = match &link {
+            Link::Udp(s) => s.local_addr()?,
+            _ => return Err(std::io::Error::other("answer_on: UDP links only")),
+        };
+        let started = Instant::now();
+        let mut rtc = build(role, started, None);
+        rtc.add_local_candidate(
+            Candidate::host(local, "udp").map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let o = str0m::change::SdpOffer::from_sdp_string(offer)
+            .map_err(|e| std::io::Error::other(format!("offer: {e}")))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(o)
+            .map_err(|e| std::io::Error::other(format!("accept offer: {e}")))?;
+        Ok(Peer {
+            rtc,
+            link,
+            local,
+            remote: None,
+            started,
+            location: String::new(),
+            etag: String::new(),
+            answer: answer.to_sdp_string(),
+            buf: Vec::new(),
+        })
+    }
+
     /// A viewer whose only candidate is ICE-TCP (active), as a client with UDP blocked: it
     /// connects to the relay's passive TCP candidate at 127.0.0.1:`tcp_port`.
     pub fn offer_tcp(role: &Role, tcp_port: u16) -> Offered {

@@ -75,7 +75,16 @@ impl Server {
         nofile: Option<u64>,
         ip: std::net::Ipv4Addr,
     ) -> Server {
-        Self::start_inner_at(label, server_extra, rtmp_extra, rest, args, nofile, None, ip)
+        Self::start_inner_at(
+            label,
+            server_extra,
+            rtmp_extra,
+            rest,
+            args,
+            nofile,
+            None,
+            ip,
+        )
     }
 
     fn start_inner_at(
