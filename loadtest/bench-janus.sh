@@ -49,6 +49,8 @@ ip -n $ns addr add $ip/24 dev veth0
 for i in $(seq 2 61); do ip -n $ns addr add 10.77.0.$i/32 dev veth0; done
 ip -n $ns link set veth0 up
 ip -n $ns link set veth1 up
+# Background processes are started with `ip netns exec` itself (not a shell function), so that
+# $! is the process (ip netns exec and taskset exec into it) and kill reaches it.
 inns() { ip netns exec $ns "$@"; }
 
 ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" \
@@ -82,10 +84,10 @@ max_viewers = 6000
 name = "bench"
 keys = ["benchkey"]
 TOML
-    DELTACAST_LOG=warn inns taskset -c 0 "$relay_bin" serve --config "$work/dc.toml" 2>"$work/dc.log" &
+    DELTACAST_LOG=warn ip netns exec $ns taskset -c 0 "$relay_bin" serve --config "$work/dc.toml" 2>"$work/dc.log" &
     server=$!; pids+=($server)
     wait_http "http://$ip:8080/healthz"
-    inns taskset -c 1 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.flv" \
+    ip netns exec $ns taskset -c 1 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.flv" \
         -c copy -f flv "rtmp://$ip:1935/live/benchkey" &
     pids+=($!)
     for _ in $(seq 100); do
@@ -96,13 +98,13 @@ TOML
 }
 
 start_janus() {
-    inns taskset -c 0 janus -F "$cfgdir" -C "$cfgdir/janus.jcfg" >"$work/janus.log" 2>&1 &
+    ip netns exec $ns taskset -c 0 janus -F "$cfgdir" -C "$cfgdir/janus.jcfg" >"$work/janus.log" 2>&1 &
     server=$!; pids+=($server)
     for _ in $(seq 100); do
         inns curl -sf -o /dev/null -XPOST "http://$ip:8088/janus" -d '{"janus":"info","transaction":"x"}' && break
         sleep 0.1
     done
-    inns taskset -c 1 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.mkv" \
+    ip netns exec $ns taskset -c 1 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.mkv" \
         -map 0:v -c copy -payload_type 96 -f rtp "rtp://$ip:5004?pkt_size=1200" \
         -map 0:a -c copy -payload_type 111 -f rtp "rtp://$ip:5002" &
     pids+=($!)
