@@ -106,7 +106,7 @@ start_janus() {
     done
     ip netns exec $ns taskset -c 1 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.mkv" \
         -map 0:v -c copy -payload_type 96 -f rtp "rtp://$ip:5004?pkt_size=1200" \
-        -map 0:a -c copy -payload_type 111 -f rtp "rtp://$ip:5002" &
+        -map 0:a -c copy -payload_type 111 -f rtp "rtp://$ip:5002" >/dev/null &
     pids+=($!)
     target=(--url "http://$ip:8088/janus" --janus-mountpoint 1)
 }
