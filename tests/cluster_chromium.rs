@@ -200,14 +200,16 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
         st["viewers"]["webrtc"].as_u64() >= Some(1),
         "B's stream shows the viewer: {st}"
     );
-    // A, pulled from by B, is now busier than C: C leads the alternates the page holds.
+    // B has a viewer and A serves B's pull: C is now the least-loaded node, the document's
+    // `whep` for new viewers (the page's session stays on B, which is in `alternates`).
     br.expect(
         &format!(
-            "__deltacast.playback.webrtc.alternates[0] === '{}/whep/show'",
+            "(w => [w.whep, ...w.alternates].filter(u => !u.startsWith('{b_base}/'))[0])\
+             (__deltacast.playback.webrtc) === '{}/whep/show'",
             base(&cl.c)
         ),
         Duration::from_secs(10),
-        "the page's document lists C first",
+        "the page's document names C first after B",
     );
     let hls_before = br.requests("/hls/").len();
 
