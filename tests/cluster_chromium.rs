@@ -190,7 +190,10 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
         |v| {
             node_of(v, "b").is_some_and(|n| n["viewers"].as_u64() >= Some(1))
                 && stream_of(v, "show").is_some_and(|s| {
-                    s["origin"] == "a" && s["edges"].as_array().is_some_and(|e| e.contains(&Value::from("b")))
+                    s["origin"] == "a"
+                        && s["edges"]
+                            .as_array()
+                            .is_some_and(|e| e.contains(&Value::from("b")))
                 })
         },
     );
@@ -233,7 +236,10 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
     let gap = st["reconnectGapMs"].as_f64().unwrap();
     let failed = st["events"]
         .as_array()
-        .and_then(|e| e.iter().find(|e| e["ev"] == "webrtc-failed" && e["t"].as_f64() > Some(t_page_kill)))
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["ev"] == "webrtc-failed" && e["t"].as_f64() > Some(t_page_kill))
+        })
         .cloned();
     eprintln!(
         "failover: first frame from C {since_kill:?} after the kill -9 (page clock; {back:?} by \
@@ -359,7 +365,11 @@ fn an_edge_at_its_threshold_redirects_the_page_which_plays_from_the_other_node()
         "the page POSTed to B"
     );
     let redirected = br.event_time("webrtc-redirected", &c_base);
-    assert!(redirected.is_some(), "Chromium followed the 307 to C: {:#}", br.state());
+    assert!(
+        redirected.is_some(),
+        "Chromium followed the 307 to C: {:#}",
+        br.state()
+    );
     assert_plays_webrtc_from(&mut br, &cl.c, "after the 307");
     // The session URL resolved against the final URL: a PATCH from the page (B's origin) reaches
     // the session on C.

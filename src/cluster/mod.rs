@@ -386,9 +386,11 @@ impl Cluster {
             .collect();
         // Stable: ties keep this node first, then the registry's order.
         nodes.sort_by(|a, b| {
-            b.room
-                .cmp(&a.room)
-                .then(a.load.partial_cmp(&b.load).unwrap_or(std::cmp::Ordering::Equal))
+            b.room.cmp(&a.room).then(
+                a.load
+                    .partial_cmp(&b.load)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
         });
         nodes.into_iter().map(|n| n.public_http).collect()
     }
