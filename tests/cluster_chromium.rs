@@ -241,10 +241,22 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
                 .find(|e| e["ev"] == "webrtc-failed" && e["t"].as_f64() > Some(t_page_kill))
         })
         .cloned();
+    let detected = failed
+        .as_ref()
+        .and_then(|e| e["t"].as_f64())
+        .map_or(f64::NAN, |t| t - t_page_kill);
+    let attach = st["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["ev"] == "webrtc-attach"))
+        .map(|e| e["detail"].clone());
     eprintln!(
         "failover: first frame from C {since_kill:?} after the kill -9 (page clock; {back:?} by \
-         the test's poll), picture gap {gap} ms (last frame from B → first from C); detected: \
-         {failed:?}; bound {FAILOVER_BOUND:?}"
+         the test's poll): detected after {detected:.0} ms ({}), picture gap {gap} ms (last \
+         frame from B → first from C; the new session went on screen: {attach:?}); bound \
+         {FAILOVER_BOUND:?}",
+        failed
+            .as_ref()
+            .map_or(Value::Null, |e| e["detail"]["reason"].clone())
     );
     assert!(
         since_kill <= FAILOVER_BOUND + FAILOVER_MARGIN,

@@ -57,6 +57,7 @@ const DISCONNECT_GRACE_MS = 1000;
 const DOC_CHECK_MS = 500;
 const POLL_TIMEOUT_MS = 1500;
 const MAX_FAILOVER = 3;
+const FAILOVER_ATTACH_MS = 1500;
 
 const params = new URLSearchParams(location.search);
 const debug = params.get('debug') === '1';
@@ -562,14 +563,28 @@ async function startWebRtc(url, pb, failover = null) {
   legs.webrtc = leg;
   if (front() !== rtc) rtc.muted = true; // not on screen: silent
 
+  // The new session goes on #rtc at once, except a failover's: the dead session's last picture
+  // stays until the new one has decoded a frame (the stats say so), so the viewer sees a freeze,
+  // not a black frame. A receiver decodes without a sink; FAILOVER_ATTACH_MS is the safety net.
+  let attached = false;
+  let trackAt = null;
+  const attach = () => {
+    if (attached || !alive(leg)) return;
+    attached = true;
+    if (failover) log('webrtc-attach', { ms: since(), decoding: dc.framesDecoded > 0 });
+    rtc.srcObject = media;
+    watchFirstFrame(rtc, leg, (via) => webrtcFrame(leg, via));
+    playMuted(rtc);
+  };
+  leg.attachIfDecoding = (frames, now) => {
+    if (!attached && trackAt !== null && (frames > 0 || now - trackAt > FAILOVER_ATTACH_MS)) attach();
+  };
   pc.ontrack = (e) => {
     if (!alive(leg)) return;
     media.addTrack(e.track);
-    if (rtc.srcObject !== media) {
-      rtc.srcObject = media;
-      watchFirstFrame(rtc, leg, (via) => webrtcFrame(leg, via));
-    }
-    playMuted(rtc);
+    if (trackAt === null) trackAt = performance.now();
+    if (!failover || !rtc.srcObject) attach();
+    else if (attached) playMuted(rtc);
   };
   pc.oniceconnectionstatechange = () => {
     const st = pc.iceConnectionState;
@@ -699,6 +714,7 @@ async function startWebRtc(url, pb, failover = null) {
       });
       const now = performance.now();
       dc.framesDecoded = frames;
+      leg.attachIfDecoding(frames, now);
       dc.audioPacketsReceived = audioPackets;
       if (dc.path === 'webrtc') {
         if (lastBytes !== null && now > lastBytesAt) {
