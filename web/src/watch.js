@@ -583,8 +583,8 @@ async function startWebRtc(url, pb, failover = null) {
     if (!alive(leg)) return;
     media.addTrack(e.track);
     if (trackAt === null) trackAt = performance.now();
-    if (!failover || !rtc.srcObject) attach();
-    else if (attached) playMuted(rtc);
+    if (attached) playMuted(rtc);
+    else if (!failover || !rtc.srcObject) attach();
   };
   pc.oniceconnectionstatechange = () => {
     const st = pc.iceConnectionState;
