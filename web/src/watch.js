@@ -271,8 +271,9 @@ function nodeBase(whep) {
 }
 
 async function fetchPlaybackFrom(base, opts, timeoutMs) {
-  const signal = AbortSignal.timeout ? AbortSignal.timeout(timeoutMs) : undefined;
-  const r = await fetch(new URL(playbackPath(), base), { ...opts, signal });
+  // No signal on the first request: it must match the preload exactly to take its response.
+  const signal = timeoutMs && AbortSignal.timeout ? AbortSignal.timeout(timeoutMs) : undefined;
+  const r = await fetch(new URL(playbackPath(), base), signal ? { ...opts, signal } : opts);
   if (r.status === 404) return { state: 'unknown', webrtc: null, hls: null };
   if (!r.ok) throw new Error(`playback API: HTTP ${r.status}`);
   return r.json();
@@ -285,7 +286,7 @@ async function fetchPlayback(timeoutMs = POLL_TIMEOUT_MS) {
   // would not); the server marks the document no-store, so no cache keeps it either way.
   const first = playbackFetches++ === 0;
   try {
-    return await fetchPlaybackFrom(root, first ? {} : { cache: 'no-store' }, timeoutMs);
+    return await fetchPlaybackFrom(root, first ? {} : { cache: 'no-store' }, first ? 0 : timeoutMs);
   } catch (e) {
     if (e instanceof Error && e.message.startsWith('playback API: HTTP')) throw e; // it answered
     const pb = dc.playback;
