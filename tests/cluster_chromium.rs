@@ -397,6 +397,13 @@ fn an_edge_at_its_threshold_redirects_the_page_which_plays_from_the_other_node()
         "the page's viewer is on C: {v:#}"
     );
     br.screenshot("cluster-redirect.png");
+    // And the DELETE the page sends when it stops a session (keepalive, so it also leaves with a
+    // closing page) ends it on C.
+    let deleted = br.eval(
+        "fetch(__deltacast.whepLocation, { method: 'DELETE', keepalive: true })\
+         .then(r => r.status, e => String(e))",
+    );
+    assert_eq!(deleted, 200, "DELETE of the session URL from the page");
 
     stop.store(true, Ordering::Relaxed);
     let v1 = keep.join().expect("the viewer on B");
