@@ -41,13 +41,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A node `id` on `ip` in the cluster of `redis`, serving the watch page; `sfu_extra` goes under
-/// `[sfu]`.
+/// `[sfu]`. A WebRTC attempt may take up to 8 s to its first frame (default 2.5 s): a node's
+/// first viewer of a stream waits for the pull from the origin, and this machine is shared.
 fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
     Server::start_on(
         label,
         ip,
         &format!(
-            "[web]\ndir = {:?}\n\n[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n\
+            "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n\
              {sfu_extra}\n\n[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n\
              ttl_ms = 1500\n",
             web_dir().display().to_string(),
