@@ -824,6 +824,9 @@ fn plays_over_webrtc_first_frame_within_1s() {
         "no HLS request while WebRTC plays"
     );
     b.screenshot("webrtc.png");
+    // A single node names no other node to fail over to.
+    let pb = s.get("/api/v1/streams/show/playback").json();
+    assert_eq!(pb["webrtc"]["alternates"], json!([]), "{pb}");
 }
 
 #[test]

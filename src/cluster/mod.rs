@@ -367,6 +367,34 @@ impl Cluster {
         (best.id != self.node_id).then_some(best.public_http)
     }
 
+    /// Base URLs of the nodes a viewer's page may fail over to, least-loaded first (nodes with
+    /// room before full ones, which would redirect): every live node serving WebRTC, this one
+    /// included, except the primary (the node whose base the playback document hands out, `None`
+    /// for this one). Empty without Redis. The page keeps the list from its last poll, so it can reconnect over WebRTC
+    /// even when the node that served it is the one that died.
+    pub fn alternate_bases(&self, primary: Option<&str>) -> Vec<String> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let mut nodes: Vec<NodeInfo> = std::iter::once(self.local_info())
+            .chain(self.fresh_others().into_iter().map(|n| n.info))
+            .filter(|n| n.webrtc && !n.public_http.is_empty())
+            .filter(|n| match primary {
+                None => n.id != self.node_id,
+                Some(base) => n.public_http != base,
+            })
+            .collect();
+        // Stable: ties keep this node first, then the registry's order.
+        nodes.sort_by(|a, b| {
+            b.room.cmp(&a.room).then(
+                a.load
+                    .partial_cmp(&b.load)
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+        });
+        nodes.into_iter().map(|n| n.public_http).collect()
+    }
+
     /// The origin node of `stream` in the last view (any age: an origin outlives a Redis outage).
     pub fn origin_of(&self, stream: &str) -> Option<NodeInfo> {
         let v = self.view.read();

@@ -1,8 +1,9 @@
 //! Playback, ingest and provider endpoints of the API:
 //!
 //! - `GET /api/v1/streams/{stream}/playback` (public): what the watch page needs —
-//!   `{ "stream", "state": "live" | "starting" | "offline", "webrtc": { "whep": URL } | null,
-//!   "hls": URL | null, "webrtc_timeout_ms", "freeze_ms" }`;
+//!   `{ "stream", "state": "live" | "starting" | "offline",
+//!   "webrtc": { "whep": URL, "alternates": [URL…] } | null, "hls": URL | null,
+//!   "webrtc_timeout_ms", "freeze_ms" }`;
 //! - `GET /api/v1/streams/{stream}/ingest` (admin): RTMP server + key, WHIP URL + token;
 //! - `GET /api/v1/streams/{stream}/provider` (public, secrets masked) and
 //!   `PUT /api/v1/streams/{stream}/provider` (admin) with `"origin"`,
@@ -13,6 +14,9 @@
 //!
 //! In a cluster the WHEP URL is the least-loaded node's with room (this node when it ties), as
 //! the registry last said (see `crate::cluster`); a stream live on another node is `live` here.
+//! `alternates` lists every other live node's WHEP URL for the stream, least-loaded first, so
+//! the page can reconnect over WebRTC to another node when its session dies, even when the node
+//! that served the page is the dead one. Empty on a single node.
 
 use std::net::SocketAddr;
 
@@ -127,21 +131,34 @@ pub async fn playback(
     let node = node_urls(&state, &headers);
     let mut pb = p.playback(&node, &name);
     let mut live = live_state(&state, &name);
+    // The other nodes' WHEP URLs the page fails over to when its session dies (least-loaded
+    // first); empty on a single node and for a provider's own WHEP URL.
+    let mut alternates: Vec<String> = Vec::new();
     if state.cluster.enabled {
         // Only this node's own WHEP URL is moved: a provider's URL elsewhere is the provider's.
         if let Some(w) = pb.webrtc.as_mut().filter(|w| w.whep == node.whep(&name)) {
-            if let Some(base) = state.cluster.playback_base() {
+            let base = state.cluster.playback_base();
+            if let Some(base) = &base {
                 w.whep = format!("{base}/whep/{name}");
             }
+            alternates = state
+                .cluster
+                .alternate_bases(base.as_deref())
+                .into_iter()
+                .map(|b| format!("{b}/whep/{name}"))
+                .collect();
         }
         if live == "offline" && state.cluster.origin_of(&name).is_some() {
             live = "live";
         }
     }
+    let webrtc = pb
+        .webrtc
+        .map(|w| json!({ "whep": w.whep, "alternates": alternates }));
     let body = json!({
         "stream": name,
         "state": live,
-        "webrtc": pb.webrtc,
+        "webrtc": webrtc,
         "hls": pb.hls,
         "webrtc_timeout_ms": state.cfg.web.webrtc_timeout_ms,
         "freeze_ms": state.cfg.web.freeze_ms,

@@ -182,6 +182,18 @@ impl Browser {
         assert_eq!(v["status"], 200, "[{}] {url}: {v}", self.label);
     }
 
+    /// [`Browser::open`], with every playback document the tab loads saying `webrtc.whep` =
+    /// `whep` (a document fetched just before its node filled up), the rest as the server said.
+    pub fn open_pinned(&mut self, url: &str, whep: &str) {
+        let v = self
+            .cmd(
+                json!({"cmd": "open", "url": url, "pin_whep": whep}),
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|e| panic!("[{}] open {url}: {e}", self.label));
+        assert_eq!(v["status"], 200, "[{}] {url}: {v}", self.label);
+    }
+
     pub fn eval(&mut self, expr: &str) -> Value {
         self.cmd(
             json!({"cmd": "eval", "expr": expr}),

@@ -5,6 +5,8 @@
 // ({"id", "ok": true, "value"} or {"id", "ok": false, "error"}); anything else goes to stderr.
 //
 //   {"cmd": "open", "url": "..."}                       new tab, goto, start recording requests
+//     optional "pin_whep": URL — every playback document the tab loads has webrtc.whep set to URL
+//     (what a document fetched a moment before its node filled up says; the rest is the server's)
 //   {"cmd": "eval", "expr": "js expression"}            value of the expression in the page
 //   {"cmd": "wait", "expr": "...", "timeout_ms": N}     until the expression is truthy; its value
 //   {"cmd": "screenshot", "path": "..."}                PNG of the tab
@@ -60,6 +62,14 @@ async function handle(msg) {
       requests = [];
       consoleLines = [];
       page = await context.newPage();
+      if (msg.pin_whep) {
+        await page.route(/\/api\/v1\/streams\/[^/]+\/playback/, async (route) => {
+          const resp = await route.fetch();
+          const json = await resp.json();
+          if (json.webrtc) json.webrtc.whep = msg.pin_whep;
+          await route.fulfill({ response: resp, json });
+        });
+      }
       page.on('request', (r) => requests.push(`${r.method()} ${r.url()}`));
       page.on('console', (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
       page.on('pageerror', (e) => consoleLines.push(`pageerror: ${e.message}`));

@@ -17,10 +17,18 @@
 //     frame within webrtc_timeout_ms cut it too. A cut is remembered in sessionStorage and the
 //     next start skips WebRTC (not after a 409, which only says the stream has no publisher,
 //     nor after the DTLS bound, as STUN got through).
-// Mid-stream (as before): no new WebRTC frame for freeze_ms, or the connection fails/closes →
-//   LL-HLS starts, the last WebRTC picture stays until LL-HLS has one.
+// Mid-stream: no new WebRTC frame for freeze_ms, no RTP at all for DEAD_MS (only where the document
+//   names other nodes), ICE disconnected for DISCONNECT_GRACE_MS, or the connection fails/closes →
+//   failover first: a new WHEP session on the next node of the document's `webrtc.alternates`
+//   (least-loaded first; the node that died is skipped), each attempt under the usual cuts, up to
+//   MAX_FAILOVER nodes; then LL-HLS as the last resort, the last WebRTC picture staying until
+//   LL-HLS has one. A single node offers no alternates: LL-HLS at once, as before.
+// A WHEP POST may be redirected (307, a full node in a cluster): fetch follows it with the body,
+//   and the session URL (Location) is resolved against the final URL, the node that answered.
 // The playback document is polled: offline → players stop, "offline" shown; back → start again;
-// a changed HLS URL (provider switched) → HLS restarts on the new URL.
+// a changed HLS URL (provider switched) → HLS restarts on the new URL. When the node that served
+// the page does not answer (it may be the one that died), the document is asked of the other
+// nodes it last named.
 //
 // Tests read window.__deltacast (path, state, first frame, decision, counters, events); every
 // time there is in ms since navigation start (performance.now()).
@@ -41,6 +49,15 @@ const DTLS_RTT_FACTOR = 4;
 // A first frame presented (requestVideoFrameCallback) is the measure; 'loadeddata' stands in
 // where that callback never comes (no support, or a browser that does not paint the element).
 const FRAME_FALLBACK_MS = 250;
+// Failover (cluster). Audio alone sends a packet every 20 ms: a second without any RTP means the
+// path or the node is gone, sooner than a video freeze can say so. A dead node's playback
+// document is not waited for long (a machine that is down answers nothing).
+const DEAD_MS = 1000;
+const DISCONNECT_GRACE_MS = 1000;
+const DOC_CHECK_MS = 500;
+const POLL_TIMEOUT_MS = 1500;
+const MAX_FAILOVER = 3;
+const FAILOVER_ATTACH_MS = 1500;
 
 const params = new URLSearchParams(location.search);
 const debug = params.get('debug') === '1';
@@ -69,7 +86,11 @@ const dc = {
   webrtcFailed: safeSession('get'),
   fallbackReason: null,
   whepUrl: null,
+  whepFinalUrl: null, // where the WHEP POST ended up (after a 307), the node serving WebRTC
   whepLocation: null,
+  reconnects: 0, // WebRTC sessions resumed on another node after the one playing died
+  reconnectGapMs: null, // last frame of the dead session → first frame of the new one
+  failover: null, // { since, from, tried } while a failover is under way
   hlsUrl: null,
   firstFrame: null, // { ms (since navigation), path, via: 'frame' | 'loadeddata' }
   firstFrameMs: null, // firstFrame.ms
@@ -236,15 +257,52 @@ function decide(path, reason) {
 
 let playbackFetches = 0;
 
-async function fetchPlayback() {
-  const url = new URL(`api/v1/streams/${encodeURIComponent(stream)}/playback`, root);
-  // The first one takes the response the page's Link header preloaded (a 'no-store' request
-  // would not); the server marks the document no-store, so no cache keeps it either way.
-  const first = playbackFetches++ === 0;
-  const r = await fetch(url, first ? {} : { cache: 'no-store' });
+const playbackPath = () => `api/v1/streams/${encodeURIComponent(stream)}/playback`;
+
+// The node's base URL of a WHEP URL ({base}/whep/{stream}), null for anything else.
+function nodeBase(whep) {
+  try {
+    const u = new URL(whep);
+    const i = u.pathname.lastIndexOf('/whep/');
+    return i < 0 ? null : `${u.origin}${u.pathname.slice(0, i)}/`;
+  } catch {
+    return null;
+  }
+}
+
+async function fetchPlaybackFrom(base, opts, timeoutMs) {
+  // No signal on the first request: it must match the preload exactly to take its response.
+  const signal = timeoutMs && AbortSignal.timeout ? AbortSignal.timeout(timeoutMs) : undefined;
+  const r = await fetch(new URL(playbackPath(), base), signal ? { ...opts, signal } : opts);
   if (r.status === 404) return { state: 'unknown', webrtc: null, hls: null };
   if (!r.ok) throw new Error(`playback API: HTTP ${r.status}`);
   return r.json();
+}
+
+// The playback document from the page's own node; when that node does not answer at all, from
+// the node serving WebRTC now or another node the last document named (a cluster).
+async function fetchPlayback(timeoutMs = POLL_TIMEOUT_MS) {
+  // The first one takes the response the page's Link header preloaded (a 'no-store' request
+  // would not); the server marks the document no-store, so no cache keeps it either way.
+  const first = playbackFetches++ === 0;
+  try {
+    return await fetchPlaybackFrom(root, first ? {} : { cache: 'no-store' }, first ? 0 : timeoutMs);
+  } catch (e) {
+    if (e instanceof Error && e.message.startsWith('playback API: HTTP')) throw e; // it answered
+    const pb = dc.playback;
+    const others = [dc.whepFinalUrl, pb && pb.webrtc && pb.webrtc.whep,
+      ...((pb && pb.webrtc && pb.webrtc.alternates) || [])]
+      .map((u) => u && nodeBase(u))
+      .filter((b, i, all) => b && b !== root.href && all.indexOf(b) === i);
+    for (const base of others) {
+      try {
+        return await fetchPlaybackFrom(base, { cache: 'no-store' }, timeoutMs);
+      } catch {
+        // next node
+      }
+    }
+    throw e;
+  }
 }
 
 // The running legs; a leg's async steps check `alive(leg)` and quit once it is stopped or replaced.
@@ -311,10 +369,18 @@ function onPlayback(pb) {
     log('hls-url-changed', { from: legs.hls.url, to: pb.hls });
     stopLeg(legs.hls, 'HLS URL changed');
     startHls(pb.hls);
-  } else if (legs.webrtc && (!pb.webrtc || pb.webrtc.whep !== legs.webrtc.url)) {
+  } else if (legs.webrtc && !offersWhep(pb, legs.webrtc.url)) {
     log('whep-url-changed');
     start(pb);
   }
+}
+
+// The document still offers the WHEP URL a session runs on. In a cluster the `whep` URL is where
+// a new viewer goes (it moves with the nodes' load) and the others are in `alternates`: a session
+// moves only when its URL is offered no more (a provider switch, a node gone).
+function offersWhep(pb, url) {
+  const w = pb.webrtc;
+  return !!w && (w.whep === url || (Array.isArray(w.alternates) && w.alternates.includes(url)));
 }
 
 async function pollLoop() {
@@ -453,17 +519,18 @@ function estimateRtt(url, tPost, measured) {
   return Math.max(1, Math.round(Math.min(...rtts)));
 }
 
-async function startWebRtc(url, pb) {
+async function startWebRtc(url, pb, failover = null) {
   const t0 = performance.now();
   const since = () => Math.round(performance.now() - t0);
   const timeoutMs = pb.webrtc_timeout_ms || 2500;
   const freezeMs = pb.freeze_ms || 2000;
   dc.whepUrl = url;
+  dc.whepFinalUrl = url;
   dc.framesDecoded = 0;
   dc.webrtcFirstFrameMs = null;
   dc.rttMs = null;
   dc.iceBoundMs = null;
-  log('webrtc-start', url);
+  log('webrtc-start', failover ? { url, failover: failover.tried.length } : url);
 
   const prepared = takeWarm('webrtc') || newPeerConnection();
   const pc = prepared.pc;
@@ -475,6 +542,9 @@ async function startWebRtc(url, pb) {
     t0,
     pc,
     location: null,
+    server: null, // origin of the node that answered the POST (after redirects)
+    failover, // { since, lastFrameAt, tried: [node origins] } when this session replaces a dead one
+    lastFrameAt: null,
     framed: false, // a frame was presented: WebRTC is (or was) on screen
     iceAt: null,
     keepPicture: false,
@@ -494,14 +564,28 @@ async function startWebRtc(url, pb) {
   legs.webrtc = leg;
   if (front() !== rtc) rtc.muted = true; // not on screen: silent
 
+  // The new session goes on #rtc at once, except a failover's: the dead session's last picture
+  // stays until the new one has decoded a frame (the stats say so), so the viewer sees a freeze,
+  // not a black frame. A receiver decodes without a sink; FAILOVER_ATTACH_MS is the safety net.
+  let attached = false;
+  let trackAt = null;
+  const attach = () => {
+    if (attached || !alive(leg)) return;
+    attached = true;
+    if (failover) log('webrtc-attach', { ms: since(), decoding: dc.framesDecoded > 0 });
+    rtc.srcObject = media;
+    watchFirstFrame(rtc, leg, (via) => webrtcFrame(leg, via));
+    playMuted(rtc);
+  };
+  leg.attachIfDecoding = (frames, now) => {
+    if (!attached && trackAt !== null && (frames > 0 || now - trackAt > FAILOVER_ATTACH_MS)) attach();
+  };
   pc.ontrack = (e) => {
     if (!alive(leg)) return;
     media.addTrack(e.track);
-    if (rtc.srcObject !== media) {
-      rtc.srcObject = media;
-      watchFirstFrame(rtc, leg, (via) => webrtcFrame(leg, via));
-    }
-    playMuted(rtc);
+    if (trackAt === null) trackAt = performance.now();
+    if (attached) playMuted(rtc);
+    else if (!failover || !rtc.srcObject) attach();
   };
   pc.oniceconnectionstatechange = () => {
     const st = pc.iceConnectionState;
@@ -524,6 +608,15 @@ async function startWebRtc(url, pb) {
     if (!alive(leg)) return;
     if (st === 'failed' || st === 'closed') webrtcFailed(leg, `connection ${st} (ICE/DTLS)`);
   };
+  // ICE disconnected (consent checks unanswered): gone unless it comes back within the grace.
+  pc.addEventListener('iceconnectionstatechange', () => {
+    if (!alive(leg) || !leg.framed || pc.iceConnectionState !== 'disconnected') return;
+    timers.push(setTimeout(() => {
+      if (alive(leg) && pc.iceConnectionState === 'disconnected') {
+        webrtcFailed(leg, `ICE disconnected for ${DISCONNECT_GRACE_MS} ms`);
+      }
+    }, DISCONNECT_GRACE_MS));
+  });
 
   let rtt;
   let answeredAt = 0;
@@ -545,8 +638,14 @@ async function startWebRtc(url, pb) {
       err.status = r.status;
       throw err;
     }
+    // A 307 (a full node in a cluster) was followed: the session lives on the node that
+    // answered, so its URL is resolved against the final URL, not the one POSTed to.
+    const answeredBy = r.url || url;
+    leg.server = new URL(answeredBy).origin;
+    dc.whepFinalUrl = answeredBy;
+    if (r.redirected) log('webrtc-redirected', { from: url, to: answeredBy });
     const loc = r.headers.get('Location');
-    if (loc) leg.location = dc.whepLocation = new URL(loc, url).href;
+    if (loc) leg.location = dc.whepLocation = new URL(loc, answeredBy).href;
     const ice = parseIceLinks(r.headers.get('Link'));
     if (ice.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: ice });
     const answer = await r.text();
@@ -589,6 +688,7 @@ async function startWebRtc(url, pb) {
   let lastProgress = performance.now();
   let lastBytes = null;
   let lastBytesAt = 0;
+  let lastFlow = performance.now();
   let checking = false;
   timers.push(setInterval(async () => {
     if (!alive(leg) || checking) return;
@@ -615,6 +715,7 @@ async function startWebRtc(url, pb) {
       });
       const now = performance.now();
       dc.framesDecoded = frames;
+      leg.attachIfDecoding(frames, now);
       dc.audioPacketsReceived = audioPackets;
       if (dc.path === 'webrtc') {
         if (lastBytes !== null && now > lastBytesAt) {
@@ -623,16 +724,25 @@ async function startWebRtc(url, pb) {
         if (jitter !== null) dc.latency = jitter + (rttNow !== null ? rttNow / 2 : 0);
         dc.rtt = rttNow;
       }
+      if (lastBytes === null || bytes > lastBytes) lastFlow = now;
       lastBytes = bytes;
       lastBytesAt = now;
       if (frames > lastFrames) {
         lastFrames = frames;
         lastProgress = now;
+        leg.lastFrameAt = now;
+      } else if (leg.framed && now - lastFlow > DEAD_MS && alternatesFor(leg).length) {
+        // Nothing at all arrives: the node or the path is gone (or the publisher stopped,
+        // which the document says).
+        const pbNow = await fetchPlayback(DOC_CHECK_MS).catch(() => null);
+        if (!alive(leg)) return;
+        if (pbNow && pbNow.state !== 'live' && pbNow.state !== 'starting') onPlayback(pbNow);
+        else webrtcFailed(leg, `no RTP for ${DEAD_MS} ms`);
       } else if (!leg.framed && now - t0 > timeoutMs) {
         webrtcFailed(leg, `no frame within ${timeoutMs} ms`);
       } else if (leg.framed && now - lastProgress > freezeMs) {
         // Frozen: is it the publisher (offline) or the WebRTC path?
-        const pbNow = await fetchPlayback().catch(() => null);
+        const pbNow = await fetchPlayback(DOC_CHECK_MS).catch(() => null);
         if (!alive(leg)) return;
         if (pbNow && pbNow.state !== 'live' && pbNow.state !== 'starting') onPlayback(pbNow);
         else webrtcFailed(leg, `no new frame for ${freezeMs} ms`);
@@ -649,7 +759,14 @@ async function startWebRtc(url, pb) {
 // this frame on, the sound moves over, and LL-HLS stops pulling.
 function webrtcFrame(leg, via) {
   leg.framed = true;
+  leg.lastFrameAt = performance.now();
   dc.webrtcFirstFrameMs = Math.round(performance.now() - leg.t0);
+  if (leg.failover) {
+    dc.reconnects += 1;
+    dc.reconnectGapMs = Math.round(performance.now() - leg.failover.lastFrameAt);
+    dc.failover = null;
+    log('webrtc-reconnected', { gapMs: dc.reconnectGapMs, node: leg.server, tried: leg.failover.tried.length });
+  }
   log('webrtc-first-frame', { ms: dc.webrtcFirstFrameMs, via });
   firstFrame('webrtc', via);
   setPath('webrtc');
@@ -658,15 +775,66 @@ function webrtcFrame(leg, via) {
   setState('live');
 }
 
+// The WHEP URLs a session that died may move to: the document's, least-loaded first, without
+// the nodes this failover already tried (the dead one first of all).
+function alternatesFor(leg) {
+  const w = dc.playback && dc.playback.webrtc;
+  if (!w || !Array.isArray(w.alternates) || !w.alternates.length) return [];
+  const tried = new Set((leg.failover && leg.failover.tried) || []);
+  for (const u of [leg.url, leg.server && `${leg.server}/`]) {
+    try {
+      if (u) tried.add(new URL(u).origin);
+    } catch {
+      // not a URL
+    }
+  }
+  return [w.whep, ...w.alternates].filter((u, i, all) => {
+    try {
+      return all.indexOf(u) === i && !tried.has(new URL(u).origin);
+    } catch {
+      return false;
+    }
+  });
+}
+
+// A WebRTC session that played (or a failover attempt) died: the next node over WebRTC.
+function failOver(leg, reason) {
+  if (!(leg.framed || leg.failover) || legs.hls) return false;
+  const tried = ((leg.failover && leg.failover.tried) || []).slice();
+  for (const u of [leg.url, leg.server && `${leg.server}/`]) {
+    try {
+      if (u && !tried.includes(new URL(u).origin)) tried.push(new URL(u).origin);
+    } catch {
+      // not a URL
+    }
+  }
+  const next = alternatesFor(leg)[0];
+  if (!next || tried.length > MAX_FAILOVER) return false;
+  const f = leg.failover || {
+    since: performance.now(),
+    lastFrameAt: leg.lastFrameAt || performance.now(),
+    reason,
+  };
+  const failover = { ...f, tried };
+  dc.failover = { since: Math.round(f.since), from: tried, to: next, reason: f.reason };
+  log('webrtc-failover', { reason, to: next, tried });
+  leg.keepPicture = true; // the last picture stays while the next node connects
+  stopLeg(leg, reason);
+  startWebRtc(next, dc.playback, failover);
+  return true;
+}
+
 function webrtcFailed(leg, reason, remember = true) {
   if (!alive(leg)) return;
   log('webrtc-failed', { reason, remember, ms: Math.round(performance.now() - leg.t0) });
   dc.fallbackReason = reason;
+  if (failOver(leg, reason)) return;
+  dc.failover = null;
   if (remember) {
     dc.webrtcFailed = reason;
     safeSession('set', reason);
   }
-  leg.keepPicture = leg.framed;
+  leg.keepPicture = leg.framed || !!leg.failover;
   stopLeg(leg, reason);
   if (!legs.hls) {
     // Mid-stream (the race had already stopped LL-HLS), or no HLS offered.
