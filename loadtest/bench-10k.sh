@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The issue-12 mix on one machine: WebRTC viewers straight at the relay, LL-HLS viewers through the
+# nginx cache of docs/CDN.md (the block is read from that file), one deltacast-load run, JSON and
+# plots in the output directory.
+#
+#   ffmpeg -re -c copy (1 Mb/s H.264 + 48 kb/s AAC) ──RTMP──► deltacast (unpinned, as README runs it)
+#   deltacast-load: WEBRTC viewers ──WHEP──► deltacast;  HLS viewers ──► nginx (proxy_cache_lock) ──► deltacast
+#
+# usage: loadtest/bench-10k.sh OUTDIR      env: WEBRTC=1000 HLS=9000 DURATION=600 RAMP=100 HLS_RAMP=300
+#        PART_MS=1000 (LL-HLS part target; see docs/LOADTEST.md for why not 200 through nginx)
+#        HLS_THREADS=2 WEBRTC_THREADS=1 RELAY_BIN / LOAD_BIN (prebuilt binaries)
+set -euo pipefail
+out=${1:?usage: bench-10k.sh OUTDIR}
+webrtc=${WEBRTC:-1000}; hls=${HLS:-9000}; duration=${DURATION:-600}
+ramp=${RAMP:-100}; hls_ramp=${HLS_RAMP:-300}; part_ms=${PART_MS:-1000}
+cd "$(dirname "$0")/.."
+for tool in ffmpeg nginx curl python3; do
+    command -v $tool >/dev/null || { echo "bench-10k: $tool is required" >&2; exit 1; }
+done
+relay_bin=${RELAY_BIN:-target/release/deltacast}
+load_bin=${LOAD_BIN:-target/release/deltacast-load}
+if [ -z "${RELAY_BIN:-}${LOAD_BIN:-}" ]; then
+    cargo build --release -p deltacast -p deltacast-load --bin deltacast --bin deltacast-load >/dev/null
+fi
+mkdir -p "$out"
+out=$(realpath "$out")
+# Two connections per LL-HLS viewer and a socket per WebRTC viewer, in the load tool and in nginx.
+ulimit -n "$(ulimit -Hn)"
+need=$((2 * hls + webrtc + 200))
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge "$need" ] ||
+    echo "bench-10k: warning: open-files limit $(ulimit -n) < $need needed" >&2
+
+work=$(mktemp -d /tmp/bench-10k.XXXXXX)
+pids=()
+stop_all() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    pids=()
+}
+trap 'stop_all; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 20 \
+    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -bf 0 -b:v 1M -maxrate 1M -bufsize 1M \
+    -pix_fmt yuv420p -c:a aac -b:a 48k -ar 48000 -ac 2 -f flv "$work/clip.flv"
+
+http=$(free_port); rtmp=$(free_port); cdn=$(free_port)
+cat >"$work/relay.toml" <<TOML
+[server]
+http_listen = "127.0.0.1:$http"
+[rtmp]
+listen = "127.0.0.1:$rtmp"
+[sfu]
+max_viewers = $((webrtc + 500))
+[hls]
+part_target_ms = $part_ms
+[[streams]]
+name = "bench"
+keys = ["benchkey"]
+TOML
+DELTACAST_LOG=warn "$relay_bin" serve --config "$work/relay.toml" 2>"$out/relay.log" &
+relay=$!; pids+=($relay)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
+
+# nginx: the docs/CDN.md block, pointed at this relay, cache in the work directory.
+mkdir -p "$work/nginx/cache" "$work/nginx/logs"
+# nginx workers run unprivileged (www-data when started as root): they must reach the cache.
+chmod a+rx "$work" "$work/nginx"; chmod a+rwx "$work/nginx/cache"
+block=$(awk '/nginx-cdn-config/ {f=1; next} f && /^```nginx/ {p=1; next} p && /^```/ {exit} p' docs/CDN.md)
+block=${block//\/var\/cache\/nginx\/deltacast/$work\/nginx\/cache}
+block=${block//127.0.0.1:8080/127.0.0.1:$http}
+block=${block//listen 80;/listen 127.0.0.1:$cdn;}
+cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+worker_rlimit_nofile $(ulimit -n);
+error_log $work/nginx/logs/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections $(( $(ulimit -n) - 100 )); }
+http {
+    access_log off;
+    $block
+}
+NGINX
+nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf"
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.flv" -c copy \
+    -f flv "rtmp://127.0.0.1:$rtmp/live/benchkey" &
+pids+=($!)
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$http/api/v1/streams/bench" | grep -q '"state":"publishing"' && break
+    sleep 0.1
+done
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$cdn/hls/bench/index.m3u8" && break; sleep 0.1; done
+sleep 4
+echo "relay pid $relay (unpinned), http $http, nginx cache $cdn; $webrtc WebRTC + $hls LL-HLS, ${duration}s hold, parts ${part_ms} ms"
+rc=0
+"$load_bin" run --url "http://127.0.0.1:$http" --hls-url "http://127.0.0.1:$cdn" --stream bench \
+    --webrtc "$webrtc" --hls "$hls" --ramp "$ramp" --hls-ramp "$hls_ramp" --duration "$duration" \
+    --max-seconds $((duration + 600)) --hls-threads "${HLS_THREADS:-2}" --webrtc-threads "${WEBRTC_THREADS:-1}" \
+    --server-pid "$relay" --label "webrtc=$webrtc hls=$hls part=${part_ms}ms" --json "$out/result.json" \
+    | tee "$out/progress.txt" || rc=$?
+"$load_bin" plot "$out/result.json" --out "$out" >/dev/null || true
+cp "$work/nginx/logs/error.log" "$out/nginx-error.log" 2>/dev/null || true
+echo "nginx: $(grep -c . "$out/nginx-error.log" 2>/dev/null || true) error-log lines"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+exit $rc
