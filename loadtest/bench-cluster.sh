@@ -8,7 +8,8 @@
 #   three  a real redis-server and three nodes with `[cluster]` (A origin 127.0.0.2, B and C edges
 #          127.0.0.3/.4, `sfu.workers = 1` each), N/3 viewers on each node from three load-tool
 #          processes started together (the tool does not follow 307; the playback API's placement
-#          is tested in tests/cluster_e2e.rs), merged with `deltacast-load merge`.
+#          is tested in tests/cluster_e2e.rs), merged with `deltacast-load merge`; each joins at
+#          RAMP/3 per second, so the cluster's viewers join at the single node's rate.
 # ffmpeg publishes a pre-encoded 1 Mb/s 640x360 30 fps H.264 clip (-re -c copy) to the origin.
 # Pinning (CORES=2): one node on core 0, load tool + ffmpeg on core 1; three nodes: A and B on
 # core 0, C on core 1 with the load tools and ffmpeg. Three nodes on two cores share the same CPU
@@ -18,6 +19,7 @@ set -euo pipefail
 win=${1:-20}
 shift || true
 counts=${*:-"600 1200"}
+only=${ONLY:-"one three"}
 ramp=${RAMP:-200}
 mode=${MODE:-fast}
 cd "$(dirname "$0")/.."
@@ -37,7 +39,7 @@ stop_all() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
 }
-trap 'stop_all; rm -rf "$work"' EXIT
+trap 'stop_all; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 clip=$work/clip.flv
 ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" -t 20 \
@@ -45,7 +47,7 @@ ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,no
     -pix_fmt yuv420p -an -f flv "$clip"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
+wait_http() { for _ in $(seq 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
 
 # node NAME IP CORE CLUSTER_TOML -> sets $node_http, $node_rtmp, $node_pid
 node() {
@@ -80,26 +82,28 @@ publish() {
     sleep 3
 }
 
-load() { # URL PID N JSON
+load() { # URL PID N JSON RAMP
     taskset -c 1 "$load_bin" run --url "$1" --stream bench --webrtc "$3" --duration "$win" \
-        --ramp "$ramp" --webrtc-mode "$mode" --server-pid "$2" --quiet --json "$4" >/dev/null || true
+        --ramp "$5" --webrtc-mode "$mode" --server-pid "$2" --quiet --json "$4" >/dev/null || true
 }
 
 results=$work/results.txt
 : >"$results"
 for n in $counts; do
+  if [[ " $only " == *" one "* ]]; then
     echo "── one node, $n viewers ──"
     node one 127.0.0.2 0 ""
     publish "127.0.0.2:$node_rtmp" "127.0.0.2:$node_http"
-    load "http://127.0.0.2:$node_http" "$node_pid" "$n" "$work/one-$n.json"
+    load "http://127.0.0.2:$node_http" "$node_pid" "$n" "$work/one-$n.json" "$ramp"
     echo "one $n $work/one-$n.json" >>"$results"
     stop_all; sleep 1
-
+  fi
+  if [[ " $only " == *" three "* ]]; then
     echo "── three nodes, $n viewers ──"
     rport=$(free_port)
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
     pids+=($!)
-    sleep 0.5
+    for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
     declare -A http pid
     for spec in "a 127.0.0.2 0" "b 127.0.0.3 0" "c 127.0.0.4 1"; do
         set -- $spec
@@ -113,7 +117,7 @@ node_id = \"$1\""
     third=$((n / 3))
     loads=()
     for id in a b c; do
-        load "http://${http[$id]}" "${pid[$id]}" "$third" "$work/three-$n-$id.json" &
+        load "http://${http[$id]}" "${pid[$id]}" "$third" "$work/three-$n-$id.json" $((ramp / 3)) &
         loads+=($!)
     done
     for p in "${loads[@]}"; do wait "$p" || true; done
@@ -123,6 +127,7 @@ node_id = \"$1\""
     echo "three $n $work/three-$n.json $work/three-$n-a.json $work/three-$n-b.json $work/three-$n-c.json" >>"$results"
     stop_all; sleep 1
     unset http pid
+  fi
 done
 
 python3 - "$results" <<'PY'
