@@ -87,6 +87,7 @@ impl Server {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_inner_at(
         label: &str,
         server_extra: &str,
