@@ -13,7 +13,9 @@
 //!   cluster `capacity`, or the measured load) answers `307 Temporary Redirect` with `Location:
 //!   {node}/whep/{stream}?via={ids}` on the least-loaded other node with room (RFC 9725 §4.5
 //!   allows redirects for load balancing); `via` lists the nodes that already redirected it, and
-//!   none of them redirects it again. 503 + Retry-After when no node has room.
+//!   none of them redirects it again. 503 + Retry-After when no node has room. Another node's
+//!   pull (`Deltacast-Via`) is never redirected and ignores `capacity`: only the SFU's own
+//!   limits refuse it (503).
 //! - Session URLs of WHEP viewers and WHIP publishers are separate namespaces: a WHEP path never
 //!   reaches a publisher's session, nor the other way round.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
