@@ -7,6 +7,13 @@
 //! placement, Redis killed and restarted mid-stream (viewers keep playing, nodes re-register),
 //! LL-HLS of a stream proxied by a node that is not its origin (directly and through the CDN).
 //! Viewers on an edge of a stream published elsewhere need the edge pull (`ingest::whep_pull`).
+//!
+//! Three-node cases (origin A, edges B and C, each its own process and address): a viewer on an
+//! edge plays what A receives and the registry lists the edge; viewers that follow the playback
+//! API spread over the nodes by load; the origin killed with SIGKILL and the publisher reconnected
+//! to an edge: that edge becomes the origin, the other edge re-pulls from it, its viewers keep
+//! playing; an edge at its threshold redirects to the other edge (whose pull the full origin still
+//! admits), and a full cluster answers 503.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -19,6 +26,7 @@ use testkit::{request, resolve, Ffmpeg, Playlist, Server};
 
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 
 /// A node `id` on `ip` in the cluster of `redis` (fast heartbeats so the tests run quickly);
 /// `cluster_extra` goes under `[cluster]` (a `ttl_ms`).
@@ -441,4 +449,336 @@ fn a_node_stopped_with_sigterm_leaves_the_registry_at_once() {
     });
     println!("B left the view {:?} after SIGTERM", t0.elapsed());
     assert!(b.log_text().contains("cluster: left"), "{}", b.log_tail(10));
+}
+
+/// Three nodes of one cluster: A, B, C on their own addresses; `cluster_extra` for each.
+fn three(label: &str, redis: &Redis, extra: [&str; 3]) -> [Server; 3] {
+    let [ea, eb, ec] = extra;
+    let [a, b, c] = [("a", A, ea), ("b", B, eb), ("c", C, ec)]
+        .map(|(id, ip, e)| node_with(&format!("{label}-{id}"), id, ip, redis, "", e));
+    for s in [&a, &b, &c] {
+        wait_cluster(s, "three nodes registered", Duration::from_secs(15), |v| {
+            ["a", "b", "c"].iter().all(|id| node_of(v, id).is_some())
+        });
+    }
+    [a, b, c]
+}
+
+fn edges_of(v: &Value, stream: &str) -> Vec<String> {
+    v["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == stream))
+        .and_then(|s| s["edges"].as_array())
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A viewer on `s` that plays: the first frame a keyframe, H.264 frames and Opus.
+fn viewer_av(s: &Server, path_tail: &str) -> WhepClient {
+    let mut v = WhepClient::connect(s.http, path_tail)
+        .unwrap_or_else(|r| panic!("WHEP {path_tail} on {}: {} {}", s.http, r.status, r.text()));
+    let ok = v.run(Duration::from_secs(20), |x| {
+        x.frames.len() >= 10 && x.audio_frames >= 10
+    });
+    assert!(
+        ok,
+        "viewer on {}: {} frames ({} keyframes), {} Opus\n{}",
+        s.http,
+        v.frames.len(),
+        v.keyframes(),
+        v.audio_frames,
+        s.log_tail(30)
+    );
+    assert!(
+        v.frames[0].keyframe,
+        "the first frame on {} is a keyframe",
+        s.http
+    );
+    v
+}
+
+/// Keep viewers' ICE consent and media flowing for `d`.
+fn drive(vs: &mut [WhepClient], d: Duration) {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        for v in vs.iter_mut() {
+            v.run(Duration::from_millis(20), |_| false);
+        }
+    }
+}
+
+/// Every node's view agrees with every node's own count of viewers (one heartbeat after a
+/// change), the viewers kept flowing meanwhile.
+fn wait_views_agree(nodes: &[&Server], vs: &mut [WhepClient]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let own: Vec<(String, Value)> = nodes
+            .iter()
+            .map(|s| {
+                let v = cluster(s);
+                let id = v["node_id"].as_str().unwrap().to_string();
+                let n = node_of(&v, &id).unwrap()["viewers"].clone();
+                (id, n)
+            })
+            .collect();
+        let agree = nodes.iter().all(|s| {
+            let v = cluster(s);
+            own.iter()
+                .all(|(id, n)| node_of(&v, id).is_some_and(|x| &x["viewers"] == n))
+        });
+        if agree {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "views never agreed on {own:?}: {:#}",
+            cluster(nodes[0])
+        );
+        drive(vs, Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_edge_viewer_plays_from_the_origin_and_viewers_spread_over_the_nodes_by_load() {
+    let redis = Redis::start("spread");
+    // A small capacity so that one viewer weighs more than the noise of the workers' busy share.
+    let cap = "ttl_ms = 1500\ncapacity = 10\n";
+    let [a, b, c] = three("cl-spread", &redis, [cap, cap, cap]);
+    let _ff = publish("cl-spread", &a, "show");
+    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+        origin_of(v, "show").as_deref() == Some("a")
+    });
+
+    // A viewer POSTing to edge B plays what A receives; the registry lists B as an edge.
+    let mut vs = vec![viewer_av(&b, "show")];
+    let v = wait_cluster(&c, "B among the edges", Duration::from_secs(10), |v| {
+        edges_of(v, "show").contains(&"b".to_string())
+    });
+    assert_eq!(origin_of(&v, "show").as_deref(), Some("a"), "{v:#}");
+    assert!(!edges_of(&v, "show").contains(&"a".to_string()), "{v:#}");
+    assert_eq!(
+        a.metric("deltacast_pull_active"),
+        0.0,
+        "the origin pulls nothing"
+    );
+    assert_eq!(b.metric("deltacast_pull_active"), 1.0);
+
+    // Viewers that each ask a node's playback API (in turn) and follow it.
+    let nodes = [&a, &b, &c];
+    let by_url = |url: &str| {
+        nodes
+            .iter()
+            .position(|s| url == format!("http://{}/whep/show", s.http))
+            .unwrap_or_else(|| panic!("playback API gave {url}, not a node's /whep/show"))
+    };
+    let mut placed = [0usize; 3];
+    let n = 9;
+    for i in 0..n {
+        wait_views_agree(&nodes, &mut vs);
+        let pb = nodes[i % 3].get("/api/v1/streams/show/playback").json();
+        assert_eq!(pb["state"], "live", "{pb}");
+        let k = by_url(pb["webrtc"]["whep"].as_str().unwrap_or_default());
+        placed[k] += 1;
+        vs.push(viewer_av(nodes[k], "show"));
+    }
+    wait_views_agree(&nodes, &mut vs);
+    let v = cluster(&a);
+    // Sessions per node: viewers, and on A the edges' pulls (a pull costs A one viewer's share).
+    let load: Vec<u64> = ["a", "b", "c"]
+        .iter()
+        .map(|id| node_of(&v, id).unwrap()["viewers"].as_u64().unwrap())
+        .collect();
+    println!("placed {placed:?}; sessions per node (A with its pulls) {load:?}");
+    let (max, min) = (load.iter().max().unwrap(), load.iter().min().unwrap());
+    // 12 sessions on 3 nodes: 4 each when placement is exact; allow one of noise each way.
+    assert!(
+        max - min <= 2,
+        "unbalanced: {load:?} (placed {placed:?}) {v:#}"
+    );
+    assert!(
+        placed.iter().all(|&p| p >= 1),
+        "a node got none: {placed:?}"
+    );
+    assert!(
+        edges_of(&v, "show").contains(&"c".to_string()),
+        "C pulls once it has viewers: {v:#}"
+    );
+    // Everyone still plays.
+    for (i, x) in vs.iter_mut().enumerate() {
+        let f = x.frames.len();
+        assert!(
+            x.run(Duration::from_secs(10), |s| s.frames.len() >= f + 10),
+            "viewer {i} stalled"
+        );
+    }
+}
+
+#[test]
+fn origin_killed_the_publisher_moves_to_an_edge_which_becomes_origin_and_viewers_keep_playing() {
+    let redis = Redis::start("failover");
+    let t = "ttl_ms = 1500\n";
+    let [a, b, c] = three("cl-failover", &redis, [t, t, t]);
+    let mut ff = publish("cl-failover", &a, "show");
+    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+        origin_of(v, "show").as_deref() == Some("a")
+    });
+    let mut vb = viewer_av(&b, "show");
+    let mut vc = viewer_av(&c, "show");
+    wait_cluster(&a, "B and C pull", Duration::from_secs(10), |v| {
+        let e = edges_of(v, "show");
+        e.contains(&"b".to_string()) && e.contains(&"c".to_string())
+    });
+    let (fb, fc) = (vb.frames.len(), vc.frames.len());
+    let (kb, kc) = (vb.keyframes(), vc.keyframes());
+
+    // kill -9 the origin; the encoder loses its connection.
+    // SAFETY: kill(2) on the pid of the server this test started; it is still running.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    ff.kill();
+
+    // The publisher reconnects with the same key to B (one DNS name in front of the nodes), as
+    // OBS does: ffmpeg is started again until B takes it (B refuses while its pull of the dead
+    // origin has not noticed yet).
+    let mut ff2: Option<Ffmpeg> = None;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        // B's stream is its own (no longer pulled) once B's pull of the dead origin sees the
+        // publisher here and stops.
+        if b.api_stream("show")
+            .is_some_and(|s| s["state"] == "publishing" && s["source"] != "pull")
+        {
+            break;
+        }
+        if !ff2.as_mut().is_some_and(|f| f.is_running()) {
+            ff2 = Some(Ffmpeg::publish("cl-failover-2", &b.rtmp_url("show")));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never took the publisher: {:?}\n{}",
+            b.api_stream("show"),
+            b.log_tail(30)
+        );
+        for v in [&mut vb, &mut vc] {
+            v.run(Duration::from_millis(100), |_| false);
+        }
+    }
+    let published = killed.elapsed();
+    let v = wait_cluster(
+        &c,
+        "B the origin, C its edge",
+        Duration::from_secs(30),
+        |v| {
+            origin_of(v, "show").as_deref() == Some("b")
+                && edges_of(v, "show").contains(&"c".to_string())
+        },
+    );
+    assert!(node_of(&v, "a").is_none(), "A left the view: {v:#}");
+    // Both edges' viewers play again, without a new POST: a new keyframe, frames, Opus.
+    let (ab, ac) = (vb.audio_frames, vc.audio_frames);
+    let bound = Duration::from_secs(30);
+    let deadline = killed + bound;
+    let resumed = |s: &testkit::webrtc::Seen, f: usize, k: usize, au: usize| {
+        s.keyframes() > k && s.frames.len() >= f + 30 && s.audio_frames >= au + 30
+    };
+    while !(resumed(&vb, fb, kb, ab) && resumed(&vc, fc, kc, ac)) {
+        assert!(
+            Instant::now() < deadline,
+            "not resumed within {bound:?} of the kill: B's viewer {} frames (was {fb}), C's {} \
+             (was {fc})\nB:\n{}\nC:\n{}",
+            vb.frames.len(),
+            vc.frames.len(),
+            b.log_tail(30),
+            c.log_tail(30)
+        );
+        for v in [&mut vb, &mut vc] {
+            v.run(Duration::from_millis(50), |_| false);
+        }
+    }
+    // The gap each viewer saw: the longest time without a video frame around the kill.
+    let gap = |s: &testkit::webrtc::Seen, from: usize| {
+        s.frames[from.saturating_sub(1)..]
+            .windows(2)
+            .map(|w| w[1].at - w[0].at)
+            .max()
+            .unwrap_or_default()
+    };
+    println!(
+        "origin failover: publisher on B {:.1} s after the kill; video gap at B's viewer {:.1} s, \
+         at C's viewer {:.1} s",
+        published.as_secs_f64(),
+        gap(&vb, fb).as_secs_f64(),
+        gap(&vc, fc).as_secs_f64()
+    );
+    assert!(!vb.disconnected && !vc.disconnected, "a viewer was dropped");
+    assert!(b.metric("deltacast_pull_taken_over_total") >= 1.0);
+    assert!(c.metric("deltacast_pull_restarts_total") >= 1.0);
+    assert_eq!(c.metric("deltacast_pull_active"), 1.0);
+    assert_eq!(
+        b.metric("deltacast_pull_active"),
+        0.0,
+        "the new origin pulls nothing"
+    );
+}
+
+#[test]
+fn an_edge_at_its_threshold_redirects_to_the_other_edge_and_a_full_cluster_answers_503() {
+    let redis = Redis::start("edge307");
+    // A (the origin) takes one session: B's pull fills it, and C's pull is still admitted (a
+    // pull is never placed elsewhere). B and C take one viewer each.
+    let one = "ttl_ms = 1500\ncapacity = 1\n";
+    let [a, b, c] = three("cl-edge307", &redis, [one, one, one]);
+    let _ff = publish("cl-edge307", &a, "show");
+    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+        origin_of(v, "show").as_deref() == Some("a")
+    });
+    let mut vs = vec![viewer_av(&b, "show")];
+    let room = |v: &Value, id: &str| node_of(v, id).map(|n| n["room"].clone());
+    for s in [&a, &b, &c] {
+        wait_cluster(
+            s,
+            "A and B full, C with room",
+            Duration::from_secs(10),
+            |v| {
+                room(v, "a") == Some(Value::from(false))
+                    && room(v, "b") == Some(Value::from(false))
+                    && room(v, "c") == Some(Value::from(true))
+            },
+        );
+    }
+    // B is at its threshold: 307 to C, the other edge.
+    let r = post_offer(&b, "/whep/show");
+    assert_eq!(r.status, 307, "{} {:?}", r.text(), r.headers);
+    let loc = r.header("location").unwrap().to_string();
+    let prefix = format!("http://{}/whep/", c.http);
+    assert_eq!(loc, format!("{prefix}show?via=b"));
+    // A viewer following the Location plays on C (which pulls from the full origin).
+    vs.push(viewer_av(&c, loc.strip_prefix(&prefix).unwrap()));
+    assert_eq!(c.metric("deltacast_pull_active"), 1.0);
+    let v = wait_cluster(&a, "C full too", Duration::from_secs(10), |v| {
+        room(v, "c") == Some(Value::from(false))
+    });
+    assert_eq!(
+        node_of(&v, "a").unwrap()["viewers"],
+        2,
+        "A serves the two pulls: {v:#}"
+    );
+    // Every node full: 503 + Retry-After wherever the POST lands.
+    for s in [&a, &b, &c] {
+        assert_503(
+            &post_offer(s, "/whep/show"),
+            &format!("full cluster, POST to {}", s.http),
+        );
+    }
+    for x in vs.iter_mut() {
+        let f = x.frames.len();
+        assert!(
+            x.run(Duration::from_secs(10), |s| s.frames.len() >= f + 10),
+            "a viewer stalled"
+        );
+    }
 }

@@ -13,7 +13,9 @@
 //!   cluster `capacity`, or the measured load) answers `307 Temporary Redirect` with `Location:
 //!   {node}/whep/{stream}?via={ids}` on the least-loaded other node with room (RFC 9725 §4.5
 //!   allows redirects for load balancing); `via` lists the nodes that already redirected it, and
-//!   none of them redirects it again. 503 + Retry-After when no node has room.
+//!   none of them redirects it again. 503 + Retry-After when no node has room. Another node's
+//!   pull (`Deltacast-Via`) is never redirected and ignores `capacity`: only the SFU's own
+//!   limits refuse it (503).
 //! - Session URLs of WHEP viewers and WHIP publishers are separate namespaces: a WHEP path never
 //!   reaches a publisher's session, nor the other way round.
 //! - `PATCH /whep/{stream}/{session}` with `application/trickle-ice-sdpfrag`: If-Match required
@@ -130,8 +132,21 @@ async fn create(
     };
     // The nodes that already redirected this POST (placement), apart from the pull's hops.
     let redirected = crate::cluster::parse_via(query.as_deref());
+    // Another node pulling from this one asked for it by name (it is the stream's origin or an
+    // upper tier): placement does not apply to it. Sending it on would make the other node pull
+    // from here in turn (a loop, 508), so an origin full of viewers would starve every edge,
+    // and a new origin after a failover (an edge full of viewers) could never be re-pulled.
+    // Only the SFU's own admission (viewer cap, measured load) can refuse it, with 503.
+    let is_pull = !via.is_empty();
+    let refuse_full = |e: WhepError| {
+        if is_pull {
+            error_response(&state, e)
+        } else {
+            full_here(&state, &stream, &redirected, e)
+        }
+    };
     // A full node sends the viewer on before it spends a pull on it.
-    if state.cluster.at_capacity() {
+    if !is_pull && state.cluster.at_capacity() {
         sfu.admission.count_refusal(Refusal::Full);
         return full_here(
             &state,
@@ -148,7 +163,7 @@ async fn create(
     let slot = match sfu.admission.reserve(ip, SlotKind::Viewer) {
         Ok(s) => s,
         Err(r @ (Refusal::Full | Refusal::Overloaded(_))) => {
-            return full_here(&state, &stream, &redirected, WhepError::Refused(r))
+            return refuse_full(WhepError::Refused(r))
         }
         Err(r) => return error_response(&state, WhepError::Refused(r)),
     };
@@ -163,7 +178,7 @@ async fn create(
             }
         };
     // Another node's pull: its keyframe requests go to the publisher, not to our GOP cache.
-    let relay = !via.is_empty();
+    let relay = is_pull;
     let res = off_thread(&state, move || {
         sfu.create_session_for(&name, &offer, slot, relay)
     })
@@ -189,9 +204,7 @@ async fn create(
             // Configured but never published since start: known, just not live.
             error_response(&state, WhepError::NotLive(n))
         }
-        Err(e @ (WhepError::Full | WhepError::Refused(Refusal::Overloaded(_)))) => {
-            full_here(&state, &stream, &redirected, e)
-        }
+        Err(e @ (WhepError::Full | WhepError::Refused(Refusal::Overloaded(_)))) => refuse_full(e),
         Err(e) => error_response(&state, e),
     }
 }

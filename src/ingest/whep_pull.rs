@@ -554,6 +554,8 @@ struct PullStats {
     restarts: AtomicU64,
     started: AtomicU64,
     failed: AtomicU64,
+    /// Pulls stopped because a local publisher took their stream over.
+    taken_over: AtomicU64,
 }
 
 /// Edge pulls of this node, one task per stream (see the module docs). Held as
@@ -618,6 +620,17 @@ impl PullManager {
     /// The upstream URL `stream` is pulled from, if it is.
     pub fn upstream_of(&self, stream: &str) -> Option<String> {
         self.pulls.lock().get(stream).map(|p| p.url.lock().clone())
+    }
+
+    /// Another publisher (RTMP, WHIP) publishes `stream` here: what the log says, or None.
+    /// A pull's own sessions publish as `pull {upstream}` (`SfuHandle::add_subscriber`).
+    fn taken_over(&self, stream: &str) -> Option<String> {
+        let st = self.registry.get(stream)?.status();
+        if st.state != crate::media::StreamState::Publishing {
+            return None;
+        }
+        let by = st.publisher.unwrap_or_default();
+        (!by.starts_with("pull ")).then(|| format!("a local publisher ({by}) took the stream over"))
     }
 
     fn live_here(&self, stream: &str) -> bool {
@@ -775,10 +788,34 @@ impl PullManager {
             if sfu.viewers_of(stream) == 0 || since.elapsed() > RETRY_FOR {
                 break;
             }
+            // The publisher came here instead (an origin died and its encoder reconnected to
+            // this node): this node is the stream's origin now and its viewers already play
+            // from that publisher. Stop pulling, so the cluster registers this node as the
+            // origin and the other edges re-pull from here.
+            if let Some(why) = self.taken_over(stream) {
+                tracing::info!(
+                    stream,
+                    side = "ingest",
+                    path = "pull",
+                    "{why}; pull stopped, this node is the stream's origin now"
+                );
+                self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.notified() => break,
+            }
+            if let Some(why) = self.taken_over(stream) {
+                tracing::info!(
+                    stream,
+                    side = "ingest",
+                    path = "pull",
+                    "{why}; pull stopped, this node is the stream's origin now"
+                );
+                self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+                break;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             // The origin may have moved: ask again.
@@ -948,6 +985,11 @@ impl PullManager {
             "pull_failed",
             "Pulls that never delivered media",
             counter(ld(&self.stats.failed)),
+        );
+        r.register(
+            "pull_taken_over",
+            "Pulls stopped because a publisher of the stream connected to this node",
+            counter(ld(&self.stats.taken_over)),
         );
     }
 }
