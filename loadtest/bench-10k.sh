@@ -6,7 +6,7 @@
 #   ffmpeg -re -c copy (1 Mb/s H.264 + 48 kb/s AAC) ──RTMP──► deltacast (unpinned, as README runs it)
 #   deltacast-load: WEBRTC viewers ──WHEP──► deltacast;  HLS viewers ──► nginx (proxy_cache_lock) ──► deltacast
 #
-# usage: loadtest/bench-10k.sh OUTDIR      env: WEBRTC=1000 HLS=9000 DURATION=600 RAMP=100 HLS_RAMP=300
+# usage: loadtest/bench-10k.sh OUTDIR      env: RELAY_LOG=warn (the relay's DELTACAST_LOG) WEBRTC=1000 HLS=9000 DURATION=600 RAMP=100 HLS_RAMP=300
 #        PART_MS=1000 (LL-HLS part target; see docs/LOADTEST.md for why not 200 through nginx)
 #        HLS_THREADS=2 WEBRTC_THREADS=1 RELAY_BIN / LOAD_BIN (prebuilt binaries)
 set -euo pipefail
@@ -59,7 +59,7 @@ part_target_ms = $part_ms
 name = "bench"
 keys = ["benchkey"]
 TOML
-DELTACAST_LOG=warn "$relay_bin" serve --config "$work/relay.toml" 2>"$out/relay.log" &
+DELTACAST_LOG=${RELAY_LOG:-warn} "$relay_bin" serve --config "$work/relay.toml" 2>"$out/relay.log" &
 relay=$!; pids+=($relay)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
 
@@ -84,7 +84,7 @@ http {
 NGINX
 nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+nginx_master=$!; pids+=($nginx_master)
 
 ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.flv" -c copy \
     -f flv "rtmp://127.0.0.1:$rtmp/live/benchkey" &
@@ -96,12 +96,24 @@ done
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$cdn/hls/bench/index.m3u8" && break; sleep 0.1; done
 sleep 4
 echo "relay pid $relay (unpinned), http $http, nginx cache $cdn; $webrtc WebRTC + $hls LL-HLS, ${duration}s hold, parts ${part_ms} ms"
+# nginx's CPU over the run (master + workers), from /proc: the load tool samples only the relay.
+nginx_ticks() {
+    local t=0 p
+    for p in $nginx_master $(pgrep -P $nginx_master); do
+        t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+ng0=$(nginx_ticks); t0=$(date +%s.%N)
 rc=0
 "$load_bin" run --url "http://127.0.0.1:$http" --hls-url "http://127.0.0.1:$cdn" --stream bench \
     --webrtc "$webrtc" --hls "$hls" --ramp "$ramp" --hls-ramp "$hls_ramp" --duration "$duration" \
     --max-seconds $((duration + 600)) --hls-threads "${HLS_THREADS:-2}" --webrtc-threads "${WEBRTC_THREADS:-1}" \
     --server-pid "$relay" --label "webrtc=$webrtc hls=$hls part=${part_ms}ms" --json "$out/result.json" \
     | tee "$out/progress.txt" || rc=$?
+ng1=$(nginx_ticks); t1=$(date +%s.%N)
+curl -sf "http://127.0.0.1:$http/metrics" >"$out/relay-metrics.txt" || true
+python3 -c "import sys; print(f'nginx: {($ng1-$ng0)/$(getconf CLK_TCK)/($t1-$t0)*100:.0f} % of a core over the run (all workers)')" | tee -a "$out/progress.txt"
 "$load_bin" plot "$out/result.json" --out "$out" >/dev/null || true
 cp "$work/nginx/logs/error.log" "$out/nginx-error.log" 2>/dev/null || true
 echo "nginx: $(grep -c . "$out/nginx-error.log" 2>/dev/null || true) error-log lines"
