@@ -48,7 +48,7 @@ fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> 
         label,
         ip,
         &format!(
-            "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n\
+            "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n[sfu]\nworkers = 1\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n\
              {sfu_extra}\n\n[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n\
              ttl_ms = 1500\n",
             web_dir().display().to_string(),

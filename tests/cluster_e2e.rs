@@ -42,7 +42,7 @@ fn node_with(
         label,
         ip,
         &format!(
-            "[sfu]\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
+            "[sfu]\nworkers = 1\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
              [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n{cluster_extra}\n",
             redis.url()
         ),
@@ -133,7 +133,7 @@ fn viewer(s: &Server, stream: &str, frames: usize) -> WhepClient {
 fn a_single_node_describes_itself_alone() {
     let s = Server::start(
         "cluster-single",
-        "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n",
+        "[sfu]\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n",
     );
     let v = cluster(&s);
     assert_eq!(v["cluster"], false, "{v}");

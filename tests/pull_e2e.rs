@@ -17,7 +17,7 @@ use testkit::webrtc::{make_media, mid_of, WhepClient, WhipPublisher};
 use testkit::{free_port, request, Ffmpeg, Server};
 
 const SFU: &str =
-    "[sfu]\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\nidle_timeout_ms = 10000\n";
+    "[sfu]\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\nidle_timeout_ms = 10000\n";
 
 fn origin_toml() -> String {
     format!("{SFU}\n[[streams]]\nname = \"show\"\nkeys = [\"showkey\"]\n")
