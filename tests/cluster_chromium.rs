@@ -48,35 +48,11 @@ fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> 
         label,
         ip,
         &format!(
-            "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n[sfu]\nworkers = 1\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n\
-             {sfu_extra}\n\n[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n\
-             ttl_ms = 1500\n",
+            "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n{}",
             web_dir().display().to_string(),
-            redis.url()
+            redis.node_toml(id, ip, sfu_extra, "ttl_ms = 1500")
         ),
     )
-}
-
-fn cluster(s: &Server) -> Value {
-    let r = s.get("/api/v1/cluster");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-/// Poll `s`'s `/api/v1/cluster` until `ok` holds.
-fn wait_cluster(s: &Server, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = cluster(s);
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last /api/v1/cluster: {v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn node_of<'a>(v: &'a Value, id: &str) -> Option<&'a Value> {
@@ -107,8 +83,7 @@ impl Cluster {
         let ff = Ffmpeg::publish(label, &a.rtmp_url("show"));
         a.wait_state("show", "publishing", Duration::from_secs(20));
         for s in [&a, &b, &c] {
-            wait_cluster(
-                s,
+            s.wait_cluster(
                 "three nodes and the origin of show",
                 Duration::from_secs(20),
                 |v| {
@@ -184,8 +159,7 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
     assert_plays_webrtc_from(&mut br, cl.b(), "page on B");
     br.eval("window.__sameDocument = 42");
     // B's API: the viewer, and the stream pulled from A.
-    let v = wait_cluster(
-        cl.b(),
+    let v = cl.b().wait_cluster(
         "B with a viewer and a pull of show from A",
         Duration::from_secs(10),
         |v| {
@@ -311,7 +285,7 @@ fn an_edge_at_its_threshold_redirects_the_page_which_plays_from_the_other_node()
             v1
         })
     };
-    wait_cluster(cl.b(), "B full", Duration::from_secs(10), |v| {
+    cl.b().wait_cluster("B full", Duration::from_secs(10), |v| {
         node_of(v, "b").is_some_and(|n| n["room"] == false)
     });
 
@@ -392,7 +366,7 @@ fn an_edge_at_its_threshold_redirects_the_page_which_plays_from_the_other_node()
          .then(r => r.status, e => String(e))",
     );
     assert_eq!(patched, 204, "PATCH of the session URL from the page");
-    let v = cluster(&cl.c);
+    let v = cl.c.cluster();
     assert!(
         node_of(&v, "c").is_some_and(|n| n["viewers"].as_u64() >= Some(1)),
         "the page's viewer is on C: {v:#}"

@@ -28,8 +28,8 @@ const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 
-/// A node `id` on `ip` in the cluster of `redis` (fast heartbeats so the tests run quickly);
-/// `cluster_extra` goes under `[cluster]` (a `ttl_ms`).
+/// A node `id` on `ip` in the cluster of `redis`; `cluster_extra` goes under `[cluster]` (a
+/// `ttl_ms`).
 fn node_with(
     label: &str,
     id: &str,
@@ -41,40 +41,12 @@ fn node_with(
     Server::start_on(
         label,
         ip,
-        &format!(
-            "[sfu]\nworkers = 1\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\
-             [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n{cluster_extra}\n",
-            redis.url()
-        ),
+        &redis.node_toml(id, ip, sfu_extra, cluster_extra),
     )
 }
 
 fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
     node_with(label, id, ip, redis, sfu_extra, "ttl_ms = 1500\n")
-}
-
-fn cluster(s: &Server) -> Value {
-    let r = s.get("/api/v1/cluster");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("cache-control"), Some("no-store"));
-    r.json()
-}
-
-/// Poll `s`'s `/api/v1/cluster` until `ok` holds; panics with the last answer after `timeout`.
-fn wait_cluster(s: &Server, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = cluster(s);
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last /api/v1/cluster: {v:#}\nlog:\n{}",
-            s.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn node_of<'a>(v: &'a Value, id: &str) -> Option<&'a Value> {
@@ -135,7 +107,7 @@ fn a_single_node_describes_itself_alone() {
         "cluster-single",
         "[sfu]\nworkers = 1\nbind_ip = \"127.0.0.1\"\nport_base = 0\nice_tcp_port_base = 0\n",
     );
-    let v = cluster(&s);
+    let v = s.cluster();
     assert_eq!(v["cluster"], false, "{v}");
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{v}");
@@ -154,7 +126,7 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
     let redis = Redis::start("members");
     let a = node("cl-members-a", "a", A, &redis, "");
     let b = node("cl-members-b", "b", B, &redis, "");
-    let v = wait_cluster(&b, "both nodes registered", Duration::from_secs(15), |v| {
+    let v = b.wait_cluster("both nodes registered", Duration::from_secs(15), |v| {
         node_of(v, "a").is_some() && node_of(v, "b").is_some()
     });
     assert_eq!(v["cluster"], true);
@@ -185,7 +157,7 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
     assert_eq!(b.metric("deltacast_cluster_redis_up"), 1.0);
 
     let mut ff = publish("cl-members", &a, "show");
-    let v = wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+    let v = b.wait_cluster("origin of show", Duration::from_secs(10), |v| {
         origin_of(v, "show").is_some()
     });
     assert_eq!(origin_of(&v, "show").as_deref(), Some("a"), "{v}");
@@ -200,8 +172,7 @@ fn nodes_register_with_their_load_and_a_published_stream_shows_its_origin() {
 
     // The stream ends: its origin key goes with it.
     ff.kill();
-    wait_cluster(
-        &b,
+    b.wait_cluster(
         "show gone from the registry",
         Duration::from_secs(20),
         |v| origin_of(v, "show").is_none(),
@@ -223,13 +194,13 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
     );
     let _fa = publish("cl-full-a", &a, "show");
     let _fb = publish("cl-full-b", &b, "other");
-    wait_cluster(&a, "both streams and nodes", Duration::from_secs(15), |v| {
+    a.wait_cluster("both streams and nodes", Duration::from_secs(15), |v| {
         origin_of(v, "show").is_some() && origin_of(v, "other").is_some()
     });
 
     // A takes one viewer; then it is full and B has room.
     let mut v1 = viewer(&a, "show", 10);
-    wait_cluster(&a, "A full, B with room", Duration::from_secs(10), |v| {
+    a.wait_cluster("A full, B with room", Duration::from_secs(10), |v| {
         node_of(v, "a").is_some_and(|n| n["room"] == false)
             && node_of(v, "b").is_some_and(|n| n["room"] == true)
     });
@@ -262,7 +233,7 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
 
     // B takes one viewer too: the whole cluster is full.
     let mut v2 = viewer(&b, "other", 10);
-    wait_cluster(&a, "B full", Duration::from_secs(10), |v| {
+    a.wait_cluster("B full", Duration::from_secs(10), |v| {
         node_of(v, "b").is_some_and(|n| n["room"] == false)
     });
     assert_503(&post_offer(&a, "/whep/show"), "every node full, POST to A");
@@ -292,7 +263,7 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
     let a = node("cl-restart-a", "a", A, &redis, "");
     let b = node("cl-restart-b", "b", B, &redis, "");
     let _ff = publish("cl-restart", &a, "show");
-    wait_cluster(&b, "registered", Duration::from_secs(15), |v| {
+    b.wait_cluster("registered", Duration::from_secs(15), |v| {
         node_of(v, "a").is_some() && origin_of(v, "show").as_deref() == Some("a")
     });
     let mut v = viewer(&a, "show", 10);
@@ -319,7 +290,7 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
         "{}",
         a.log_tail(20)
     );
-    let down = cluster(&a);
+    let down = a.cluster();
     assert_eq!(down["redis"], "down", "{down}");
     assert_eq!(
         a.api_stream("show").map(|s| s["state"].clone()),
@@ -330,7 +301,7 @@ fn redis_restarted_mid_stream_drops_no_viewer_and_nodes_re_register() {
     // An empty Redis: both nodes and the origin are back within a few heartbeats.
     let t0 = Instant::now();
     loop {
-        let c = cluster(&b);
+        let c = b.cluster();
         if c["redis"] == "up"
             && node_of(&c, "a").is_some()
             && node_of(&c, "b").is_some()
@@ -365,7 +336,7 @@ fn ll_hls_of_a_stream_is_proxied_by_any_node_to_its_origin() {
     let b = node("cl-hls-b", "b", B, &redis, "");
     let _ff = publish("cl-hls", &a, "show");
     a.wait_segments("show", 1, Duration::from_secs(30));
-    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+    b.wait_cluster("origin of show", Duration::from_secs(10), |v| {
         origin_of(v, "show").as_deref() == Some("a")
     });
 
@@ -438,13 +409,13 @@ fn a_node_stopped_with_sigterm_leaves_the_registry_at_once() {
     let a = node_with("cl-leave-a", "a", A, &redis, "", "ttl_ms = 30000\n");
     let b = node_with("cl-leave-b", "b", B, &redis, "", "ttl_ms = 30000\n");
     let _ff = publish("cl-leave", &b, "show");
-    wait_cluster(&a, "B and its stream", Duration::from_secs(15), |v| {
+    a.wait_cluster("B and its stream", Duration::from_secs(15), |v| {
         node_of(v, "b").is_some() && origin_of(v, "show").as_deref() == Some("b")
     });
     // SAFETY: kill(2) on the pid of the server this test started; it is still running.
     unsafe { libc::kill(b.pid() as i32, libc::SIGTERM) };
     let t0 = Instant::now();
-    wait_cluster(&a, "B gone", Duration::from_secs(5), |v| {
+    a.wait_cluster("B gone", Duration::from_secs(5), |v| {
         node_of(v, "b").is_none() && origin_of(v, "show").is_none()
     });
     println!("B left the view {:?} after SIGTERM", t0.elapsed());
@@ -457,7 +428,7 @@ fn three(label: &str, redis: &Redis, extra: [&str; 3]) -> [Server; 3] {
     let [a, b, c] = [("a", A, ea), ("b", B, eb), ("c", C, ec)]
         .map(|(id, ip, e)| node_with(&format!("{label}-{id}"), id, ip, redis, "", e));
     for s in [&a, &b, &c] {
-        wait_cluster(s, "three nodes registered", Duration::from_secs(15), |v| {
+        s.wait_cluster("three nodes registered", Duration::from_secs(15), |v| {
             ["a", "b", "c"].iter().all(|id| node_of(v, id).is_some())
         });
     }
@@ -519,14 +490,14 @@ fn wait_views_agree(nodes: &[&Server], vs: &mut [WhepClient]) {
         let own: Vec<(String, Value)> = nodes
             .iter()
             .map(|s| {
-                let v = cluster(s);
+                let v = s.cluster();
                 let id = v["node_id"].as_str().unwrap().to_string();
                 let n = node_of(&v, &id).unwrap()["viewers"].clone();
                 (id, n)
             })
             .collect();
         let agree = nodes.iter().all(|s| {
-            let v = cluster(s);
+            let v = s.cluster();
             own.iter()
                 .all(|(id, n)| node_of(&v, id).is_some_and(|x| &x["viewers"] == n))
         });
@@ -536,7 +507,7 @@ fn wait_views_agree(nodes: &[&Server], vs: &mut [WhepClient]) {
         assert!(
             Instant::now() < deadline,
             "views never agreed on {own:?}: {:#}",
-            cluster(nodes[0])
+            nodes[0].cluster()
         );
         drive(vs, Duration::from_millis(100));
     }
@@ -549,13 +520,13 @@ fn an_edge_viewer_plays_from_the_origin_and_viewers_spread_over_the_nodes_by_loa
     let cap = "ttl_ms = 1500\ncapacity = 10\n";
     let [a, b, c] = three("cl-spread", &redis, [cap, cap, cap]);
     let _ff = publish("cl-spread", &a, "show");
-    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+    b.wait_cluster("origin of show", Duration::from_secs(10), |v| {
         origin_of(v, "show").as_deref() == Some("a")
     });
 
     // A viewer POSTing to edge B plays what A receives; the registry lists B as an edge.
     let mut vs = vec![viewer_av(&b, "show")];
-    let v = wait_cluster(&c, "B among the edges", Duration::from_secs(10), |v| {
+    let v = c.wait_cluster("B among the edges", Duration::from_secs(10), |v| {
         edges_of(v, "show").contains(&"b".to_string())
     });
     assert_eq!(origin_of(&v, "show").as_deref(), Some("a"), "{v:#}");
@@ -586,7 +557,7 @@ fn an_edge_viewer_plays_from_the_origin_and_viewers_spread_over_the_nodes_by_loa
         vs.push(viewer_av(nodes[k], "show"));
     }
     wait_views_agree(&nodes, &mut vs);
-    let v = cluster(&a);
+    let v = a.cluster();
     // Sessions per node: viewers, and on A the edges' pulls (a pull costs A one viewer's share).
     let load: Vec<u64> = ["a", "b", "c"]
         .iter()
@@ -623,12 +594,12 @@ fn origin_killed_the_publisher_moves_to_an_edge_which_becomes_origin_and_viewers
     let t = "ttl_ms = 1500\n";
     let [a, b, c] = three("cl-failover", &redis, [t, t, t]);
     let mut ff = publish("cl-failover", &a, "show");
-    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+    b.wait_cluster("origin of show", Duration::from_secs(10), |v| {
         origin_of(v, "show").as_deref() == Some("a")
     });
     let mut vb = viewer_av(&b, "show");
     let mut vc = viewer_av(&c, "show");
-    wait_cluster(&a, "B and C pull", Duration::from_secs(10), |v| {
+    a.wait_cluster("B and C pull", Duration::from_secs(10), |v| {
         let e = edges_of(v, "show");
         e.contains(&"b".to_string()) && e.contains(&"c".to_string())
     });
@@ -668,15 +639,10 @@ fn origin_killed_the_publisher_moves_to_an_edge_which_becomes_origin_and_viewers
         }
     }
     let published = killed.elapsed();
-    let v = wait_cluster(
-        &c,
-        "B the origin, C its edge",
-        Duration::from_secs(30),
-        |v| {
-            origin_of(v, "show").as_deref() == Some("b")
-                && edges_of(v, "show").contains(&"c".to_string())
-        },
-    );
+    let v = c.wait_cluster("B the origin, C its edge", Duration::from_secs(30), |v| {
+        origin_of(v, "show").as_deref() == Some("b")
+            && edges_of(v, "show").contains(&"c".to_string())
+    });
     assert!(node_of(&v, "a").is_none(), "A left the view: {v:#}");
     // Both edges' viewers play again, without a new POST: a new keyframe, frames, Opus.
     let (ab, ac) = (vb.audio_frames, vc.audio_frames);
@@ -733,22 +699,17 @@ fn an_edge_at_its_threshold_redirects_to_the_other_edge_and_a_full_cluster_answe
     let one = "ttl_ms = 1500\ncapacity = 1\n";
     let [a, b, c] = three("cl-edge307", &redis, [one, one, one]);
     let _ff = publish("cl-edge307", &a, "show");
-    wait_cluster(&b, "origin of show", Duration::from_secs(10), |v| {
+    b.wait_cluster("origin of show", Duration::from_secs(10), |v| {
         origin_of(v, "show").as_deref() == Some("a")
     });
     let mut vs = vec![viewer_av(&b, "show")];
     let room = |v: &Value, id: &str| node_of(v, id).map(|n| n["room"].clone());
     for s in [&a, &b, &c] {
-        wait_cluster(
-            s,
-            "A and B full, C with room",
-            Duration::from_secs(10),
-            |v| {
-                room(v, "a") == Some(Value::from(false))
-                    && room(v, "b") == Some(Value::from(false))
-                    && room(v, "c") == Some(Value::from(true))
-            },
-        );
+        s.wait_cluster("A and B full, C with room", Duration::from_secs(10), |v| {
+            room(v, "a") == Some(Value::from(false))
+                && room(v, "b") == Some(Value::from(false))
+                && room(v, "c") == Some(Value::from(true))
+        });
     }
     // B is at its threshold: 307 to C, the other edge.
     let r = post_offer(&b, "/whep/show");
@@ -759,7 +720,7 @@ fn an_edge_at_its_threshold_redirects_to_the_other_edge_and_a_full_cluster_answe
     // A viewer following the Location plays on C (which pulls from the full origin).
     vs.push(viewer_av(&c, loc.strip_prefix(&prefix).unwrap()));
     assert_eq!(c.metric("deltacast_pull_active"), 1.0);
-    let v = wait_cluster(&a, "C full too", Duration::from_secs(10), |v| {
+    let v = a.wait_cluster("C full too", Duration::from_secs(10), |v| {
         room(v, "c") == Some(Value::from(false))
     });
     assert_eq!(

@@ -345,7 +345,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// of A and a viewer of B, driven in one loop). Run with
 /// `cargo test --release --test pull_e2e measure -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "measurement for docs/BENCHMARKS.md, not a check: run with --ignored --nocapture"]
 fn measure_pull_cost_and_hop_latency() {
     let (a, _ff) = origin("measure");
     let b = Server::start("pull-measure-edge", &edge_toml(a.http, 1_000));

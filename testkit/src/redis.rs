@@ -47,6 +47,23 @@ impl Redis {
     }
 
     /// `redis://127.0.0.1:PORT` for `[cluster] redis`.
+    /// The `[sfu]` and `[cluster]` config of a node `id` on `ip` in this Redis's cluster: one
+    /// SFU worker on that address (ephemeral ports), fast heartbeats so that tests run quickly;
+    /// `sfu_extra` / `cluster_extra` are more lines under each table.
+    pub fn node_toml(
+        &self,
+        id: &str,
+        ip: std::net::Ipv4Addr,
+        sfu_extra: &str,
+        cluster_extra: &str,
+    ) -> String {
+        format!(
+            "[sfu]\nworkers = 1\nbind_ip = \"{ip}\"\nport_base = 0\nice_tcp_port_base = 0\n{sfu_extra}\n\n\
+             [cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 200\n{cluster_extra}\n",
+            self.url()
+        )
+    }
+
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
     }

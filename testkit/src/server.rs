@@ -371,6 +371,36 @@ impl Server {
         }
     }
 
+    /// GET /api/v1/cluster as JSON (200, never cached).
+    pub fn cluster(&self) -> serde_json::Value {
+        let r = self.get("/api/v1/cluster");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        r.json()
+    }
+
+    /// Poll /api/v1/cluster until `ok` holds; panics with the last answer after `timeout`.
+    pub fn wait_cluster(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.cluster();
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; last /api/v1/cluster: {v:#}\nlog:\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// GET /api/v1/streams as JSON.
     pub fn api_streams(&self) -> serde_json::Value {
         let r = self.get("/api/v1/streams");
