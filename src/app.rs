@@ -194,15 +194,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 /// This node's id for pull loop detection (`Deltacast-Via`): the host name and the HTTP port,
 /// so that nodes sharing a host stay apart.
 fn node_id(cfg: &crate::config::Config) -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "deltacast".into()
-    };
-    format!("{host}:{}", cfg.server.http_listen.port())
+    format!(
+        "{}:{}",
+        crate::cluster::hostname(),
+        cfg.server.http_listen.port()
+    )
 }
 
 async fn shutdown_signal() {

@@ -150,8 +150,9 @@ pub struct Cluster {
     pub(crate) http: hls_proxy::Client,
 }
 
-/// The host name, for the default node id.
-fn hostname() -> String {
+/// The host name (id characters only), for the default node id here and the pull's node id in
+/// a single node.
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
