@@ -14,28 +14,14 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Full, Limited};
 
 use super::{Cluster, VIA_HEADER};
-
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Empty<Bytes>>;
 
 /// Largest object proxied (a segment of a high-bitrate stream fits many times over).
 const MAX_BODY: usize = 32 << 20;
 /// A proxied body must arrive in full within this time of its head.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn client() -> Client {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(Duration::from_secs(2)));
-    conn.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(64)
-        .build(conn)
-}
 
 /// Request headers passed on to the origin.
 const FORWARD: [HeaderName; 4] = [
@@ -99,7 +85,9 @@ pub async fn forward(
                 req = req.header(h, v);
             }
         }
-        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(hold, c.http.request(req))
             .await
             .map_err(|_| format!("no answer within {hold:?}"))?

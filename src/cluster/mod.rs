@@ -147,7 +147,7 @@ pub struct Cluster {
     writing: tokio::sync::Mutex<()>,
     leaving: AtomicBool,
     /// Shared HTTP client of the LL-HLS proxy.
-    pub(crate) http: hls_proxy::Client,
+    pub(crate) http: crate::http::client::Client,
 }
 
 /// The host name (id characters only), for the default node id here and the pull's node id in
@@ -210,7 +210,7 @@ impl Cluster {
             conn: parking_lot::Mutex::new(None),
             writing: tokio::sync::Mutex::new(()),
             leaving: AtomicBool::new(false),
-            http: hls_proxy::client(),
+            http: crate::http::client::new(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The one HTTP listener (HLS origin, API, metrics, health) on its own small tokio runtime.
 
 pub mod api;
+pub mod client;
 pub mod conn;
 pub mod hls;
 pub mod playback_api;

@@ -24,8 +24,8 @@
 //! - Loops: every pull POST carries `Deltacast-Via` (the node ids it went through, this one
 //!   last); `POST /whep/{s}` refuses with 508 a request whose via names this node or is longer
 //!   than [`MAX_HOPS`] ([`check_via`]).
-//! - Signaling uses hyper's HTTP/1 client over plain TCP (`http://` upstreams; TLS belongs to
-//!   the load balancer in front of a node).
+//! - Signaling goes through the process's outbound client ([`crate::http::client`]): `http://`
+//!   upstreams only; TLS belongs to the load balancer in front of a node.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -345,40 +345,21 @@ async fn exchange(
                 "{uri}: only http:// upstreams are supported"
             )));
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| PullError::Connect(format!("{uri}: no host")))?;
-        let port = uri.port_u16().unwrap_or(80);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| PullError::Connect(format!("{uri}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| PullError::Connect(format!("{uri}: {e}")))?;
-        let conn = tokio::spawn(conn);
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            .header(header::HOST, authority);
+        let mut req = Request::builder().method(method).uri(uri.clone());
         for (k, v) in headers {
             req = req.header(k, v);
         }
         let req = req
             .body(http_body_util::Full::new(body))
             .map_err(|e| PullError::Connect(format!("{uri}: {e}")))?;
-        let resp = send
-            .send_request(req)
+        let resp = crate::http::client::shared()
+            .request(req)
             .await
             .map_err(|e| PullError::Connect(format!("{uri}: {e}")))?;
         let (parts, b) = resp.into_parts();
         let body = axum::body::to_bytes(axum::body::Body::new(b), MAX_ANSWER)
             .await
             .map_err(|e| PullError::Connect(format!("{uri}: body: {e}")))?;
-        conn.abort();
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,
