@@ -3,20 +3,27 @@
 # nginx cache of docs/CDN.md (the block is read from that file), one deltacast-load run, JSON and
 # plots in the output directory.
 #
-#   ffmpeg -re -c copy (1 Mb/s H.264 + 48 kb/s AAC) ──RTMP──► deltacast (unpinned, as README runs it)
+#   1 Mb/s H.264 + 48 kb/s AAC clip, looped by the relay itself ([demo] file: no encoder at run time)
+#   deltacast (unpinned, as README runs it)
 #   deltacast-load: WEBRTC viewers ──WHEP──► deltacast;  HLS viewers ──► nginx (proxy_cache_lock) ──► deltacast
 #
 # usage: loadtest/bench-10k.sh OUTDIR      env: RELAY_LOG=warn (the relay's DELTACAST_LOG) WEBRTC=1000 HLS=9000 DURATION=600 RAMP=100 HLS_RAMP=300
 #        PART_MS=1000 (LL-HLS part target; see docs/LOADTEST.md for why not 200 through nginx)
 #        HLS_THREADS=2 WEBRTC_THREADS=1 RELAY_BIN / LOAD_BIN (prebuilt binaries)
+#        CLIP=FILE.flv (a prebuilt clip: then ffmpeg is not needed)  NGINX_BIN=nginx (its binary)
 set -euo pipefail
 out=${1:?usage: bench-10k.sh OUTDIR}
 webrtc=${WEBRTC:-1000}; hls=${HLS:-9000}; duration=${DURATION:-600}
 ramp=${RAMP:-100}; hls_ramp=${HLS_RAMP:-300}; part_ms=${PART_MS:-1000}
 cd "$(dirname "$0")/.."
-for tool in ffmpeg nginx curl python3; do
-    command -v $tool >/dev/null || { echo "bench-10k: $tool is required" >&2; exit 1; }
+nginx_bin=${NGINX_BIN:-nginx}
+tools=("$nginx_bin" python3); [ -n "${CLIP:-}" ] || tools+=(ffmpeg)
+for tool in "${tools[@]}"; do
+    command -v "$tool" >/dev/null || { echo "bench-10k: $tool is required" >&2; exit 1; }
 done
+# GET URL: exit 0 on a 2xx answer, the body on stdout (python3 rather than curl: fewer needs on a
+# bare load machine).
+get() { python3 -c 'import sys,urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null; }
 relay_bin=${RELAY_BIN:-target/release/deltacast}
 load_bin=${LOAD_BIN:-target/release/deltacast-load}
 if [ -z "${RELAY_BIN:-}${LOAD_BIN:-}" ]; then
@@ -40,10 +47,9 @@ stop_all() {
 trap 'stop_all; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 20 \
-    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -bf 0 -b:v 1M -maxrate 1M -bufsize 1M \
-    -pix_fmt yuv420p -c:a aac -b:a 48k -ar 48000 -ac 2 -f flv "$work/clip.flv"
+clip=${CLIP:-$work/clip.flv}
+[ -n "${CLIP:-}" ] || loadtest/make-clip.sh "$clip"
+clip=$(realpath "$clip")
 
 http=$(free_port); rtmp=$(free_port); cdn=$(free_port)
 cat >"$work/relay.toml" <<TOML
@@ -55,13 +61,17 @@ listen = "127.0.0.1:$rtmp"
 max_viewers = $((webrtc + 500))
 [hls]
 part_target_ms = $part_ms
+[demo]
+enabled = true
+name = "bench"
+file = "$clip"
 [[streams]]
 name = "bench"
 keys = ["benchkey"]
 TOML
 DELTACAST_LOG=${RELAY_LOG:-warn} "$relay_bin" serve --config "$work/relay.toml" 2>"$out/relay.log" &
 relay=$!; pids+=($relay)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do get "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
 
 # nginx: the docs/CDN.md block, pointed at this relay, cache in the work directory.
 mkdir -p "$work/nginx/cache" "$work/nginx/logs"
@@ -71,7 +81,11 @@ block=$(awk '/nginx-cdn-config/ {f=1; next} f && /^```nginx/ {p=1; next} p && /^
 block=${block//\/var\/cache\/nginx\/deltacast/$work\/nginx\/cache}
 block=${block//127.0.0.1:8080/127.0.0.1:$http}
 block=${block//listen 80;/listen 127.0.0.1:$cdn;}
+# Where nginx runs as root without Debian's www-data user (a bare load machine).
+user_line=""
+[ "$(id -u)" != 0 ] || id -u www-data >/dev/null 2>&1 || user_line="user nobody nogroup;"
 cat >"$work/nginx/nginx.conf" <<NGINX
+$user_line
 worker_processes auto;
 worker_rlimit_nofile $(ulimit -n);
 error_log $work/nginx/logs/error.log warn;
@@ -79,21 +93,24 @@ pid $work/nginx/nginx.pid;
 events { worker_connections $(( $(ulimit -n) - 100 )); }
 http {
     access_log off;
+    # Temp files in the work directory, not the build's compiled-in /var/lib/nginx.
+    client_body_temp_path $work/nginx/tmp-body;
+    proxy_temp_path $work/nginx/tmp-proxy;
+    fastcgi_temp_path $work/nginx/tmp-fastcgi;
+    uwsgi_temp_path $work/nginx/tmp-uwsgi;
+    scgi_temp_path $work/nginx/tmp-scgi;
     $block
 }
 NGINX
-nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf"
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+"$nginx_bin" -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf"
+"$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=($nginx_master)
 
-ffmpeg -hide_banner -loglevel error -nostdin -re -stream_loop -1 -i "$work/clip.flv" -c copy \
-    -f flv "rtmp://127.0.0.1:$rtmp/live/benchkey" &
-pids+=($!)
 for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$http/api/v1/streams/bench" | grep -q '"state":"publishing"' && break
+    get "http://127.0.0.1:$http/api/v1/streams/bench" | grep -q '"state":"publishing"' && break
     sleep 0.1
 done
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$cdn/hls/bench/index.m3u8" && break; sleep 0.1; done
+for _ in $(seq 100); do get "http://127.0.0.1:$cdn/hls/bench/index.m3u8" >/dev/null && break; sleep 0.1; done
 sleep 4
 echo "relay pid $relay (unpinned), http $http, nginx cache $cdn; $webrtc WebRTC + $hls LL-HLS, ${duration}s hold, parts ${part_ms} ms"
 # nginx's CPU over the run (master + workers), from /proc: the load tool samples only the relay.
@@ -112,7 +129,7 @@ rc=0
     --server-pid "$relay" --label "webrtc=$webrtc hls=$hls part=${part_ms}ms" --json "$out/result.json" \
     | tee "$out/progress.txt" || rc=$?
 ng1=$(nginx_ticks); t1=$(date +%s.%N)
-curl -sf "http://127.0.0.1:$http/metrics" >"$out/relay-metrics.txt" || true
+get "http://127.0.0.1:$http/metrics" >"$out/relay-metrics.txt" || true
 python3 -c "import sys; print(f'nginx: {($ng1-$ng0)/$(getconf CLK_TCK)/($t1-$t0)*100:.0f} % of a core over the run (all workers)')" | tee -a "$out/progress.txt"
 "$load_bin" plot "$out/result.json" --out "$out" >/dev/null || true
 cp "$work/nginx/logs/error.log" "$out/nginx-error.log" 2>/dev/null || true

@@ -53,10 +53,7 @@ ip -n $ns link set veth1 up
 # $! is the process (ip netns exec and taskset exec into it) and kill reaches it.
 inns() { ip netns exec $ns "$@"; }
 
-ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" \
-    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 20 \
-    -c:v libx264 -profile:v baseline -preset veryfast -tune zerolatency -g 60 -bf 0 -b:v 1M -maxrate 1M \
-    -bufsize 1M -pix_fmt yuv420p -c:a aac -b:a 48k -ar 48000 -ac 2 -f flv "$work/clip.flv"
+PROFILE=baseline loadtest/make-clip.sh "$work/clip.flv"
 ffmpeg -hide_banner -loglevel error -i "$work/clip.flv" -c:v copy -c:a libopus -b:a 48k -ar 48000 -ac 2 \
     "$work/clip.mkv"
 echo "clip: $(ffprobe -v error -show_entries format=bit_rate -of csv=p=0 "$work/clip.flv") b/s"

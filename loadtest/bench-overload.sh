@@ -35,9 +35,7 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 clip=$work/clip.flv
-ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" -t 20 \
-    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -bf 0 -b:v 1M -maxrate 1M -bufsize 1M \
-    -pix_fmt yuv420p -an -f flv "$clip"
+AUDIO=0 loadtest/make-clip.sh "$clip"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http=$(free_port); rtmp=$(free_port)
 cat >"$work/relay.toml" <<CFG

@@ -52,9 +52,7 @@ trap 'stop_all; rm -rf "$work"' EXIT
 # for testsrc), encoded once; the publisher sends it with -c copy (no encoder
 # competing for the cores during the measurement).
 clip=$work/clip.flv
-ffmpeg -hide_banner -loglevel error -f lavfi -i "testsrc=size=640x360:rate=30,noise=alls=8:allf=t" -t 20 \
-    -c:v libx264 -preset veryfast -tune zerolatency -g 60 -bf 0 -b:v 1M -maxrate 1M -bufsize 1M \
-    -pix_fmt yuv420p -an -f flv "$clip"
+AUDIO=0 loadtest/make-clip.sh "$clip"
 echo "clip: $(ffprobe -v error -show_entries format=bit_rate -of csv=p=0 "$clip") b/s video"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

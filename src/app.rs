@@ -41,6 +41,10 @@ fn raise_fd_limit() {
 /// own modules can judge (push URLs, provider settings). Errors name the key.
 pub fn check_config(cfg: &Config) -> Result<(), String> {
     cfg.validate()?;
+    if cfg.demo.enabled && !cfg.demo.file.is_empty() {
+        crate::ingest::demo::Program::load(&cfg.demo.file)
+            .map_err(|e| format!("demo.file: {e}"))?;
+    }
     crate::provider::check_config(cfg)?;
     crate::egress::push::check_config(&cfg.destinations)
 }
@@ -53,6 +57,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             "no [[streams]] configured: running open, any RTMP key publishes a stream of that name"
         );
     }
+    // Read and checked before anything listens: a bad `[demo] file` stops the start.
+    let demo = cfg
+        .demo
+        .enabled
+        .then(|| crate::ingest::demo::Program::load(&cfg.demo.file))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("demo.file: {e}"))?;
     let registry = Registry::new();
     let metrics = Arc::new(Metrics::default());
     let seg_cfg = SegmenterConfig::from_ms(cfg.hls.part_target_ms, cfg.hls.segment_target_ms);
@@ -129,11 +140,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             metrics.clone(),
         ));
         cluster.start();
-        if cfg.demo.enabled {
-            tracing::info!(stream = %cfg.demo.name, "publishing the built-in demo program");
+        if let Some(program) = demo {
+            tracing::info!(stream = %cfg.demo.name, file = %cfg.demo.file,
+                lap_ms = program.loop_ms, "publishing the demo program");
             tokio::spawn(crate::ingest::demo::run(
                 registry.clone(),
                 cfg.demo.name.clone(),
+                program,
             ));
         }
         // Edge pulls: `[[streams]] pull` streams through the static resolver (the cluster sets

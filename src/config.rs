@@ -263,6 +263,9 @@ pub struct DemoConfig {
     /// Publish the built-in looping program.
     pub enabled: bool,
     pub name: String,
+    /// An FLV file to loop instead of the embedded clip (empty: the embedded clip). It must start
+    /// with a keyframe; read once at start.
+    pub file: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -721,6 +724,7 @@ impl Default for DemoConfig {
         Self {
             enabled: false,
             name: "demo".into(),
+            file: String::new(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The built-in looping program (`deltacast serve --demo`): an 8-second FLV clip embedded in the
-//! binary (`assets/demo.flv`, made by `tuning/make-demo-asset.sh`), published in real time
-//! forever, its timestamps advancing by [`LOOP_MS`] each lap so the stream clock never goes back.
+//! binary (`assets/demo.flv`, made by `tuning/make-demo-asset.sh`), or an FLV file of the
+//! operator's (`[demo] file`, e.g. the 1 Mbit/s clip of a load test on a node without an encoder),
+//! published in real time forever, its timestamps advancing by the clip's length each lap so the
+//! stream clock never goes back.
 //!
 //! Only the FLV *file* framing (header, tags, back-pointers) is read here; the tag bodies go
 //! through [`FlvDemuxer`], the same path as RTMP.
@@ -17,8 +19,11 @@ use crate::media::{KickSignal, PublishError, Publisher, Registry, TrackKind};
 /// The embedded clip: 640x360 30 fps H.264 + 48 kHz stereo AAC-LC, exactly 8.000 s.
 pub static DEMO_FLV: &[u8] = include_bytes!("../../assets/demo.flv");
 
-/// Length of one lap of the clip.
+/// Length of one lap of the embedded clip.
 pub const LOOP_MS: i64 = 8_000;
+
+/// Largest `[demo] file` read into memory.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// One audio or video tag of an FLV file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,41 +92,83 @@ pub fn read_flv(file: Bytes) -> Result<Vec<FlvTag>, String> {
     Ok(tags)
 }
 
-/// The demo clip's tags, on a loop-ready timeline: rebased so the first video frame is at 0,
-/// media tags outside `[0, LOOP_MS)` (the AAC encoder's priming frame) and end-of-sequence
-/// tags dropped, sequence headers first.
-pub fn demo_tags() -> Result<Vec<FlvTag>, String> {
-    let mut tags = read_flv(Bytes::from_static(DEMO_FLV))?;
-    let base = tags
-        .iter()
-        .find(|t| t.kind == TrackKind::Video && !t.is_sequence_header())
-        .map(|t| t.timestamp_ms)
-        .ok_or("demo clip has no video frames")?;
-    tags.retain_mut(|t| {
-        t.timestamp_ms -= base;
-        if t.is_sequence_header() {
-            t.timestamp_ms = 0;
-            true
-        } else {
-            // Media packets only (AVC end-of-sequence would cut every lap).
-            t.body.len() >= 2 && t.body[1] == 1 && (0..LOOP_MS).contains(&t.timestamp_ms)
-        }
-    });
-    // Stable: sequence headers (now at 0) stay ahead of the media at 0.
-    tags.sort_by_key(|t| (t.timestamp_ms, !t.is_sequence_header()));
-    Ok(tags)
+/// A clip ready to loop: its tags on a timeline starting at 0 and the length of one lap.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub tags: Vec<FlvTag>,
+    pub loop_ms: i64,
 }
 
-/// Publish the demo clip as stream `name` forever. If the name is taken, retry every second; if
-/// the publisher is kicked, start again a second later.
-pub async fn run(registry: Arc<Registry>, name: String) {
-    let tags = match demo_tags() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(side = "ingest", stream = %name, "demo clip unreadable: {e}");
-            return;
+impl Program {
+    /// The embedded clip.
+    pub fn embedded() -> Result<Self, String> {
+        Self::from_flv(Bytes::from_static(DEMO_FLV))
+    }
+
+    /// `[demo] file`: empty means the embedded clip.
+    pub fn load(file: &str) -> Result<Self, String> {
+        if file.is_empty() {
+            return Self::embedded();
         }
-    };
+        let size = std::fs::metadata(file)
+            .map_err(|e| format!("demo file {file}: {e}"))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            return Err(format!(
+                "demo file {file}: {size} bytes, more than the {MAX_FILE_BYTES} allowed"
+            ));
+        }
+        let bytes = std::fs::read(file).map_err(|e| format!("demo file {file}: {e}"))?;
+        Self::from_flv(Bytes::from(bytes)).map_err(|e| format!("demo file {file}: {e}"))
+    }
+
+    /// An FLV file's tags on a loop-ready timeline: rebased so the first video frame is at 0,
+    /// media tags outside one lap (the AAC encoder's priming frame, audio past the last video
+    /// frame) and end-of-sequence tags dropped, sequence headers first. One lap lasts as long as
+    /// the video frames with one more frame interval (the mean, so a constant frame rate loops
+    /// exactly); the clip must start with a keyframe, or every lap would start undecodable.
+    pub fn from_flv(file: Bytes) -> Result<Self, String> {
+        let mut tags = read_flv(file)?;
+        let is_frame = |t: &FlvTag| t.body.len() >= 2 && t.body[1] == 1;
+        let mut video = tags
+            .iter()
+            .filter(|t| t.kind == TrackKind::Video && is_frame(t));
+        let first = video.next().ok_or("the clip has no video frames")?;
+        if first.body[0] >> 4 != 1 {
+            return Err("the clip's first video frame is not a keyframe".into());
+        }
+        let base = first.timestamp_ms;
+        let (frames, last) = video.fold((1i64, base), |(n, _), t| (n + 1, t.timestamp_ms));
+        if frames < 2 || last <= base {
+            return Err("the clip needs at least two video frames, in time order".into());
+        }
+        let span = last - base;
+        // span·n/(n−1): the last frame's time plus the mean frame interval.
+        let loop_ms = (span * frames + (frames - 1) / 2) / (frames - 1);
+        tags.retain_mut(|t| {
+            t.timestamp_ms -= base;
+            if t.is_sequence_header() {
+                t.timestamp_ms = 0;
+                true
+            } else {
+                // Media packets only (AVC end-of-sequence would cut every lap).
+                is_frame(t) && (0..loop_ms).contains(&t.timestamp_ms)
+            }
+        });
+        // Stable: sequence headers (now at 0) stay ahead of the media at 0.
+        tags.sort_by_key(|t| (t.timestamp_ms, !t.is_sequence_header()));
+        Ok(Self { tags, loop_ms })
+    }
+}
+
+/// The embedded clip's tags, on a loop-ready timeline of [`LOOP_MS`].
+pub fn demo_tags() -> Result<Vec<FlvTag>, String> {
+    Program::embedded().map(|p| p.tags)
+}
+
+/// Publish `program` as stream `name` forever. If the name is taken, retry every second; if
+/// the publisher is kicked, start again a second later.
+pub async fn run(registry: Arc<Registry>, name: String, program: Program) {
     let mut waiting_logged = false;
     loop {
         let control = Arc::new(KickSignal::default());
@@ -129,7 +176,7 @@ pub async fn run(registry: Arc<Registry>, name: String) {
             Ok(publisher) => {
                 waiting_logged = false;
                 tracing::info!(side = "ingest", stream = %name, "demo program publishing");
-                if let Err(e) = play(publisher, &control, &tags).await {
+                if let Err(e) = play(publisher, &control, &program).await {
                     tracing::error!(side = "ingest", stream = %name, "demo stopped: {e}");
                     return;
                 }
@@ -154,15 +201,15 @@ pub async fn run(registry: Arc<Registry>, name: String) {
 async fn play(
     mut publisher: Publisher,
     control: &KickSignal,
-    tags: &[FlvTag],
+    program: &Program,
 ) -> Result<(), String> {
     let kicked = control.kicked();
     tokio::pin!(kicked);
     let mut demux = FlvDemuxer::new();
     let start = Instant::now();
     for lap in 0i64.. {
-        for tag in tags {
-            let ts = tag.timestamp_ms + lap * LOOP_MS;
+        for tag in &program.tags {
+            let ts = tag.timestamp_ms + lap * program.loop_ms;
             let due = start + Duration::from_millis(ts.max(0) as u64);
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
@@ -228,6 +275,73 @@ mod tests {
         assert!(DEMO_FLV.len() < 400 * 1024);
     }
 
+    /// An FLV file of `(kind, timestamp, body)` tags.
+    fn flv_file(tags: &[(TrackKind, i64, Vec<u8>)]) -> Bytes {
+        let mut f = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+        for (kind, ts, body) in tags {
+            let ts = *ts as u32;
+            f.push(if *kind == TrackKind::Video { 9 } else { 8 });
+            f.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+            f.extend_from_slice(&ts.to_be_bytes()[1..]);
+            f.push((ts >> 24) as u8);
+            f.extend_from_slice(&[0, 0, 0]);
+            f.extend_from_slice(body);
+            f.extend_from_slice(&(11 + body.len() as u32).to_be_bytes());
+        }
+        Bytes::from(f)
+    }
+
+    #[test]
+    fn embedded_program_laps_at_eight_seconds() {
+        assert_eq!(Program::embedded().unwrap().loop_ms, LOOP_MS);
+    }
+
+    #[test]
+    fn a_file_of_ours_loops_at_its_own_length() {
+        let (v, a) = (TrackKind::Video, TrackKind::Audio);
+        let key = |t| (v, t, vec![0x17, 1, 0, 0, 0, 0xaa]);
+        let inter = |t| (v, t, vec![0x27, 1, 0, 0, 0, 0xbb]);
+        // 25 fps from 1000 ms; audio before the first frame and past the lap is dropped.
+        let file = flv_file(&[
+            (a, 990, vec![0xaf, 1, 1]),
+            key(1000),
+            (a, 1000, vec![0xaf, 1, 2]),
+            inter(1040),
+            inter(1080),
+            (a, 1115, vec![0xaf, 1, 3]),
+            inter(1120),
+            (a, 1165, vec![0xaf, 1, 4]),
+        ]);
+        let p = Program::from_flv(file).unwrap();
+        assert_eq!(p.loop_ms, 160);
+        let times: Vec<_> = p.tags.iter().map(|t| (t.kind, t.timestamp_ms)).collect();
+        assert_eq!(
+            times,
+            [(v, 0), (a, 0), (v, 40), (v, 80), (a, 115), (v, 120)]
+        );
+
+        // Written to disk and named in `[demo] file`: the same program.
+        let path = std::env::temp_dir().join(format!("demo-file-{}.flv", std::process::id()));
+        std::fs::write(&path, flv_file(&[key(0), inter(40)])).unwrap();
+        let p = Program::load(path.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!((p.tags.len(), p.loop_ms), (2, 80));
+        assert_eq!(Program::load("").unwrap().loop_ms, LOOP_MS);
+    }
+
+    #[test]
+    fn files_that_cannot_loop_are_refused_by_name() {
+        let v = TrackKind::Video;
+        let e = Program::from_flv(flv_file(&[(v, 0, vec![0x27, 1, 0, 0, 0, 1])])).unwrap_err();
+        assert!(e.contains("not a keyframe"), "{e}");
+        let e = Program::from_flv(flv_file(&[(v, 0, vec![0x17, 1, 0, 0, 0, 1])])).unwrap_err();
+        assert!(e.contains("at least two video frames"), "{e}");
+        let e = Program::from_flv(flv_file(&[(TrackKind::Audio, 0, vec![0xaf, 1])])).unwrap_err();
+        assert!(e.contains("no video frames"), "{e}");
+        let e = Program::load("/nonexistent/clip.flv").unwrap_err();
+        assert!(e.contains("/nonexistent/clip.flv"), "{e}");
+    }
+
     #[test]
     fn clip_goes_through_the_flv_demuxer() {
         let mut d = FlvDemuxer::new();
@@ -273,7 +387,11 @@ mod tests {
         let other = reg
             .begin_publish("demo", "someone".into(), Arc::new(KickSignal::default()))
             .unwrap();
-        let task = tokio::spawn(run(reg.clone(), "demo".into()));
+        let task = tokio::spawn(run(
+            reg.clone(),
+            "demo".into(),
+            Program::embedded().unwrap(),
+        ));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(rx
             .try_iter()
