@@ -721,14 +721,108 @@ fn delta_update_with_hls_skip() {
 fn demo_stream_plays_without_an_encoder() {
     require_tool("ffprobe");
     let server = Server::start_with("demo", "", "", "", &["--demo"]);
-    let pl = server.wait_segments("demo", 2, Duration::from_secs(40));
+    let width = check_demo_program(&server, "demo", 2);
+    assert_eq!(width, 640, "the embedded clip is 640x360");
+}
+
+/// `[demo] file`: the relay loops an FLV file of ours instead of the embedded clip, across laps
+/// (the clip is 3 s); a file that cannot loop stops the start with its name.
+#[test]
+fn demo_file_loops_a_clip_of_ours() {
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let dir = std::env::temp_dir().join(format!("deltacast-demo-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clip = dir.join("clip.flv");
+    let ok = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc=size=320x240:rate=25")
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "3",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv"])
+        .arg(&clip)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not make the clip");
+    let rest = format!(
+        "[demo]\nenabled = true\nname = \"clip\"\nfile = {:?}\n",
+        clip.display().to_string()
+    );
+    let server = Server::start_with("demo-file", "", "", &rest, &[]);
+    // Five 2 s segments: past three laps of the 3 s clip, the newest one decodable.
+    let width = check_demo_program(&server, "clip", 5);
+    assert_eq!(width, 320, "the file's picture, not the embedded clip's");
+    // The laps join without a gap or a jump: every segment is one 2 s GOP pair long.
+    let pl = server.playlist("clip");
+    let durations: Vec<f64> = pl.segments.iter().map(|s| s.duration).collect();
+    assert!(
+        durations.len() >= 5 && durations.iter().all(|d| (1.9..=2.1).contains(d)),
+        "segment durations across laps: {durations:?}"
+    );
+    drop(server);
+
+    // A clip cut so it no longer starts with a keyframe cannot loop: refused by name.
+    let bad = dir.join("bad.flv");
+    std::fs::write(&bad, b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00").unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[demo]\nenabled = true\nfile = {:?}\n",
+            bad.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deltacast"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a file with no video passed: {err}");
+    assert!(
+        err.contains("demo.file") && err.contains("bad.flv") && err.contains("no video frames"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A looping program `stream` on `server`: once it has `segments` segments, the newest decodes to
+/// H.264 video and AAC audio, and the stream keeps advancing. Returns the picture's width.
+fn check_demo_program(server: &Server, stream: &str, segments: usize) -> u64 {
+    let pl = server.wait_segments(stream, segments, Duration::from_secs(40));
     let seg = pl.segments.last().unwrap().clone();
-    let probe = server.probe_segment("demo", &pl, &seg);
+    let probe = server.probe_segment(stream, &pl, &seg);
     let streams = probe["streams"].as_array().expect("ffprobe streams");
     let video = streams
         .iter()
         .find(|s| s["codec_type"] == "video")
-        .unwrap_or_else(|| panic!("demo segment has no video: {probe}"));
+        .unwrap_or_else(|| panic!("{stream} segment has no video: {probe}"));
     assert_eq!(video["codec_name"], "h264", "{probe}");
     let frames: f64 = video["nb_read_frames"]
         .as_str()
@@ -737,19 +831,20 @@ fn demo_stream_plays_without_an_encoder() {
         .unwrap();
     assert!(
         frames > 0.0,
-        "demo segment decodes to no video frame: {probe}"
+        "{stream} segment decodes to no video frame: {probe}"
     );
     let has_audio = streams
         .iter()
         .any(|s| s["codec_type"] == "audio" && s["codec_name"] == "aac");
-    assert!(has_audio, "demo segment has no AAC audio: {probe}");
+    assert!(has_audio, "{stream} segment has no AAC audio: {probe}");
     eprintln!(
-        "demo: msn {} of {:.3} s decodes to {frames} video frames ({})",
+        "{stream}: msn {} of {:.3} s decodes to {frames} video frames ({})",
         seg.msn, seg.duration, video["r_frame_rate"]
     );
-    let v = server.wait_state("demo", "publishing", Duration::from_secs(5));
+    let v = server.wait_state(stream, "publishing", Duration::from_secs(5));
     assert!(v["tracks"].as_array().is_some_and(|t| t.len() == 2), "{v}");
-    server.assert_advancing("demo", Duration::from_secs(5), "while the demo runs");
+    server.assert_advancing(stream, Duration::from_secs(5), "while the program loops");
+    video["width"].as_u64().expect("video width")
 }
 
 /// Blocking reloads through the nginx cache of docs/CDN.md while the publisher is away and after
