@@ -5,7 +5,8 @@
 //!
 //! Modules: [`run`] (the run loop, progress, results), [`webrtc`] (WHEP viewers, fast and full),
 //! [`hls`] (LL-HLS viewers as hls.js), [`rtp`] (sequence accounting), [`report`] (results file,
-//! merge, verdict), [`plot`], [`procstat`] (relay and own CPU/RSS), [`live`] (shared counters).
+//! merge, verdict), [`plot`], [`procstat`] (relay and own CPU/RSS), [`live`] (shared counters),
+//! [`url`] (targets and redirect resolution).
 
 mod hls;
 mod janus;
@@ -15,6 +16,7 @@ mod procstat;
 mod report;
 mod rtp;
 mod run;
+mod url;
 mod webrtc;
 
 use std::path::PathBuf;

@@ -68,6 +68,15 @@ pub struct WebrtcTotals {
     pub loss_pct: f64,
     pub reordered: u64,
     pub duplicates: u64,
+    /// WHEP joins that followed a redirect (307/308, a full node of a cluster), joined or not.
+    #[serde(default)]
+    pub redirected: u64,
+    /// WHEP joins retried after a 503 (`--retry-refused`), joined or failed for good.
+    #[serde(default)]
+    pub retried: u64,
+    /// Joined viewers per node that answered their POST (the final URL's host:port).
+    #[serde(default)]
+    pub nodes: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -300,6 +309,11 @@ pub fn merge(inputs: &[(String, Results)]) -> Result<Results, String> {
         w.lost += x.lost;
         w.reordered += x.reordered;
         w.duplicates += x.duplicates;
+        w.redirected += x.redirected;
+        w.retried += x.retried;
+        for (n, c) in &x.nodes {
+            *w.nodes.entry(n.clone()).or_default() += c;
+        }
         let (h, y) = (&mut a.hls, &b.hls);
         h.target += y.target;
         h.joined += y.joined;
@@ -370,6 +384,8 @@ mod tests {
                 packets: pkts * secs,
                 expected: pkts * secs,
                 lost: secs,
+                redirected: 2,
+                nodes: [("127.0.0.2:1".to_string(), 4), (format!("{label}:1"), 6)].into(),
                 ..Default::default()
             },
             hls: HlsTotals {
@@ -409,6 +425,15 @@ mod tests {
         assert_eq!(m.first_frame_ms, vec![50.0, 50.0, 100.0, 100.0]);
         assert_eq!(m.totals.webrtc.joined, 20);
         assert_eq!(m.totals.webrtc.packets, 900);
+        assert_eq!(m.totals.webrtc.redirected, 4);
+        let nodes: Vec<(&str, u64)> = m
+            .totals
+            .webrtc
+            .nodes
+            .iter()
+            .map(|(n, c)| (n.as_str(), *c))
+            .collect();
+        assert_eq!(nodes, vec![("127.0.0.2:1", 8), ("a:1", 6), ("b:1", 6)]);
         assert_eq!(m.totals.load_cpu_s, 2.0);
         assert_eq!(m.merged_from, vec!["a.json", "b.json"]);
         assert_eq!(m.label, "a+b");

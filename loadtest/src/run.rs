@@ -1,7 +1,7 @@
 //! `run`: start the viewer kinds, print one progress line a second, sample the relay's CPU and
 //! RSS, stop at the duration (or a hard cap), then build the results file and the verdict.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -14,6 +14,7 @@ use crate::hls;
 use crate::live::{Live, Snap};
 use crate::procstat;
 use crate::report::{self, pct, Criteria, Results, Second, Totals};
+use crate::url::{parse_url, url_path};
 use crate::webrtc::{self, unix_ns, Mode};
 
 #[derive(Args, Debug, Clone, serde::Serialize)]
@@ -90,7 +91,13 @@ pub struct RunArgs {
     /// Lateness allowed before a part counts as late (s; default one PART-TARGET).
     #[arg(long)]
     pub late_slack: Option<f64>,
-    /// Pass: failed joins (WHEP refused or failed; first playlist failed) at most.
+    /// Retry a WHEP join answered 503 (the relay or every node of a cluster is full) up to N
+    /// times, each after the answer's Retry-After (s, at most 30; 1 when absent), within the
+    /// run. 0: a 503 fails the join at once.
+    #[arg(long, default_value_t = 0)]
+    pub retry_refused: u32,
+    /// Pass: failed joins (WHEP refused or failed for good, after any --retry-refused; first
+    /// playlist failed) at most.
     #[arg(long, default_value_t = 0)]
     pub max_failed_joins: u64,
     /// Pass: LL-HLS errors (non-2xx, transport errors, timeouts) at most.
@@ -106,32 +113,6 @@ pub struct RunArgs {
     /// No progress lines (the summary is still printed).
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// The path of an http:// URL ("/" when it has none).
-fn url_path(u: &str) -> String {
-    let rest = u.strip_prefix("http://").unwrap_or(u);
-    rest.find('/')
-        .map_or("/".to_string(), |i| rest[i..].to_string())
-}
-
-/// http://HOST:PORT[/...] → (socket address, Host header). Only plain HTTP.
-fn parse_url(u: &str) -> Result<(SocketAddr, String), String> {
-    let rest = u
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{u}: only http:// URLs are supported"))?;
-    let host = rest.split('/').next().unwrap_or("");
-    let hp = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    };
-    let addr = hp
-        .to_socket_addrs()
-        .map_err(|e| format!("{u}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{u}: no address"))?;
-    Ok((addr, host.to_string()))
 }
 
 fn parse_bind(spec: Option<&str>, target: IpAddr) -> Result<Vec<IpAddr>, String> {
@@ -200,7 +181,7 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
     if !(a.ramp > 0.0 && a.ramp <= 10_000.0) {
         return Err("--ramp must be within (0, 10000]".into());
     }
-    let (http, _) = parse_url(&a.url)?;
+    let (http, authority) = parse_url(&a.url)?;
     let (hls_addr, hls_host) = parse_url(a.hls_url.as_deref().unwrap_or(&a.url))?;
     for t in [http.ip(), hls_addr.ip()] {
         if !t.is_loopback() && !a.allow_remote {
@@ -236,11 +217,18 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
     let me0 = procstat::self_cpu_ns();
     let srv0 = a.server_pid.and_then(procstat::process_cpu_ns);
     let hls_ramp = a.hls_ramp.unwrap_or(a.ramp).clamp(0.1, 10_000.0);
+    let ramp_s = (a.webrtc as f64 / a.ramp).max(a.hls as f64 / hls_ramp);
+    let end = t0 + Duration::from_secs_f64(ramp_s + a.duration as f64);
+    let cap = t0 + Duration::from_secs(a.max_seconds);
+    let end = end.min(cap);
     let w = (a.webrtc > 0).then(|| {
         webrtc::start(
             webrtc::Opts {
                 http,
-                stream: a.stream.clone(),
+                whep_url: format!("http://{authority}/whep/{}", a.stream),
+                allow_remote: a.allow_remote,
+                retry_refused: a.retry_refused,
+                deadline: end,
                 viewers: a.webrtc,
                 ramp: a.ramp,
                 mode: a.webrtc_mode,
@@ -274,10 +262,6 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
             stop_joins.clone(),
         )
     });
-    let ramp_s = (a.webrtc as f64 / a.ramp).max(a.hls as f64 / hls_ramp);
-    let end = t0 + Duration::from_secs_f64(ramp_s + a.duration as f64);
-    let cap = t0 + Duration::from_secs(a.max_seconds);
-    let end = end.min(cap);
     let mut series: Vec<Second> = Vec::new();
     let mut prev = Snap::default();
     let (mut prev_me, mut prev_srv) = (me0, srv0);
@@ -410,12 +394,19 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         wt.lost += v.lost;
         wt.reordered += v.reordered;
         wt.duplicates += v.duplicates;
+        wt.redirected += (v.join.redirects > 0) as u64;
+        wt.retried += (v.join.retries > 0) as u64;
+        *wt.nodes.entry(v.join.node.clone()).or_default() += 1;
         if let Some(f) = v.first_frame_ns {
             first_frame_ms.push(f.saturating_sub(v.started_ns) as f64 / 1e6);
         }
         if per_viewer.len() < 5_000 {
             per_viewer.push(serde_json::json!({
                 "index": v.index,
+                "node": v.join.node,
+                "session": v.join.session,
+                "redirects": v.join.redirects,
+                "retries": v.join.retries,
                 "connected": v.connected,
                 "ice_disconnected": v.ice_disconnected,
                 "packets": v.packets,
@@ -431,6 +422,8 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         }
     }
     wt.dropped = dropped;
+    wt.redirected += refused.iter().filter(|r| r.redirects > 0).count() as u64;
+    wt.retried += refused.iter().filter(|r| r.retries > 0).count() as u64;
     wt.loss_pct = report::loss_pct(wt.expected, wt.expected - wt.lost);
     first_frame_ms.sort_by(f64::total_cmp);
     let n503 = refused.iter().filter(|r| r.status == 503).count();
@@ -439,6 +432,7 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
         "refused_503": n503,
         "refused_503_with_retry_after": refused.iter().filter(|r| r.status == 503 && r.retry_after.is_some()).count(),
         "failed_other": refused.len() - n503,
+        "joined_after_retry": ends.iter().filter(|v| v.join.retries > 0).count(),
         "kept_media": kept,
         "viewers": per_viewer,
         "refused": refused,
@@ -524,6 +518,15 @@ pub fn print_summary(r: &Results) {
             "webrtc: joined {}/{} failed {} dropped {}; {} packets {:.1} MB; loss {:.3} % ({} of {}), reordered {}, duplicates {}; first frame p50 {:.0} ms p99 {:.0} ms",
             w.joined, w.target, w.failed, w.dropped, w.packets, w.bytes as f64 / 1e6, w.loss_pct, w.lost, w.expected,
             w.reordered, w.duplicates, pct(&r.first_frame_ms, 0.5), pct(&r.first_frame_ms, 0.99)
+        );
+    }
+    if w.target > 0 && (w.redirected > 0 || w.retried > 0 || w.nodes.len() > 1) {
+        let nodes: Vec<String> = w.nodes.iter().map(|(n, c)| format!("{n} {c}")).collect();
+        println!(
+            "webrtc nodes: {}; {} joins redirected, {} retried after 503",
+            nodes.join(", "),
+            w.redirected,
+            w.retried
         );
     }
     if h.target > 0 {

@@ -12,6 +12,12 @@
 //! - **full**: every datagram goes to str0m (SRTP decrypt, RTCP reports, NACKs), and its
 //!   decrypted RTP packets are counted alike: a realistic client, at a higher cost per packet.
 //!
+//! Against a cluster the WHEP POST follows `307`/`308` (the same offer re-POSTed, at most
+//! [`MAX_REDIRECTS`] hops, each target under the `--allow-remote` guard); the session URL is the
+//! 201's `Location` resolved against the final URL, and the viewer counts for the node that
+//! answered. A join refused with 503 is retried after its `Retry-After` (`--retry-refused`),
+//! queued on its joiner thread so that it does not hold up the ramp.
+//!
 //! str0m's timers are scanned every 10 ms. Bounded: viewers ≤ [`MAX_VIEWERS`], each viewer's
 //! state is fixed in size (four SSRCs, a 1,024-number history each).
 
@@ -30,6 +36,10 @@ use crate::live::{add, Live};
 use crate::rtp::{parse_rtp, StreamCounters};
 
 pub const MAX_VIEWERS: usize = 20_000;
+/// Redirects a WHEP POST may follow (a cluster redirects at most once per node, 4 hops).
+pub const MAX_REDIRECTS: u32 = 4;
+/// The longest Retry-After waited for before retrying a refused join.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 const BATCH: usize = 32;
 const JOIN_THREADS: usize = 4;
 
@@ -43,8 +53,16 @@ pub enum Mode {
 
 #[derive(Clone, Debug)]
 pub struct Opts {
+    /// The target's address (Janus's HTTP API; WHEP's first hop).
     pub http: SocketAddr,
-    pub stream: String,
+    /// `http://HOST:PORT/whep/STREAM`: where a WHEP join starts.
+    pub whep_url: String,
+    /// Follow redirects outside 127.0.0.0/8 (`--allow-remote`).
+    pub allow_remote: bool,
+    /// Retries of a join answered 503 (`--retry-refused`).
+    pub retry_refused: u32,
+    /// No retry is scheduled at or after this (the run's end, within `--max-seconds`).
+    pub deadline: Instant,
     pub viewers: usize,
     pub ramp: f64,
     pub mode: Mode,
@@ -63,12 +81,19 @@ pub struct Refused {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: String,
+    /// Redirects followed before this answer.
+    pub redirects: u32,
+    /// Retries made before this answer (after earlier 503s).
+    pub retries: u32,
+    /// The URL that gave this answer (after redirects).
+    pub url: String,
 }
 
 /// One viewer's life, when the run ends.
 #[derive(Debug, Clone)]
 pub struct ViewerEnd {
     pub index: usize,
+    pub join: Joined,
     pub connected: bool,
     pub ice_disconnected: bool,
     pub packets: u64,
@@ -84,9 +109,24 @@ pub struct ViewerEnd {
     pub last_packet_ns: Option<u64>,
 }
 
+/// How a viewer's join went: where its session lives.
+#[derive(Debug, Clone, Default)]
+pub struct Joined {
+    /// Redirects its POST followed.
+    pub redirects: u32,
+    /// 503s retried before it joined.
+    pub retries: u32,
+    /// The authority (host:port) of the node that answered 201.
+    pub node: String,
+    /// The session URL: the 201's `Location` resolved against the final URL (where a DELETE
+    /// or PATCH goes).
+    pub session: String,
+}
+
 struct Viewer {
     peer: Peer,
     index: usize,
+    join: Joined,
     started_ns: u64,
     next_timeout: Instant,
     connected: bool,
@@ -149,12 +189,73 @@ fn udp_socket(bind: Option<IpAddr>) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-fn join(o: &Opts, index: usize) -> Result<Viewer, Refused> {
+/// Retry-After in seconds (RFC 9110 delay-seconds), capped at [`MAX_RETRY_AFTER`]; 1 s when
+/// absent or not a number (an HTTP-date is read as absent).
+pub fn retry_delay(h: Option<&str>) -> Duration {
+    h.and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), |s| {
+            Duration::from_secs(s).min(MAX_RETRY_AFTER)
+        })
+}
+
+/// POST `sdp` to `o.whep_url`, following up to [`MAX_REDIRECTS`] 307/308s to http URLs (each
+/// under the `--allow-remote` guard): the final URL and its answer, or why no answer came.
+fn post_offer(
+    o: &Opts,
+    from: Option<IpAddr>,
+    sdp: &str,
+) -> Result<(String, u32, testkit::Resp), (String, u32, String)> {
+    let mut url = o.whep_url.clone();
+    let mut redirects = 0;
+    loop {
+        let t = crate::url::target(&url).map_err(|e| (url.clone(), redirects, e))?;
+        if !o.allow_remote && !t.addr.ip().is_loopback() {
+            return Err((
+                url,
+                redirects,
+                format!(
+                    "{} is not a loopback address: pass --allow-remote to follow a redirect there",
+                    t.addr.ip()
+                ),
+            ));
+        }
+        let r = testkit::http::http_send_from(
+            from,
+            t.addr,
+            "POST",
+            &t.path,
+            &[("Content-Type", "application/sdp")],
+            sdp.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| (url.clone(), redirects, e.to_string()))?;
+        if !matches!(r.status, 307 | 308) {
+            return Ok((url, redirects, r));
+        }
+        if redirects >= MAX_REDIRECTS {
+            return Err((
+                url,
+                redirects,
+                format!("more than {MAX_REDIRECTS} redirects"),
+            ));
+        }
+        let Some(loc) = r.header("location") else {
+            return Err((url, redirects, format!("{} without Location", r.status)));
+        };
+        url = crate::url::resolve(&url, loc).map_err(|e| (url.clone(), redirects, e))?;
+        redirects += 1;
+    }
+}
+
+fn join(o: &Opts, index: usize, retries: u32) -> Result<Viewer, Refused> {
     let fail = |body: String| Refused {
         index,
         status: 0,
         retry_after: None,
         body,
+        redirects: 0,
+        retries,
+        url: String::new(),
     };
     let started_ns = unix_ns();
     let from = (!o.bind.is_empty()).then(|| o.bind[index % o.bind.len()]);
@@ -162,6 +263,10 @@ fn join(o: &Opts, index: usize) -> Result<Viewer, Refused> {
     // the relay is reached on, as a client would its interface address.
     let sock = udp_socket(from.or(o.http.ip().is_loopback().then(|| o.http.ip())))
         .map_err(|e| fail(format!("socket: {e}")))?;
+    let mut join = Joined {
+        retries,
+        ..Default::default()
+    };
     let peer = if let Some(t) = &o.janus {
         let timeout = Duration::from_secs(10);
         let w = crate::janus::watch(t, from, o.http, timeout).map_err(fail)?;
@@ -169,32 +274,47 @@ fn join(o: &Opts, index: usize) -> Result<Viewer, Refused> {
             .map_err(|e| fail(e.to_string()))?;
         w.start(t, from, o.http, &peer.answer, timeout)
             .map_err(fail)?;
+        join.node = o.http.to_string();
         peer
     } else {
         let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
-        match offered.try_post_from(
-            from,
-            o.http,
-            &format!("/whep/{}", o.stream),
-            &[],
-            Duration::from_secs(10),
-        ) {
-            Ok(Ok(peer)) => peer,
-            Ok(Err(r)) => {
-                return Err(Refused {
-                    index,
-                    status: r.status,
-                    retry_after: r.header("retry-after").map(str::to_string),
-                    body: r.text().trim().chars().take(300).collect(),
-                })
+        let (url, redirects, r) = post_offer(o, from, &offered.sdp).map_err(|(url, n, e)| {
+            Refused {
+                redirects: n,
+                url,
+                ..fail(e)
             }
-            Err(e) => return Err(fail(e.to_string())),
+        })?;
+        if r.status != 201 {
+            return Err(Refused {
+                index,
+                status: r.status,
+                retry_after: r.header("retry-after").map(str::to_string),
+                body: r.text().trim().chars().take(300).collect(),
+                redirects,
+                retries,
+                url,
+            });
         }
+        let peer = offered.try_accept(&r).map_err(|e| Refused {
+            redirects,
+            url: url.clone(),
+            ..fail(e.to_string())
+        })?;
+        // The media goes where the answer's candidates say; the session lives on the node
+        // that answered, whose URL a relative Location is resolved against.
+        join.session = crate::url::resolve(&url, &peer.location).unwrap_or_default();
+        join.node = crate::url::target(&url)
+            .map(|t| t.authority)
+            .unwrap_or_default();
+        join.redirects = redirects;
+        peer
     };
     let video_pts = video_payload_types(&peer.answer);
     Ok(Viewer {
         peer,
         index,
+        join,
         started_ns,
         next_timeout: Instant::now(),
         connected: false,
@@ -471,6 +591,7 @@ fn poll_thread(
         .into_iter()
         .map(|v| ViewerEnd {
             index: v.index,
+            join: v.join,
             connected: v.connected,
             ice_disconnected: v.dead,
             packets: v.packets,
@@ -485,6 +606,74 @@ fn poll_thread(
             last_packet_ns: v.last_packet_ns,
         })
         .collect()
+}
+
+/// Joiner thread `k`: viewers k, k + JOIN_THREADS, ... at the ramp, and the retries of refused
+/// ones when due, whichever comes first; the joins that failed for good.
+fn joiner(
+    o: &Opts,
+    k: usize,
+    t0: Instant,
+    txs: &[crossbeam_channel::Sender<Viewer>],
+    live: &Live,
+    stop_joins: &AtomicBool,
+) -> Vec<Refused> {
+    let mut refused = Vec::new();
+    let mut fresh = (k..o.viewers).step_by(JOIN_THREADS).peekable();
+    // Refused joins waiting for their retry: (due, the last refusal). At most one per viewer.
+    let mut again: Vec<(Instant, Refused)> = Vec::new();
+    loop {
+        let fresh_due = fresh
+            .peek()
+            .map(|&i| t0 + Duration::from_secs_f64(i as f64 / o.ramp));
+        let retry = again
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (due, _))| *due)
+            .map(|(j, (due, _))| (j, *due));
+        let (due, next) = match (fresh_due, retry) {
+            (None, None) => break,
+            (Some(f), Some((j, r))) if r < f => (r, Err(j)),
+            (None, Some((j, r))) => (r, Err(j)),
+            (Some(f), _) => (f, Ok(())),
+        };
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        if stop_joins.load(Ordering::Relaxed) {
+            break;
+        }
+        let (i, retries) = match next {
+            Ok(()) => (fresh.next().expect("peeked"), 0),
+            Err(j) => {
+                let (_, r) = again.swap_remove(j);
+                (r.index, r.retries + 1)
+            }
+        };
+        match join(o, i, retries) {
+            Ok(v) => {
+                live.w_joined.fetch_add(1, Ordering::Relaxed);
+                let _ = txs[i % txs.len()].send(v);
+            }
+            Err(r) => {
+                if r.status == 503 && r.retries < o.retry_refused {
+                    let due = Instant::now() + retry_delay(r.retry_after.as_deref());
+                    if due < o.deadline {
+                        again.push((due, r));
+                        continue;
+                    }
+                }
+                live.w_failed.fetch_add(1, Ordering::Relaxed);
+                refused.push(r);
+            }
+        }
+    }
+    // Stopped with retries pending: their last refusal stands.
+    for (_, r) in again {
+        live.w_failed.fetch_add(1, Ordering::Relaxed);
+        refused.push(r);
+    }
+    refused
 }
 
 /// The running WebRTC side of a run.
@@ -519,29 +708,7 @@ pub fn start(o: Opts, t0: Instant, live: Arc<Live>, stop_joins: Arc<AtomicBool>)
                 (o.clone(), txs.clone(), live.clone(), stop_joins.clone());
             std::thread::Builder::new()
                 .name(format!("whep-join-{k}"))
-                .spawn(move || {
-                    let mut refused = Vec::new();
-                    for i in (k..o.viewers).step_by(JOIN_THREADS) {
-                        let due = t0 + Duration::from_secs_f64(i as f64 / o.ramp);
-                        if let Some(d) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(d);
-                        }
-                        if stop_joins.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        match join(&o, i) {
-                            Ok(v) => {
-                                live.w_joined.fetch_add(1, Ordering::Relaxed);
-                                let _ = txs[i % txs.len()].send(v);
-                            }
-                            Err(r) => {
-                                live.w_failed.fetch_add(1, Ordering::Relaxed);
-                                refused.push(r);
-                            }
-                        }
-                    }
-                    refused
-                })
+                .spawn(move || joiner(&o, k, t0, &txs, &live, &stop_joins))
                 .expect("spawn")
         })
         .collect();
@@ -580,5 +747,18 @@ mod tests {
     fn video_payload_types_from_the_answer() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103\r\n";
         assert_eq!(video_payload_types(sdp), vec![102, 103]);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_capped_with_a_default() {
+        assert_eq!(retry_delay(Some("10")), Duration::from_secs(10));
+        assert_eq!(retry_delay(Some(" 0 ")), Duration::ZERO);
+        assert_eq!(retry_delay(Some("3600")), MAX_RETRY_AFTER);
+        assert_eq!(retry_delay(None), Duration::from_secs(1));
+        assert_eq!(retry_delay(Some("-5")), Duration::from_secs(1));
+        assert_eq!(
+            retry_delay(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Duration::from_secs(1)
+        );
     }
 }

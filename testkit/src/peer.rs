@@ -421,6 +421,13 @@ impl Offered {
         if r.status != 201 {
             return Ok(Err(r));
         }
+        self.try_accept(&r).map(Ok)
+    }
+
+    /// Accept the answer of a 201 `r` (posted by the caller, e.g. after following redirects):
+    /// its SDP, `Location` (as sent: the caller resolves it) and `ETag`; an answer that does not
+    /// parse is an error.
+    pub fn try_accept(self, r: &Resp) -> std::io::Result<Peer> {
         let answer = r.text();
         let Offered {
             mut peer, pending, ..
@@ -434,7 +441,7 @@ impl Offered {
         peer.answer = answer;
         peer.location = r.header("location").unwrap_or_default().to_string();
         peer.etag = r.header("etag").unwrap_or_default().to_string();
-        Ok(Ok(peer))
+        Ok(peer)
     }
 
     /// Accept `answer` (SDP text).
