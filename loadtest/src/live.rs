@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Live {
     pub w_joined: AtomicU64,
     pub w_failed: AtomicU64,
+    /// Refused joins waiting for their retry (`--retry-refused`), a gauge.
+    pub w_retrying: AtomicU64,
     pub w_pkts: AtomicU64,
     pub w_bytes: AtomicU64,
     pub w_expected: AtomicU64,

@@ -324,6 +324,12 @@ fn run_inner(a: RunArgs) -> Result<Results, String> {
                     sec.pkts as f64 / dt,
                     sec.loss_pct
                 );
+                if a.retry_refused > 0 {
+                    line += &format!(
+                        " retrying {}",
+                        live.w_retrying.load(std::sync::atomic::Ordering::Relaxed)
+                    );
+                }
             }
             if a.hls > 0 {
                 line += &format!(

@@ -71,7 +71,10 @@ pub fn target(u: &str) -> Result<Target, String> {
     if authority.is_empty() || authority.contains('@') {
         return Err(format!("{u}: bad host"));
     }
-    let hp = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+    let hp = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'))
+    {
         authority.to_string()
     } else {
         format!("{authority}:80")

@@ -278,13 +278,12 @@ fn join(o: &Opts, index: usize, retries: u32) -> Result<Viewer, Refused> {
         peer
     } else {
         let offered = Peer::offer_on(&Role::viewer().rtp_mode(), Link::Udp(sock), None);
-        let (url, redirects, r) = post_offer(o, from, &offered.sdp).map_err(|(url, n, e)| {
-            Refused {
+        let (url, redirects, r) =
+            post_offer(o, from, &offered.sdp).map_err(|(url, n, e)| Refused {
                 redirects: n,
                 url,
                 ..fail(e)
-            }
-        })?;
+            })?;
         if r.status != 201 {
             return Err(Refused {
                 index,
@@ -647,6 +646,7 @@ fn joiner(
             Ok(()) => (fresh.next().expect("peeked"), 0),
             Err(j) => {
                 let (_, r) = again.swap_remove(j);
+                live.w_retrying.fetch_sub(1, Ordering::Relaxed);
                 (r.index, r.retries + 1)
             }
         };
@@ -659,6 +659,7 @@ fn joiner(
                 if r.status == 503 && r.retries < o.retry_refused {
                     let due = Instant::now() + retry_delay(r.retry_after.as_deref());
                     if due < o.deadline {
+                        live.w_retrying.fetch_add(1, Ordering::Relaxed);
                         again.push((due, r));
                         continue;
                     }
@@ -670,6 +671,7 @@ fn joiner(
     }
     // Stopped with retries pending: their last refusal stands.
     for (_, r) in again {
+        live.w_retrying.fetch_sub(1, Ordering::Relaxed);
         live.w_failed.fetch_add(1, Ordering::Relaxed);
         refused.push(r);
     }
@@ -747,6 +749,126 @@ mod tests {
     fn video_payload_types_from_the_answer() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103\r\n";
         assert_eq!(video_payload_types(sdp), vec![102, 103]);
+    }
+
+    /// A WHEP stand-in on 127.0.0.1: answers each POST with `answer(n, own address)` (n counts
+    /// from 0); the POSTs' request lines and bodies, for `posts` requests.
+    fn stand_in(
+        posts: usize,
+        answer: impl Fn(usize, SocketAddr) -> String + Send + 'static,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<(String, String)>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for n in 0..posts {
+                let (s, _) = l.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(s);
+                let (mut line, mut first, mut len) = (String::new(), String::new(), 0);
+                while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                    if first.is_empty() {
+                        first = line.trim().to_string();
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                seen.push((first, String::from_utf8(body).unwrap()));
+                r.get_mut().write_all(answer(n, addr).as_bytes()).unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    fn opts(url: String) -> Opts {
+        Opts {
+            http: "127.0.0.1:1".parse().unwrap(),
+            whep_url: url,
+            allow_remote: false,
+            retry_refused: 0,
+            deadline: Instant::now(),
+            viewers: 1,
+            ramp: 1.0,
+            mode: Mode::Fast,
+            threads: 1,
+            batch: Duration::from_millis(10),
+            bind: Vec::new(),
+            janus: None,
+        }
+    }
+
+    fn redirect(to: &str) -> String {
+        format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    #[test]
+    fn a_redirected_post_carries_the_same_offer_to_the_resolved_url() {
+        let (addr, h) = stand_in(3, |n, _| {
+            match n {
+            0 => redirect("/b/whep/s?via=a"),
+            1 => redirect("c/s"),
+            _ => "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nfull"
+                .into(),
+        }
+        });
+        let o = opts(format!("http://{addr}/whep/s"));
+        let (url, redirects, r) = post_offer(&o, None, "v=0 offer").unwrap();
+        assert_eq!(url, format!("http://{addr}/b/whep/c/s"));
+        assert_eq!((redirects, r.status), (2, 503));
+        assert_eq!(r.header("retry-after"), Some("7"));
+        let seen = h.join().unwrap();
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "POST /whep/s HTTP/1.1",
+                "POST /b/whep/s?via=a HTTP/1.1",
+                "POST /b/whep/c/s HTTP/1.1"
+            ]
+        );
+        assert!(seen.iter().all(|(_, b)| b == "v=0 offer"), "{seen:?}");
+    }
+
+    #[test]
+    fn redirects_are_bounded_in_hops_scheme_and_address() {
+        // A redirect loop: the first POST and MAX_REDIRECTS more, then given up.
+        let hops = MAX_REDIRECTS as usize + 1;
+        let (addr, h) = stand_in(hops, |_, a| redirect(&format!("http://{a}/whep/s")));
+        let o = opts(format!("http://{addr}/whep/s"));
+        let (_, n, e) = post_offer(&o, None, "x").unwrap_err();
+        assert_eq!(n, MAX_REDIRECTS);
+        assert!(e.contains("more than 4 redirects"), "{e}");
+        assert_eq!(h.join().unwrap().len(), hops);
+        // A target outside 127.0.0.0/8 needs --allow-remote, on every hop.
+        let (addr, h) = stand_in(1, |_, _| redirect("http://192.0.2.1:8080/whep/s"));
+        let (url, n, e) =
+            post_offer(&opts(format!("http://{addr}/whep/s")), None, "x").unwrap_err();
+        assert_eq!((url.as_str(), n), ("http://192.0.2.1:8080/whep/s", 1));
+        assert!(e.contains("--allow-remote"), "{e}");
+        h.join().unwrap();
+        // Only http(s) is followed, and this tool speaks plain HTTP.
+        for (to, why) in [
+            ("file:///etc/passwd", "not an http(s) URL"),
+            ("https://127.0.0.1/whep/s", "only http://"),
+        ] {
+            let (addr, h) = stand_in(1, move |_, _| redirect(to));
+            let (_, _, e) =
+                post_offer(&opts(format!("http://{addr}/whep/s")), None, "x").unwrap_err();
+            assert!(e.contains(why), "{to}: {e}");
+            h.join().unwrap();
+        }
+        let (addr, h) = stand_in(1, |_, _| {
+            "HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n\r\n".into()
+        });
+        let (_, _, e) = post_offer(&opts(format!("http://{addr}/whep/s")), None, "x").unwrap_err();
+        assert!(e.contains("without Location"), "{e}");
+        h.join().unwrap();
     }
 
     #[test]

@@ -30,8 +30,8 @@ fn results(path: &std::path::Path) -> Value {
 #[test]
 fn a_cluster_entry_node_that_is_full_redirects_viewers_to_the_other_node_and_they_play() {
     let redis = Redis::start("load-redirect");
-    let a_toml = redis.node_toml("a", A, "", "ttl_ms = 1500\ncapacity = 1\n")
-        + "\n[demo]\nenabled = true\n";
+    let a_toml =
+        redis.node_toml("a", A, "", "ttl_ms = 1500\ncapacity = 1\n") + "\n[demo]\nenabled = true\n";
     tool(); // build the relay before starting it
     let a = Server::start_on("load-redir-a", A, &a_toml);
     let b = Server::start_on(
@@ -49,10 +49,9 @@ fn a_cluster_entry_node_that_is_full_redirects_viewers_to_the_other_node_and_the
                     .find(|s| s["name"] == "demo")
                     .map(|s| s["origin"] == "a")
             });
-            let b_room = v["nodes"].as_array().is_some_and(|n| {
-                n.iter()
-                    .any(|n| n["id"] == "b" && n["room"] == true)
-            });
+            let b_room = v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["id"] == "b" && n["room"] == true));
             origin == Some(true) && b_room
         },
     );
@@ -104,7 +103,13 @@ fn a_cluster_entry_node_that_is_full_redirects_viewers_to_the_other_node_and_the
 #[test]
 fn refused_joins_are_retried_after_retry_after_and_only_those_that_fail_for_good_count() {
     tool();
-    let server = Server::start_with("load-retry", "", "", "[sfu]\nmax_viewers = 1\n", &["--demo"]);
+    let server = Server::start_with(
+        "load-retry",
+        "",
+        "",
+        "[sfu]\nmax_viewers = 1\n",
+        &["--demo"],
+    );
     server.wait_segments("demo", 1, Duration::from_secs(20));
     // The one slot is taken: every join of the run is refused (503 + Retry-After) at first.
     let mut occupant = WhepClient::connect(server.http, "demo")
@@ -140,7 +145,10 @@ fn refused_joins_are_retried_after_retry_after_and_only_those_that_fail_for_good
     let refused = d["refused"].as_array().unwrap();
     assert_eq!(refused.len(), 1, "{d}");
     assert_eq!(refused[0]["status"], 503, "{d}");
-    assert_eq!(refused[0]["retries"], 1, "refused again after its one retry: {d}");
+    assert_eq!(
+        refused[0]["retries"], 1,
+        "refused again after its one retry: {d}"
+    );
     assert!(refused[0]["retry_after"].is_string(), "{d}");
     assert!(stdout.contains("2 retried after 503"), "summary: {stdout}");
 }
