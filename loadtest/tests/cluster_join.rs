@@ -122,9 +122,19 @@ fn refused_joins_are_retried_after_retry_after_and_only_those_that_fail_for_good
         .args(["--duration", "16", "--retry-refused", "1"])
         .args(["--max-failed-joins", "1", "--label", "retry", "--json"])
         .arg(&out);
+    const REFUSED: &str = "deltacast_sfu_joins_refused_total";
+    let refused0 = server.metric(REFUSED);
     let run = std::thread::spawn(move || testkit::run_bounded(&mut cmd, Duration::from_secs(60)));
-    // The occupant leaves while both joins wait for their retry: one retry takes its slot.
-    std::thread::sleep(Duration::from_secs(3));
+    // The occupant leaves once both joins were refused and wait for their retry (Retry-After
+    // 10 s): one retry takes its slot.
+    let t = std::time::Instant::now();
+    while server.metric(REFUSED) < refused0 + 2.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the joins were not refused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let path = testkit::hls::resolve("/", &occupant.location);
     let r = testkit::request(server.http, "DELETE", &path, &[], b"");
     assert!(r.status == 200 || r.status == 204, "DELETE: {}", r.status);
