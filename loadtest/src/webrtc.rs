@@ -302,7 +302,9 @@ fn join(o: &Opts, index: usize, retries: u32) -> Result<Viewer, Refused> {
         })?;
         // The media goes where the answer's candidates say; the session lives on the node
         // that answered, whose URL a relative Location is resolved against.
-        join.session = crate::url::resolve(&url, &peer.location).unwrap_or_default();
+        if !peer.location.is_empty() {
+            join.session = crate::url::resolve(&url, &peer.location).unwrap_or_default();
+        }
         join.node = crate::url::target(&url)
             .map(|t| t.authority)
             .unwrap_or_default();
