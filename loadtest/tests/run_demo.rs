@@ -10,7 +10,16 @@ use testkit::Server;
 fn mixed_load_against_the_demo_joins_plays_without_loss_and_plots() {
     // This package's tests do not build the relay: build it (once) where Server looks for it.
     testkit::workspace_bin(".", "deltacast", "deltacast");
-    let server = Server::start_with("load-demo", "", "", "", &["--demo"]);
+    // 500 ms parts: the tool's plumbing is under test here, on a debug relay on a shared machine,
+    // and a part target this long keeps its late/stall criteria (one and three part targets)
+    // about the tool rather than the machine's load. The criteria themselves have unit tests.
+    let server = Server::start_with(
+        "load-demo",
+        "",
+        "",
+        "[hls]\npart_target_ms = 500\n",
+        &["--demo"],
+    );
     server.wait_segments("demo", 1, Duration::from_secs(20));
     let out = server.dir.path().join("r.json");
     let tool = env!("CARGO_BIN_EXE_deltacast-load");
@@ -52,9 +61,9 @@ fn mixed_load_against_the_demo_joins_plays_without_loss_and_plots() {
     assert!(t["webrtc"]["packets"].as_u64().unwrap() > 500, "{t}");
     assert_eq!(t["webrtc"]["lost"], 0, "{t}");
     assert_eq!(t["hls"]["joined"], 20, "{t}");
-    // 200 ms parts for ~7 s: ~35 a viewer; at least half of that each.
-    assert!(t["hls"]["parts"].as_u64().unwrap() > 20 * 15, "{t}");
-    assert!(t["hls"]["hinted_parts"].as_u64().unwrap() > 20 * 10, "{t}");
+    // 500 ms parts for ~7 s: ~14 a viewer; at least about half of that each.
+    assert!(t["hls"]["parts"].as_u64().unwrap() > 20 * 6, "{t}");
+    assert!(t["hls"]["hinted_parts"].as_u64().unwrap() > 20 * 4, "{t}");
     assert_eq!(t["hls"]["stalls"], 0, "{t}");
     assert_eq!(t["hls"]["errors"], 0, "{t}");
     assert_eq!(r["verdict"]["passed"], true);
