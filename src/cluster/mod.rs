@@ -138,6 +138,10 @@ pub struct Cluster {
     sfu: Option<Arc<SfuHandle>>,
     admit_max_busy_pct: u32,
     view: RwLock<View>,
+    /// Viewers handed to each other node (playback documents, redirects) since the view was
+    /// read: added to that node's load when ranking, so a burst of joins between two heartbeats
+    /// spreads instead of all going to the node that was least loaded at the last read.
+    handed: parking_lot::Mutex<HashMap<String, u64>>,
     pulls: RwLock<Option<PullList>>,
     pub stats: ClusterStats,
     /// The Redis connection once made (the heartbeat makes it; it reconnects by itself).
@@ -205,6 +209,7 @@ impl Cluster {
             sfu,
             admit_max_busy_pct: cfg.sfu.admit_max_busy_pct,
             view: RwLock::new(View::default()),
+            handed: parking_lot::Mutex::new(HashMap::new()),
             pulls: RwLock::new(None),
             stats: ClusterStats::default(),
             conn: parking_lot::Mutex::new(None),
@@ -314,12 +319,21 @@ impl Cluster {
             streams,
             at: Some(Instant::now()),
         };
+        // The new view counts whoever of them arrived.
+        self.handed.lock().clear();
     }
 
-    /// The other nodes of the last view, when it is recent enough to act on.
+    /// Count a viewer sent to node `id` until the next view.
+    fn hand_to(&self, id: &str) {
+        *self.handed.lock().entry(id.to_string()).or_default() += 1;
+    }
+
+    /// The other nodes of the last view, when it is recent enough to act on, each with the
+    /// viewers handed to it since ([`Cluster::hand_to`]) counted in its load. Only in its load:
+    /// an estimate never declares a node full (its own heartbeat, and its own admission, do).
     fn fresh_others(&self) -> Vec<NodeView> {
         let v = self.view.read();
-        match v.at {
+        let mut nodes: Vec<NodeView> = match v.at {
             Some(at) if at.elapsed() < self.ttl => v
                 .nodes
                 .iter()
@@ -327,7 +341,16 @@ impl Cluster {
                 .cloned()
                 .collect(),
             _ => Vec::new(),
+        };
+        drop(v);
+        let handed = self.handed.lock();
+        for n in &mut nodes {
+            if let Some(&k) = handed.get(&n.info.id) {
+                let by_count = (n.info.viewers + k) as f64 / n.info.capacity.max(1) as f64;
+                n.info.load = n.info.load.max((by_count * 1000.0).round() / 1000.0);
+            }
         }
+        nodes
     }
 
     /// Where to send a WHEP POST this node cannot take: the least-loaded other node with room
@@ -337,12 +360,14 @@ impl Cluster {
         if !self.enabled || via.len() >= MAX_REDIRECTS || via.contains(&self.node_id) {
             return None;
         }
-        least_loaded(
+        let target = least_loaded(
             self.fresh_others()
                 .into_iter()
                 .map(|n| n.info)
                 .filter(|n| !via.contains(&n.id)),
-        )
+        )?;
+        self.hand_to(&target.id);
+        Some(target)
     }
 
     /// Count a redirect or a cluster-wide refusal.
@@ -365,7 +390,11 @@ impl Cluster {
         let best = least_loaded(
             std::iter::once(me).chain(self.fresh_others().into_iter().map(|n| n.info)),
         )?;
-        (best.id != self.node_id).then_some(best.public_http)
+        if best.id == self.node_id {
+            return None;
+        }
+        self.hand_to(&best.id);
+        Some(best.public_http)
     }
 
     /// Base URLs of the nodes a viewer's page may fail over to, least-loaded first (nodes with
@@ -611,6 +640,41 @@ mod tests {
         );
         assert_eq!(n.unwrap().id, "a");
         assert!(least_loaded([node("a", 0.1, false)].into_iter()).is_none());
+    }
+
+    #[test]
+    fn a_burst_between_two_heartbeats_spreads_over_the_nodes() {
+        let cfg =
+            Config::from_toml("[cluster]\nredis = \"redis://127.0.0.1:1\"\nnode_id = \"a\"\n")
+                .unwrap();
+        // No SFU here: node a serves no WebRTC, so every viewer goes to b or c.
+        let c = Cluster::new(&cfg, Registry::new(), None);
+        let other = |id: &str, viewers: u64| NodeView {
+            info: NodeInfo {
+                capacity: 100,
+                viewers,
+                ..node(id, viewers as f64 / 100.0, true)
+            },
+            last_seen_ms: 0,
+        };
+        c.store_view(vec![other("b", 10), other("c", 20)], Vec::new());
+        let mut to = HashMap::<String, u32>::new();
+        for _ in 0..30 {
+            *to.entry(c.playback_base().unwrap()).or_default() += 1;
+        }
+        // b takes 10 to catch up with c, then they share: 20 and 10, not 30 and 0.
+        assert_eq!(to["http://b"], 20, "{to:?}");
+        assert_eq!(to["http://c"], 10, "{to:?}");
+        // Redirects count the same way, and skip the nodes in `via`.
+        assert_eq!(c.redirect_target(&[]).unwrap().id, "b");
+        assert_eq!(c.redirect_target(&["b".into()]).unwrap().id, "c");
+        // The estimate ranks only: a node is never taken for full by it.
+        let v = c.fresh_others();
+        assert!(v.iter().all(|n| n.info.room), "{v:?}");
+        assert!(v[0].info.load > 0.3, "{v:?}");
+        // A new view counts whoever arrived; the tally starts over.
+        c.store_view(vec![other("b", 30), other("c", 20)], Vec::new());
+        assert_eq!(c.playback_base().as_deref(), Some("http://c"));
     }
 
     #[test]
