@@ -1002,8 +1002,12 @@ async function startHls(url) {
         hls.off(Hls.Events.BUFFER_APPENDED, startAtFirstPart);
         const t = video.currentTime;
         if (t < b.start(0)) {
-          log('hls-early-seek', { from: t, to: b.start(0) });
-          video.currentTime = b.start(0);
+          // 50 ms inside the range (about two AAC frames), not on its edge: a seek to exactly
+          // the range's start stalls in Chromium with a second of media buffered after it, until
+          // hls.js's gap controller nudges it a few ms on (150–300 ms later in the timelines).
+          const to = Math.min(b.start(0) + 0.05, (b.start(0) + b.end(0)) / 2);
+          log('hls-early-seek', { from: t, to, range: [b.start(0), b.end(0)] });
+          video.currentTime = to;
         }
       };
       hls.on(Hls.Events.BUFFER_APPENDED, startAtFirstPart);
