@@ -390,7 +390,7 @@ fn page_assets_and_playback_api() {
     assert!(js.header("content-type").unwrap().contains("javascript"));
     assert!(!js.text().contains("cloudfront"), "the page names no CDN");
     assert_eq!(s.get("/web/watch.css").status, 200);
-    let hls = s.get("/web/hls.min.js");
+    let hls = s.get("/web/hls.light.min.js");
     assert_eq!(hls.status, 200, "{}", hls.text());
     assert!(hls.body.len() > 100_000, "hls.js from node_modules");
     assert_eq!(s.get("/web/../Cargo.toml").status, 404);
@@ -513,12 +513,12 @@ fn page_assets_and_playback_api() {
             empty.path().display().to_string()
         ),
     );
-    let r = s.get("/web/hls.min.js");
+    let r = s.get("/web/hls.light.min.js");
     assert_eq!(r.status, 503);
     assert!(r.text().contains("npm ci --prefix web"), "{}", r.text());
 }
 
-/// Without `npm ci --prefix web`, `/web/hls.min.js` is a 503 that says what to do, and shows
+/// Without `npm ci --prefix web`, `/web/hls.light.min.js` is a 503 that says what to do, and shows
 /// neither the server's file paths nor its configuration (the log has those).
 #[test]
 fn missing_hls_js_answer_names_no_server_path() {
@@ -531,7 +531,7 @@ fn missing_hls_js_answer_names_no_server_path() {
         "no-npm-path",
         &format!("[web]\ndir = {dir:?}\n[sfu]\nenabled = false\n"),
     );
-    let r = s.get("/web/hls.min.js");
+    let r = s.get("/web/hls.light.min.js");
     let body = r.text();
     eprintln!("503 body: {body}");
     assert_eq!(r.status, 503, "{body}");
@@ -591,7 +591,7 @@ fn plays_over_ll_hls_when_webrtc_is_off() {
         "no WHEP offered, none tried"
     );
     assert!(
-        !b.requests("/web/hls.min.js").is_empty(),
+        !b.requests("/web/hls.light.min.js").is_empty(),
         "hls.js from this server"
     );
     b.wait(

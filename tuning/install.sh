@@ -13,7 +13,7 @@
 #   /etc/deltacast/deltacast.toml           tuning/deltacast.toml, kept when it already exists
 #   /etc/systemd/system/deltacast.service   tuning/deltacast.service
 #   /etc/sysctl.d/60-deltacast.conf         tuning/sysctl-deltacast.conf
-#   /usr/share/deltacast/web/…/hls.min.js   the watch page's player (after `npm ci --prefix web`)
+#   /usr/share/deltacast/web/…/hls.light.min.js the watch page's player (after `npm ci --prefix web`)
 #   /usr/share/doc/deltacast/TUNING.md      tuning/README.md
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +39,7 @@ files=(
     "$here/README.md|/usr/share/doc/deltacast/TUNING.md|0644"
 )
 # The watch page is compiled in; hls.js (its LL-HLS player) is read from web.dir at run time.
-hls=web/node_modules/hls.js/dist/hls.min.js
+hls=web/node_modules/hls.js/dist/hls.light.min.js
 if [ -f "$repo/$hls" ]; then
     files+=("$repo/$hls|/usr/share/deltacast/$hls|0644")
 elif ((!check)); then

@@ -2,8 +2,8 @@
 //!
 //! The page's own HTML, JS and CSS (`web/src/`) are compiled into the binary. hls.js is third-party
 //! code and is not committed: it is served from the npm package that `npm ci --prefix web`
-//! installs (`{web.dir}/node_modules/hls.js/dist/hls.min.js`, pinned by `web/package-lock.json`),
-//! so the page works on a network without internet access.
+//! installs (`{web.dir}/node_modules/hls.js/dist/hls.light.min.js`, pinned by
+//! `web/package-lock.json`), so the page works on a network without internet access.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,7 +18,15 @@ const SCRIPT: &str = include_str!("../../web/src/watch.js");
 const STYLE: &str = include_str!("../../web/src/watch.css");
 
 /// Files of installed npm packages the page may load: URL name → path under `{web.dir}`.
-const VENDOR: &[(&str, &str)] = &[("hls.min.js", "node_modules/hls.js/dist/hls.min.js")];
+/// hls.js's light build (389 KB against 624 KB for the full one): all the page plays is one
+/// muxed media playlist (ours, or a CDN's copy of it) or a provider's multivariant playlist of
+/// muxed renditions, so it needs none of what the full build adds (subtitles, alternate audio
+/// renditions, DRM, CMCD, content steering, interstitials), and the page downloads and compiles
+/// hls.js while its start races (docs/BENCHMARKS.md, watch page).
+const VENDOR: &[(&str, &str)] = &[(
+    "hls.light.min.js",
+    "node_modules/hls.js/dist/hls.light.min.js",
+)];
 
 /// The page may talk to any HTTP(S) origin (a CDN, an external service, WHEP on this node) but
 /// runs only its own scripts. hls.js starts its transmux worker from a blob: URL.

@@ -45,7 +45,7 @@ pub fn require_browser_tools() {
     );
     for (file, what) in [
         ("node_modules/playwright-core/index.mjs", "playwright-core"),
-        ("node_modules/hls.js/dist/hls.min.js", "hls.js"),
+        ("node_modules/hls.js/dist/hls.light.min.js", "hls.js"),
     ] {
         let p = web_dir().join(file);
         assert!(

@@ -429,6 +429,12 @@ function newHls(Hls) {
     // latency) instead of loading on to the target first: one part to a first frame, not up to a
     // GOP of parts in sequence. The extra latency (under one GOP) is caught up at ≤ 1.1× speed.
     startOnSegmentBoundary: true,
+    // Load the start part as soon as the playlist is in, even before the MediaSource is open
+    // (when the start beats the warm-up, attachMedia and loadSource go out together and
+    // 'sourceopen' often comes after the playlist). Without it hls.js waits for its next tick,
+    // and its live-edge check then parks it until the first blocking playlist reload answers:
+    // up to a part target plus a round trip (120 to 380 ms in the firewall timelines).
+    startFragPrefetch: true,
     maxLiveSyncPlaybackRate: 1.1,
     // Retry quickly: a live origin answers 503 while a stream is starting.
     manifestLoadPolicy: {
@@ -861,9 +867,13 @@ function loadHlsJs() {
     hlsJsPromise = new Promise((resolve, reject) => {
       // The HTML preloads this URL, so the download runs while the playback document is fetched.
       const el = document.createElement('script');
-      el.src = new URL('web/hls.min.js', root).href;
+      el.src = new URL('web/hls.light.min.js', root).href;
       el.async = true;
-      el.onload = () => (window.Hls ? resolve(window.Hls) : reject(new Error('hls.js did not load')));
+      el.onload = () => {
+        const e = performance.getEntriesByName(el.src)[0];
+        log('hls-js', e ? [Math.round(e.startTime), Math.round(e.responseEnd)] : undefined);
+        window.Hls ? resolve(window.Hls) : reject(new Error('hls.js did not load'));
+      };
       el.onerror = () => {
         hlsJsPromise = null;
         el.remove();
@@ -959,13 +969,48 @@ async function startHls(url) {
       const startStep = (name) => (_e, data) => {
         if (leg.framed || !alive(leg)) return;
         const f = data && (data.part || data.frag);
-        log(`hls-${name}`, f ? { sn: f.sn, part: data.part ? data.part.index : undefined } : undefined);
+        // req: [start, first byte, end] of the request, ms since navigation.
+        const stats = name === 'loaded' ? f && f.stats : data && data.stats;
+        const st = stats && stats.loading;
+        log(`hls-${name}`, {
+          sn: f ? f.sn : undefined,
+          part: data && data.part ? data.part.index : undefined,
+          type: data && data.type,
+          req: st ? [st.start, st.first, st.end].map(Math.round) : undefined,
+        });
       };
       hls.on(Hls.Events.MANIFEST_LOADED, startStep('manifest'));
+      hls.on(Hls.Events.MEDIA_ATTACHED, startStep('attached'));
+      hls.on(Hls.Events.LEVEL_LOADED, startStep('level'));
       hls.on(Hls.Events.FRAG_LOADING, startStep('loading'));
+      hls.on(Hls.Events.FRAG_LOADED, startStep('loaded'));
+      hls.on(Hls.Events.BUFFER_APPENDED, startStep('appended'));
       hls.on(Hls.Events.FRAG_BUFFERED, startStep('buffered'));
 
       video.addEventListener('seeked', () => alive(leg) && !leg.framed && log('hls-seeked', video.currentTime), { once: true });
+      // Picture from the first part. hls.js moves the playhead (at 0) to its start position only
+      // on its first FRAG_BUFFERED, and for LL-HLS parts that event comes once the whole run of
+      // parts it loads in a row is in: from the start part on to the end of the segment, each
+      // one past the live edge waiting for the encoder (a part target each, up to a GOP: 200 to
+      // 800 ms in the firewall timelines). So as soon as the first append gives a buffered range,
+      // seek into it here; hls.js's own start seek then finds the playhead at or past its start
+      // position (the same independent part, startOnSegmentBoundary) and leaves it.
+      const startAtFirstPart = () => {
+        if (!alive(leg) || leg.framed || video.seeking) return;
+        const b = video.buffered; // audio ∩ video: empty until both have the part
+        if (!b.length) return;
+        hls.off(Hls.Events.BUFFER_APPENDED, startAtFirstPart);
+        const t = video.currentTime;
+        if (t < b.start(0)) {
+          // 50 ms inside the range (about two AAC frames), not on its edge: a seek to exactly
+          // the range's start stalls in Chromium with a second of media buffered after it, until
+          // hls.js's gap controller nudges it a few ms on (150–300 ms later in the timelines).
+          const to = Math.min(b.start(0) + 0.05, (b.start(0) + b.end(0)) / 2);
+          log('hls-early-seek', { from: t, to, range: [b.start(0), b.end(0)] });
+          video.currentTime = to;
+        }
+      };
+      hls.on(Hls.Events.BUFFER_APPENDED, startAtFirstPart);
       hls.on(Hls.Events.LEVEL_LOADED, (_e, data) => {
         if (data.stats && data.stats.loaded) dc.hlsBytes += data.stats.loaded;
       });
@@ -1096,7 +1141,7 @@ if (!stream) {
     const e = performance.getEntriesByType('resource').find((r) => r.name.endsWith(name));
     return e ? [Math.round(e.startTime), Math.round(e.responseEnd)] : null;
   };
-  log('script', nav ? { html: Math.round(nav.responseEnd), interactive: Math.round(nav.domInteractive), js: res('watch.js'), css: res('watch.css'), hlsjs: res('hls.min.js') } : undefined);
+  log('script', nav ? { html: Math.round(nav.responseEnd), interactive: Math.round(nav.domInteractive), js: res('watch.js'), css: res('watch.css'), hlsjs: res('hls.light.min.js') } : undefined);
   setState('starting');
   pollLoop();
   warmUp();
