@@ -6,7 +6,10 @@
 //! killed (SIGKILL) mid-stream and the page plays again over WebRTC from C, with no reload and no
 //! LL-HLS in between (the gap is printed); an edge at its admission threshold answers the page's
 //! WHEP POST with 307, Chromium follows it (CORS preflight on the other node), and the page plays
-//! from the other node with its session URL on that node.
+//! from the other node with its session URL on that node; the page's session on B ends while
+//! every other node is full (A by the edges' pulls, C by a viewer the test holds, B's freed slot
+//! retaken at once): the page tries A and C once each over WebRTC, both answer 503, and it ends
+//! on B's LL-HLS with no reload and no further WebRTC attempt (the time is printed).
 //!
 //! Needs what tests/watch_chromium.rs and tests/cluster_e2e.rs need (`node`, Debian's `chromium`,
 //! `npm ci --prefix web`, ffmpeg, redis-server); a missing tool fails the test, nothing is skipped.
@@ -58,7 +61,12 @@ fn node(
         &format!(
             "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n{}",
             web_dir().display().to_string(),
-            redis.node_toml(id, ip, sfu_extra, &format!("ttl_ms = 1500\n{cluster_extra}"))
+            redis.node_toml(
+                id,
+                ip,
+                sfu_extra,
+                &format!("ttl_ms = 1500\n{cluster_extra}")
+            )
         ),
     )
 }
@@ -503,6 +511,11 @@ fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
             .map(|t| Duration::from_millis((t - t_page).max(0.0) as u64))
     };
     let (detected, on_hls) = (at("webrtc-failed"), at("hls-first-frame"));
+    let refused = events
+        .iter()
+        .rfind(|e| e["ev"] == "webrtc-failed")
+        .and_then(|e| e["t"].as_f64())
+        .map(|t| Duration::from_millis((t - t_page).max(0.0) as u64));
     let failovers: Vec<&Value> = events
         .iter()
         .filter(|e| e["ev"] == "webrtc-failover")
@@ -514,8 +527,8 @@ fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
         .collect();
     eprintln!(
         "all refused: first LL-HLS frame {on_hls:?} after the DELETE (page clock; slot on B \
-         refilled {refilled:?} after it), the dead session detected after {detected:?}; \
-         attempts {:?}; failures {failed:?}; bound {ALL_REFUSED_BOUND:?}",
+         refilled {refilled:?} after it), the dead session detected after {detected:?}, the last \
+         refusal after {refused:?}; attempts {:?}; failures {failed:?}; bound {ALL_REFUSED_BOUND:?}",
         failovers.iter().map(|e| &e["detail"]["to"]).collect::<Vec<_>>()
     );
     // The page tried each other node once over WebRTC, was refused by each, then fell back.
@@ -544,7 +557,11 @@ fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
         on_hls <= ALL_REFUSED_BOUND + FAILOVER_MARGIN,
         "LL-HLS {on_hls:?} after the DELETE (bound {ALL_REFUSED_BOUND:?} + margin): {st:#}"
     );
-    br.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS after every refusal");
+    br.assert_playing(
+        Duration::from_millis(1500),
+        0.8,
+        "LL-HLS after every refusal",
+    );
     assert_eq!(br.eval("window.__sameDocument"), 42, "no reload");
     // LL-HLS from the page's node B (which has the stream through its pull from A).
     let hls = br.requests("/hls/");
@@ -583,6 +600,12 @@ fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
     br.screenshot("cluster-all-refused-hls.png");
 
     stop.store(true, Ordering::Relaxed);
-    assert!(on_c.join().expect("the viewer on C"), "the viewer on C played");
-    assert!(on_b.join().expect("the viewer on B"), "the viewer on B played");
+    assert!(
+        on_c.join().expect("the viewer on C"),
+        "the viewer on C played"
+    );
+    assert!(
+        on_b.join().expect("the viewer on B"),
+        "the viewer on B played"
+    );
 }
