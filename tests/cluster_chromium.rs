@@ -6,7 +6,10 @@
 //! killed (SIGKILL) mid-stream and the page plays again over WebRTC from C, with no reload and no
 //! LL-HLS in between (the gap is printed); an edge at its admission threshold answers the page's
 //! WHEP POST with 307, Chromium follows it (CORS preflight on the other node), and the page plays
-//! from the other node with its session URL on that node.
+//! from the other node with its session URL on that node; the page's session on B ends while
+//! every other node is full (A by the edges' pulls, C by a viewer the test holds, B's freed slot
+//! retaken at once): the page tries A and C once each over WebRTC, both answer 503, and it ends
+//! on B's LL-HLS with no reload and no further WebRTC attempt (the time is printed).
 //!
 //! Needs what tests/watch_chromium.rs and tests/cluster_e2e.rs need (`node`, Debian's `chromium`,
 //! `npm ci --prefix web`, ffmpeg, redis-server); a missing tool fails the test, nothing is skipped.
@@ -41,16 +44,29 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A node `id` on `ip` in the cluster of `redis`, serving the watch page; `sfu_extra` goes under
-/// `[sfu]`. A WebRTC attempt may take up to 8 s to its first frame (default 2.5 s): a node's
-/// first viewer of a stream waits for the pull from the origin, and this machine is shared.
-fn node(label: &str, id: &str, ip: Ipv4Addr, redis: &Redis, sfu_extra: &str) -> Server {
+/// `[sfu]`, `cluster_extra` under `[cluster]`. A WebRTC attempt may take up to 8 s to its first
+/// frame (default 2.5 s): a node's first viewer of a stream waits for the pull from the origin,
+/// and this machine is shared.
+fn node(
+    label: &str,
+    id: &str,
+    ip: Ipv4Addr,
+    redis: &Redis,
+    sfu_extra: &str,
+    cluster_extra: &str,
+) -> Server {
     Server::start_on(
         label,
         ip,
         &format!(
             "[web]\ndir = {:?}\nwebrtc_timeout_ms = 8000\n\n{}",
             web_dir().display().to_string(),
-            redis.node_toml(id, ip, sfu_extra, "ttl_ms = 1500")
+            redis.node_toml(
+                id,
+                ip,
+                sfu_extra,
+                &format!("ttl_ms = 1500\n{cluster_extra}")
+            )
         ),
     )
 }
@@ -75,11 +91,16 @@ struct Cluster {
 
 impl Cluster {
     fn start(label: &str, b_sfu: &str) -> Cluster {
+        Cluster::start_with(label, b_sfu, ["", "", ""])
+    }
+
+    /// [`Cluster::start`] with `cluster[i]` under node A's, B's, C's `[cluster]`.
+    fn start_with(label: &str, b_sfu: &str, cluster: [&str; 3]) -> Cluster {
         require_tool("ffmpeg");
         let redis = Redis::start(label);
-        let a = node(&format!("{label}-a"), "a", A, &redis, "");
-        let b = node(&format!("{label}-b"), "b", B, &redis, b_sfu);
-        let c = node(&format!("{label}-c"), "c", C, &redis, "");
+        let a = node(&format!("{label}-a"), "a", A, &redis, "", cluster[0]);
+        let b = node(&format!("{label}-b"), "b", B, &redis, b_sfu, cluster[1]);
+        let c = node(&format!("{label}-c"), "c", C, &redis, "", cluster[2]);
         let ff = Ffmpeg::publish(label, &a.rtmp_url("show"));
         a.wait_state("show", "publishing", Duration::from_secs(20));
         for s in [&a, &b, &c] {
@@ -383,4 +404,208 @@ fn an_edge_at_its_threshold_redirects_the_page_which_plays_from_the_other_node()
     stop.store(true, Ordering::Relaxed);
     let v1 = keep.join().expect("the viewer on B");
     assert!(!v1.disconnected, "the viewer on B stayed");
+}
+
+/// What the page needs to end on LL-HLS once its WebRTC session is gone and every other node
+/// refuses WebRTC: detection ≤ 2 s (no RTP for 1 s, one stats tick, the document asked for
+/// ≤ 0.5 s), two refused WHEP POSTs (a new offer and a round trip each, well under 0.5 s), then a
+/// cold LL-HLS start on the page's node (playlist, init, first part: ≤ 1.5 s).
+const ALL_REFUSED_BOUND: Duration = Duration::from_millis(4500);
+
+/// A WHEP viewer on `on` that the test keeps playing in the background until `stop`: it holds
+/// one of the node's viewer slots. The POST is answered (201) before this returns.
+fn hold_slot(on: &Server, stop: &Arc<AtomicBool>, what: &str) -> std::thread::JoinHandle<bool> {
+    let mut v = WhepClient::connect(on.http, "show")
+        .unwrap_or_else(|r| panic!("{what}: WHEP POST answered {} {}", r.status, r.text()));
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        v.run(Duration::from_secs(120), |_| stop.load(Ordering::Relaxed));
+        v.frames.len() >= 10 && !v.disconnected
+    })
+}
+
+#[test]
+fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
+    let _g = serial();
+    // A (origin) takes two viewer slots by its cluster capacity and C one: the pulls of B and C
+    // fill A (a pull holds a slot of the node it pulls from, though placement never sends a
+    // pull elsewhere), a viewer the test holds fills C. B takes one: the page.
+    let cl = Cluster::start_with(
+        "clw-allrefused",
+        "",
+        ["capacity = 2", "capacity = 1", "capacity = 1"],
+    );
+    let (a_base, b_base, c_base) = (base(&cl.a), base(cl.b()), base(&cl.c));
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_c = hold_slot(&cl.c, &stop, "the viewer that fills C");
+    cl.c.wait_cluster("C full and pulling from A", Duration::from_secs(15), |v| {
+        node_of(v, "c").is_some_and(|n| n["room"] == false)
+            && stream_of(v, "show").is_some_and(|s| {
+                s["edges"]
+                    .as_array()
+                    .is_some_and(|e| e.contains(&Value::from("c")))
+            })
+    });
+
+    // The page on B plays from B (B pulls from A, which fills A).
+    let mut br = Browser::launch("clw-allrefused");
+    br.open(&format!("{b_base}/watch/show?debug=1"));
+    br.expect(
+        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
+        Duration::from_secs(20),
+        "playing over WebRTC from edge B",
+    );
+    assert_plays_webrtc_from(&mut br, cl.b(), "page on B");
+    br.eval("window.__sameDocument = 42");
+    for s in [&cl.a, cl.b(), &cl.c] {
+        s.wait_cluster("every node full", Duration::from_secs(10), |v| {
+            ["a", "b", "c"]
+                .iter()
+                .all(|id| node_of(v, id).is_some_and(|n| n["room"] == false))
+        });
+    }
+    // The page's document names both other nodes as alternates (full ones too: they redirect).
+    br.expect(
+        &format!(
+            "(w => ['{a_base}/whep/show', '{c_base}/whep/show']\
+             .every(u => w.whep === u || w.alternates.includes(u)))(__deltacast.playback.webrtc)"
+        ),
+        Duration::from_secs(10),
+        "A and C in the page's document",
+    );
+    let hls_before = br.requests("/hls/").len();
+    let loc = br.eval("__deltacast.whepLocation");
+    let path = loc
+        .as_str()
+        .and_then(|l| l.strip_prefix(&b_base))
+        .unwrap_or_else(|| panic!("the page's session URL {loc} is on B"))
+        .to_string();
+
+    // B ends the page's session (an operator's DELETE) and another viewer takes its slot at
+    // once, long before the page can notice (≥ 1 s without RTP): no node has room for the page.
+    let t_page = br.eval("performance.now()").as_f64().unwrap();
+    let t = Instant::now();
+    let r = request(cl.b().http, "DELETE", &path, &[], b"");
+    assert_eq!(r.status, 200, "DELETE {path}: {}", r.text());
+    let on_b = hold_slot(cl.b(), &stop, "the viewer that takes the page's slot on B");
+    let refilled = t.elapsed();
+
+    br.expect(
+        "__deltacast.path === 'hls' && __deltacast.state === 'live'",
+        ALL_REFUSED_BOUND + FAILOVER_MARGIN + Duration::from_secs(5),
+        "on LL-HLS after every node refused WebRTC",
+    );
+    let st = br.state();
+    let events: Vec<Value> = st["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["t"].as_f64() >= Some(t_page))
+        .cloned()
+        .collect();
+    let at = |ev: &str| {
+        events
+            .iter()
+            .find(|e| e["ev"] == ev)
+            .and_then(|e| e["t"].as_f64())
+            .map(|t| Duration::from_millis((t - t_page).max(0.0) as u64))
+    };
+    let (detected, on_hls) = (at("webrtc-failed"), at("hls-first-frame"));
+    let refused = events
+        .iter()
+        .rfind(|e| e["ev"] == "webrtc-failed")
+        .and_then(|e| e["t"].as_f64())
+        .map(|t| Duration::from_millis((t - t_page).max(0.0) as u64));
+    let failovers: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ev"] == "webrtc-failover")
+        .collect();
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["ev"] == "webrtc-failed")
+        .map(|e| &e["detail"]["reason"])
+        .collect();
+    eprintln!(
+        "all refused: first LL-HLS frame {on_hls:?} after the DELETE (page clock; slot on B \
+         refilled {refilled:?} after it), the dead session detected after {detected:?}, the last \
+         refusal after {refused:?}; attempts {:?}; failures {failed:?}; bound {ALL_REFUSED_BOUND:?}",
+        failovers.iter().map(|e| &e["detail"]["to"]).collect::<Vec<_>>()
+    );
+    // The page tried each other node once over WebRTC, was refused by each, then fell back.
+    let mut tried: Vec<String> = failovers
+        .iter()
+        .filter_map(|e| e["detail"]["to"].as_str().map(String::from))
+        .collect();
+    tried.sort();
+    assert_eq!(
+        tried,
+        [format!("{a_base}/whep/show"), format!("{c_base}/whep/show")],
+        "one WebRTC attempt on each other node: {st:#}"
+    );
+    assert_eq!(failed.len(), 3, "the dead session and two refusals: {st:#}");
+    assert!(
+        failed[1..]
+            .iter()
+            .all(|r| r.as_str().is_some_and(|r| r.contains("HTTP 503"))),
+        "each attempt refused with 503 (A and C full): {st:#}"
+    );
+    let starts = events.iter().filter(|e| e["ev"] == "webrtc-start").count();
+    assert_eq!(starts, 2, "two WebRTC attempts: {st:#}");
+    assert_eq!(st["decision"]["path"], "hls", "{st:#}");
+    let on_hls = on_hls.unwrap_or_else(|| panic!("an hls-first-frame event: {st:#}"));
+    assert!(
+        on_hls <= ALL_REFUSED_BOUND + FAILOVER_MARGIN,
+        "LL-HLS {on_hls:?} after the DELETE (bound {ALL_REFUSED_BOUND:?} + margin): {st:#}"
+    );
+    br.assert_playing(
+        Duration::from_millis(1500),
+        0.8,
+        "LL-HLS after every refusal",
+    );
+    assert_eq!(br.eval("window.__sameDocument"), 42, "no reload");
+    // LL-HLS from the page's node B (which has the stream through its pull from A).
+    let hls = br.requests("/hls/");
+    assert!(hls.len() > hls_before, "LL-HLS requests");
+    assert!(
+        hls[hls_before..]
+            .iter()
+            .all(|r| r.contains(&format!("{b_base}/hls/"))),
+        "LL-HLS from B: {:?}",
+        &hls[hls_before..]
+    );
+
+    // Bounded: no more WebRTC attempts while it plays LL-HLS.
+    let posts = br
+        .requests("/whep/show")
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        br.eval("__deltacast.events.filter(e => e.ev === 'webrtc-start').length"),
+        br.eval(&format!(
+            "__deltacast.events.filter(e => e.ev === 'webrtc-start' && e.t < {t_page}).length + 2"
+        )),
+        "no WebRTC attempt after the fallback: {:#}",
+        br.state()
+    );
+    let posts_after = br
+        .requests("/whep/show")
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(posts_after, posts, "no WHEP POST after the fallback");
+    assert_eq!(br.eval("__deltacast.path"), "hls");
+    br.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS a while later");
+    br.screenshot("cluster-all-refused-hls.png");
+
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        on_c.join().expect("the viewer on C"),
+        "the viewer on C played"
+    );
+    assert!(
+        on_b.join().expect("the viewer on B"),
+        "the viewer on B played"
+    );
 }
