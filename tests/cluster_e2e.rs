@@ -236,8 +236,16 @@ fn a_full_node_redirects_to_the_least_loaded_and_a_full_cluster_answers_503() {
     a.wait_cluster("B full", Duration::from_secs(10), |v| {
         node_of(v, "b").is_some_and(|n| n["room"] == false)
     });
-    assert_503(&post_offer(&a, "/whep/show"), "every node full, POST to A");
-    assert_503(&post_offer(&b, "/whep/other"), "every node full, POST to B");
+    for (node, path) in [(&a, "/whep/show"), (&b, "/whep/other")] {
+        let r = post_offer(node, path);
+        assert_503(&r, &format!("every node full, POST {path}"));
+        // The refusal names the cluster, not only this node's viewer cap.
+        assert!(
+            r.text().contains("every node of the cluster is full"),
+            "{}",
+            r.text()
+        );
+    }
     let pb = a.get("/api/v1/streams/show/playback").json();
     assert_eq!(
         pb["webrtc"]["whep"],

@@ -874,6 +874,60 @@ fn webrtc_session_deleted_mid_stream_switches_to_hls() {
     b.screenshot("webrtc-killed-now-hls.png");
 }
 
+/// A relay with no WebRTC slot left answers the page's WHEP POST 503: the page plays LL-HLS, and
+/// does not remember WebRTC as broken (a full server says nothing about the viewer's network), so
+/// once a slot is free the next load of the page plays over WebRTC again.
+#[test]
+fn a_full_relay_sends_the_page_to_ll_hls_without_remembering_it() {
+    let _g = serial();
+    let s = start_server("full", &format!("{}max_viewers = 1\n", webrtc_toml()));
+    let _ff = publish(&s, "full", "show");
+    require_whep(&s, "show");
+    let mut holder = testkit::webrtc::WhepClient::connect(s.http, "show")
+        .unwrap_or_else(|r| panic!("the first viewer: {} {}", r.status, r.text()));
+    assert!(
+        holder.run(Duration::from_secs(20), |x| x.frames.len() >= 5),
+        "the slot holder plays"
+    );
+    let mut b = Browser::launch("full");
+    b.open(&format!("http://{}/watch/show?debug=1", s.http));
+    b.expect(
+        "__deltacast.path === 'hls' && __deltacast.state === 'live'",
+        Duration::from_secs(8),
+        "LL-HLS while the relay is full",
+    );
+    let reason = b.eval("__deltacast.fallbackReason");
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("503")),
+        "refused with 503: {reason}"
+    );
+    assert!(
+        b.eval("sessionStorage.getItem('deltacast.webrtc-failed')")
+            .is_null(),
+        "a 503 is not remembered as a WebRTC failure"
+    );
+    b.assert_playing(Duration::from_millis(1500), 0.8, "LL-HLS while full");
+
+    // The slot frees; the same tab's next load tries WebRTC and gets it.
+    let (st, body) = http_send(s.http, "DELETE", &holder.peer.location, &[], b"");
+    assert!(st == 200 || st == 204, "DELETE the holder: {st} {body}");
+    drop(holder);
+    b.eval("location.reload(), true");
+    std::thread::sleep(Duration::from_millis(300));
+    b.expect(
+        "window.__deltacast && __deltacast.path === 'webrtc' && __deltacast.state === 'live'",
+        Duration::from_secs(10),
+        "WebRTC on the next load once a slot is free",
+    );
+    let f0 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let f1 = b.eval("__deltacast.framesDecoded").as_f64().unwrap();
+    assert!(
+        f1 - f0 >= 15.0,
+        "WebRTC frames rising after the reload: {f0} → {f1}"
+    );
+}
+
 #[test]
 fn falls_back_to_hls_when_webrtc_media_cannot_flow() {
     let _g = serial();

@@ -246,7 +246,28 @@ fn full_here(state: &AppState, stream: &str, via: &[String], e: WhepError) -> Re
     }
     let Some(to) = c.redirect_target(via) else {
         c.count_redirect(false);
-        return error_response(state, e);
+        // The operator reads which limit refused: in a cluster it is every node's, not only
+        // this node's `sfu.max_viewers`.
+        let secs = match &e {
+            WhepError::Refused(r) => r.retry_after_secs(),
+            _ => 10,
+        };
+        tracing::debug!(
+            stream,
+            "WHEP join refused: every node of the cluster is full"
+        );
+        return retry_after(
+            reply(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "every node of the cluster is full for WebRTC ([cluster] capacity, \
+                     sfu.max_viewers or sfu.admit_max_busy_pct; here: {e}); retry after the \
+                     Retry-After delay, or play the LL-HLS stream"
+                ),
+            ),
+            secs,
+        );
     };
     c.count_redirect(true);
     let mut ids = via.to_vec();

@@ -664,8 +664,9 @@ async function startWebRtc(url, pb, failover = null) {
     log('webrtc-answer', { ms: answeredAt, rtt });
   } catch (e) {
     if (!alive(leg)) return;
-    // 409: the stream has no publisher right now; that says nothing about WebRTC here.
-    webrtcFailed(leg, `signaling: ${e.message || e}`, e.status !== 409);
+    // Not remembered: 409 (not live yet) and 503 (full, for now) say nothing about this
+    // viewer's network; the next load tries WebRTC again.
+    webrtcFailed(leg, `signaling: ${e.message || e}`, e.status !== 409 && e.status !== 503);
     return;
   }
 
