@@ -516,7 +516,10 @@ mod tests {
         use mp4_atom::{Decode, Moof, TrunSamples};
         let mut buf = part;
         let moof = Moof::decode(&mut buf).unwrap();
-        let traf = moof.traf.iter().find(|t| t.tfhd.track_id == VIDEO_TRACK_ID)?;
+        let traf = moof
+            .traf
+            .iter()
+            .find(|t| t.tfhd.track_id == VIDEO_TRACK_ID)?;
         let TrunSamples::Explicit(e) = &traf.trun[0].samples else {
             panic!("trun without per-sample fields");
         };
@@ -540,7 +543,10 @@ mod tests {
         feed_av(&mut s, &mut out, 5, 30_000);
         s.handle(&MediaEvent::Tracks(tracks(2, true)), &mut out);
         for i in 0..10 {
-            s.handle(&frame(TrackKind::Video, 500_000 + i * 3000, false), &mut out);
+            s.handle(
+                &frame(TrackKind::Video, 500_000 + i * 3000, false),
+                &mut out,
+            );
         }
         feed_av(&mut s, &mut out, 3, 530_000);
         assert!(matches!(out[0], Output::Init { version: 1, .. }));
