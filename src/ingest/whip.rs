@@ -15,6 +15,10 @@
 //!   SFU.
 //! - [`H264Assembler`] is sans-IO: Annex-B access units in, AVCC (4-byte lengths) out, with SPS,
 //!   PPS and AUD moved out of the frames into an `avcC` built from what was seen in-band.
+//! - Start: a session's first frames are held ([`StartGate`], at most [`START_WAIT`]) until both
+//!   offered tracks have started (video: in-band SPS/PPS and an IDR), so the first track set
+//!   egress sees has both, and LL-HLS starts its timeline with one init and a segment that begins
+//!   on that IDR (no one-track segment and discontinuity first).
 //! - Timestamps: each track's RTP clock is anchored to the arrival time of its first frame on
 //!   one session clock, then advances with the RTP timestamps (90 kHz video, 48 kHz Opus →
 //!   90 kHz), so audio and video stay aligned without waiting for RTCP sender reports.
@@ -47,6 +51,13 @@ use crate::webrtc::peer::{DropReason, Link, PeerRole};
 
 /// Largest access unit accepted from a publisher (a bigger one is dropped).
 const MAX_AU_BYTES: usize = 8 << 20;
+
+/// How long the first track of an offer that negotiated both video and audio waits for the
+/// other one to start before it is published alone (a camera or microphone that is off, say).
+const START_WAIT: Duration = Duration::from_secs(3);
+
+/// Most bytes a session holds back while its tracks start (then it publishes what it has).
+const START_HELD_BYTES: usize = 16 << 20;
 
 /// Why a WHIP request failed; the HTTP layer maps these to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +243,100 @@ impl H264Assembler {
     }
 }
 
+/// A frame on its way to [`Publisher::push`], with the codec to set just before it.
+#[derive(Debug)]
+pub struct StartFrame {
+    pub kind: TrackKind,
+    pub ts: i64,
+    pub keyframe: bool,
+    pub data: Bytes,
+    pub wallclock: SystemTime,
+    /// New codec parameters for the frame's track (its first frame, or a change).
+    pub codec: Option<Codec>,
+}
+
+/// Sans-IO: holds a session's first frames until every track its offer negotiated has started
+/// (video: SPS/PPS and a first IDR; audio: a first Opus packet), so that egress sees one track
+/// set with both tracks from the start. Published one at a time, a WebRTC publisher's tracks
+/// would each announce a track set: LL-HLS would start its timeline with a one-track init and a
+/// segment of a frame or two, then a discontinuity and a second init (a player or recording
+/// that starts there gets no video from it, and MSE cannot add a source buffer later). The
+/// frames held are released in arrival order; after [`START_WAIT`], or past
+/// [`START_HELD_BYTES`], the tracks that started are published alone.
+#[derive(Debug)]
+pub struct StartGate {
+    open: bool,
+    need_video: bool,
+    need_audio: bool,
+    wait: Duration,
+    held_bytes_max: usize,
+    since: Option<Instant>,
+    held: Vec<StartFrame>,
+    held_bytes: usize,
+}
+
+impl StartGate {
+    /// A gate for an offer with these tracks (open at once unless both are there).
+    pub fn new(video: bool, audio: bool, wait: Duration, held_bytes_max: usize) -> Self {
+        Self {
+            open: !(video && audio),
+            need_video: video,
+            need_audio: audio,
+            wait,
+            held_bytes_max,
+            since: None,
+            held: Vec::new(),
+            held_bytes: 0,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Hold `f` (arriving at `now`) while the gate is closed. Returns every frame held, in
+    /// arrival order, when this one opens the gate (`f` itself when it was open already), with
+    /// the first codec of each track taken out of its frame: set them all before the first push,
+    /// so the stream announces one track set with every track that started.
+    pub fn pass(&mut self, f: StartFrame, now: Instant) -> (Vec<Codec>, Vec<StartFrame>) {
+        if self.open {
+            return (Vec::new(), vec![f]);
+        }
+        match f.kind {
+            TrackKind::Video => self.need_video = false,
+            TrackKind::Audio => self.need_audio = false,
+        }
+        let since = *self.since.get_or_insert(now);
+        self.held_bytes += f.data.len();
+        self.held.push(f);
+        let late = now.saturating_duration_since(since) >= self.wait;
+        if (!self.need_video && !self.need_audio) || late || self.held_bytes > self.held_bytes_max {
+            self.open = true;
+            self.held_bytes = 0;
+            let mut frames = std::mem::take(&mut self.held);
+            let mut codecs = Vec::with_capacity(2);
+            for kind in [TrackKind::Video, TrackKind::Audio] {
+                if let Some(c) = frames.iter_mut().find(|f| f.kind == kind) {
+                    codecs.extend(c.codec.take());
+                }
+            }
+            return (codecs, frames);
+        }
+        (Vec::new(), Vec::new())
+    }
+
+    /// The track that had not started when the gate opened, if any.
+    pub fn missing(&self) -> Option<TrackKind> {
+        if self.need_video {
+            Some(TrackKind::Video)
+        } else if self.need_audio {
+            Some(TrackKind::Audio)
+        } else {
+            None
+        }
+    }
+}
+
 /// One track's RTP clock mapped onto the session clock (90 kHz ticks since the first frame).
 #[derive(Clone, Copy, Debug)]
 pub struct TrackClock {
@@ -319,6 +424,8 @@ pub struct WhipPublisher {
     /// Video per rid (one slot without simulcast): assemblers, clocks, layer ranking.
     video: LayerSet,
     opus_set: bool,
+    /// The first frames wait until both offered tracks have started (see [`StartGate`]).
+    start: StartGate,
     t0: Option<Instant>,
     audio_clock: Option<TrackClock>,
     control: Arc<WhipControl>,
@@ -352,6 +459,7 @@ impl WhipPublisher {
             audio_mid: None,
             video: LayerSet::new(0, None),
             opus_set: false,
+            start: StartGate::new(false, false, START_WAIT, START_HELD_BYTES),
             t0: None,
             audio_clock: None,
             control,
@@ -448,20 +556,17 @@ impl WhipPublisher {
                     self.stats.video_frames += 1;
                     self.stats.bytes += au.data.len() as u64;
                     match self.video.place(slot, &au, now) {
-                        Placement::Primary { codec } => {
-                            if let Some(c) = codec {
-                                self.publisher.set_codec(c);
-                            }
-                            self.publisher.push(
-                                TrackKind::Video,
+                        Placement::Primary { codec } => self.publish(
+                            StartFrame {
+                                kind: TrackKind::Video,
                                 ts,
-                                ts,
-                                au.keyframe,
-                                au.data,
+                                keyframe: au.keyframe,
+                                data: au.data,
                                 wallclock,
-                                now,
-                            );
-                        }
+                                codec,
+                            },
+                            now,
+                        ),
                         Placement::Layer(n, codec) => self.publisher.push_layer(
                             n,
                             &codec,
@@ -485,28 +590,56 @@ impl WhipPublisher {
             if m.params.spec().codec != RtcCodec::Opus || m.data.is_empty() {
                 return;
             }
-            if !self.opus_set {
-                let ch = m.params.spec().channels.unwrap_or(2).clamp(1, 2);
-                self.publisher.set_codec(Codec::Opus(OpusParams {
-                    channels: ch,
-                    sample_rate: 48_000,
-                }));
+            let codec = (!self.opus_set).then(|| {
                 self.opus_set = true;
-            }
+                Codec::Opus(OpusParams {
+                    channels: m.params.spec().channels.unwrap_or(2).clamp(1, 2),
+                    sample_rate: 48_000,
+                })
+            });
             let ts = self.clock_for(TrackKind::Audio, None, &m);
             self.stats.audio_frames += 1;
             self.stats.bytes += m.data.len() as u64;
-            self.publisher.push(
-                TrackKind::Audio,
+            let f = StartFrame {
+                kind: TrackKind::Audio,
                 ts,
-                ts,
-                true,
+                keyframe: true,
                 // The depacketized packet, shared as it is (no copy).
-                Bytes::from_owner(m.data.clone()),
+                data: Bytes::from_owner(m.data.clone()),
                 wallclock,
-                now,
-            );
+                codec,
+            };
+            self.publish(f, now);
         }
+    }
+
+    /// Through the start gate to the stream: a frame's codec is set just before it.
+    fn publish(&mut self, f: StartFrame, now: Instant) {
+        if self.start.is_open() {
+            return self.push_now(f, now);
+        }
+        let (codecs, frames) = self.start.pass(f, now);
+        if self.start.is_open() {
+            if let Some(kind) = self.start.missing() {
+                tracing::info!(stream = %self.stream, side = "ingest", path = "whip",
+                    missing = ?kind, held = frames.len(),
+                    "WHIP track did not start in time; publishing without it");
+            }
+        }
+        for c in codecs {
+            self.publisher.set_codec(c);
+        }
+        for f in frames {
+            self.push_now(f, now);
+        }
+    }
+
+    fn push_now(&mut self, f: StartFrame, now: Instant) {
+        if let Some(c) = f.codec {
+            self.publisher.set_codec(c);
+        }
+        self.publisher
+            .push(f.kind, f.ts, f.ts, f.keyframe, f.data, f.wallclock, now);
     }
 
     /// Record why the session ended on the stream (shown by the API) before it is dropped.
@@ -560,6 +693,12 @@ impl WhipPublisher {
     pub fn set_mids(&mut self, video: Option<Mid>, audio: Option<Mid>) {
         self.video_mid = video;
         self.audio_mid = audio;
+        self.start = StartGate::new(
+            video.is_some(),
+            audio.is_some(),
+            START_WAIT,
+            START_HELD_BYTES,
+        );
     }
 
     /// Video set-up from the offer: how many simulcast rids it announced (0: none), and how
@@ -658,6 +797,83 @@ mod tests {
         // Still works afterwards.
         let mut b = H264Assembler::new();
         assert!(b.push(&annexb(&[SPS, PPS, &[0x65, 1]])).unwrap().is_some());
+    }
+
+    fn sf(kind: TrackKind, ts: i64, bytes: usize) -> StartFrame {
+        let codec = match (kind, ts) {
+            (TrackKind::Audio, 0) => Some(Codec::Opus(OpusParams {
+                channels: 2,
+                sample_rate: 48_000,
+            })),
+            (TrackKind::Video, 0) => Some(Codec::H264(
+                H264Assembler::new()
+                    .push(&annexb(&[SPS, PPS, &[0x65, 1]]))
+                    .unwrap()
+                    .unwrap()
+                    .params
+                    .unwrap(),
+            )),
+            _ => None,
+        };
+        StartFrame {
+            kind,
+            ts,
+            keyframe: true,
+            data: Bytes::from(vec![0u8; bytes]),
+            wallclock: SystemTime::now(),
+            codec,
+        }
+    }
+
+    #[test]
+    fn start_gate_holds_the_first_track_until_the_other_starts() {
+        use TrackKind::{Audio, Video};
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let ts = |(_, v): &(Vec<Codec>, Vec<StartFrame>)| {
+            v.iter().map(|f| (f.kind, f.ts)).collect::<Vec<_>>()
+        };
+        let kinds = |(c, v): &(Vec<Codec>, Vec<StartFrame>)| {
+            assert!(
+                v.iter().all(|f| f.codec.is_none()),
+                "codecs are set up front"
+            );
+            c.iter().map(|c| c.kind()).collect::<Vec<_>>()
+        };
+        // Video first (as in a WebRTC publisher whose IDR beats its Opus): held until the
+        // audio starts, then everything in arrival order, then frame by frame.
+        let mut g = StartGate::new(true, true, Duration::from_secs(3), 1 << 20);
+        assert!(!g.is_open());
+        assert!(ts(&g.pass(sf(Video, 0, 100), ms(0))).is_empty());
+        assert!(ts(&g.pass(sf(Video, 3000, 100), ms(33))).is_empty());
+        let out = g.pass(sf(Audio, 0, 10), ms(40));
+        assert_eq!(ts(&out), [(Video, 0), (Video, 3000), (Audio, 0)]);
+        assert_eq!(kinds(&out), [Video, Audio]);
+        assert!(g.is_open() && g.missing().is_none());
+        assert_eq!(ts(&g.pass(sf(Video, 6000, 100), ms(66))), [(Video, 6000)]);
+        // Audio first, the same.
+        let mut g = StartGate::new(true, true, Duration::from_secs(3), 1 << 20);
+        assert!(ts(&g.pass(sf(Audio, 0, 10), ms(0))).is_empty());
+        let out = g.pass(sf(Video, 0, 100), ms(5));
+        assert_eq!(ts(&out), [(Audio, 0), (Video, 0)]);
+        assert_eq!(kinds(&out), [Video, Audio]);
+        // A track that never starts: the other is published alone after the wait.
+        let mut g = StartGate::new(true, true, Duration::from_secs(3), 1 << 20);
+        assert!(ts(&g.pass(sf(Audio, 0, 10), ms(100))).is_empty());
+        assert!(ts(&g.pass(sf(Audio, 1, 10), ms(3_099))).is_empty());
+        let out = g.pass(sf(Audio, 2, 10), ms(3_100));
+        assert_eq!(ts(&out).len(), 3);
+        assert_eq!(kinds(&out), [Audio]);
+        assert_eq!(g.missing(), Some(Video));
+        // Held bytes are bounded: past the limit the gate opens.
+        let mut g = StartGate::new(true, true, Duration::from_secs(3), 250);
+        assert!(ts(&g.pass(sf(Video, 0, 200), ms(0))).is_empty());
+        assert_eq!(ts(&g.pass(sf(Video, 1, 200), ms(1))).len(), 2);
+        // One-track offers never wait.
+        for (v, a) in [(true, false), (false, true)] {
+            let mut g = StartGate::new(v, a, Duration::from_secs(3), 1 << 20);
+            assert_eq!(ts(&g.pass(sf(Audio, 0, 10), ms(0))).len(), 1);
+        }
     }
 
     #[test]

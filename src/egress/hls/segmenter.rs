@@ -511,6 +511,63 @@ mod tests {
         assert!(p.segment_start && p.discontinuity && p.independent);
     }
 
+    /// The first video sample's flags in a part's moof (None: no video in it).
+    fn first_video_flags(part: &[u8]) -> Option<u32> {
+        use mp4_atom::{Decode, Moof, TrunSamples};
+        let mut buf = part;
+        let moof = Moof::decode(&mut buf).unwrap();
+        let traf = moof
+            .traf
+            .iter()
+            .find(|t| t.tfhd.track_id == VIDEO_TRACK_ID)?;
+        let TrunSamples::Explicit(e) = &traf.trun[0].samples else {
+            panic!("trun without per-sample fields");
+        };
+        e[0].flags
+    }
+
+    #[test]
+    fn every_segment_starts_on_a_sync_sample_after_the_init() {
+        let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
+        let mut out = Vec::new();
+        // Frames before any track set are dropped (no init to refer to).
+        s.handle(&frame(TrackKind::Video, 0, true), &mut out);
+        assert!(out.is_empty());
+        s.handle(&MediaEvent::Tracks(tracks(1, true)), &mut out);
+        // A stream that starts mid-GOP (P frames, audio) and is replaced mid-GOP by a new
+        // session that also starts with P frames.
+        for i in 1..10 {
+            s.handle(&frame(TrackKind::Audio, i * 1920, true), &mut out);
+            s.handle(&frame(TrackKind::Video, i * 3000, false), &mut out);
+        }
+        feed_av(&mut s, &mut out, 5, 30_000);
+        s.handle(&MediaEvent::Tracks(tracks(2, true)), &mut out);
+        for i in 0..10 {
+            s.handle(
+                &frame(TrackKind::Video, 500_000 + i * 3000, false),
+                &mut out,
+            );
+        }
+        feed_av(&mut s, &mut out, 3, 530_000);
+        assert!(matches!(out[0], Output::Init { version: 1, .. }));
+        let mut segments = 0;
+        for o in &out {
+            if let Output::Part(p) = o {
+                if p.segment_start {
+                    segments += 1;
+                    assert!(p.independent);
+                    assert_eq!(
+                        first_video_flags(&p.data),
+                        Some(0x0200_0000),
+                        "segment {segments} starts on a sync sample"
+                    );
+                }
+            }
+        }
+        assert!(segments >= 4, "{segments}");
+        assert_eq!(s.errors(), 0);
+    }
+
     #[test]
     fn audio_only_stream_makes_parts() {
         let mut s = Segmenter::new(SegmenterConfig::from_ms(200, 2000));
