@@ -72,6 +72,20 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// Lifetime of the node's keys: a node silent for this long is gone from the cluster.
     pub ttl_ms: u64,
+    /// This node's tier: `edge` pulls a stream published elsewhere from a `mid` node (the
+    /// least loaded with room) or, without one, from the origin; `mid` pulls from the origin.
+    pub role: NodeRole,
+}
+
+/// `cluster.role`: where this node pulls the streams published on other nodes from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// From a mid-tier node when there is one with room, else from the origin.
+    #[default]
+    Edge,
+    /// Always from the origin (a mid-tier node: edges pull from it).
+    Mid,
 }
 
 impl Default for ClusterConfig {
@@ -83,6 +97,7 @@ impl Default for ClusterConfig {
             capacity: 0,
             heartbeat_ms: 1_000,
             ttl_ms: 5_000,
+            role: NodeRole::Edge,
         }
     }
 }
@@ -894,6 +909,11 @@ mod tests {
         let c = Config::from_toml("[cluster]\nredis = \"redis://127.0.0.1:6379\"\n").unwrap();
         let cl = c.cluster.unwrap();
         assert_eq!((cl.heartbeat_ms, cl.ttl_ms, cl.capacity), (1_000, 5_000, 0));
+        assert_eq!(cl.role, NodeRole::Edge);
+        let c = Config::from_toml("[cluster]\nrole = \"mid\"\n").unwrap();
+        assert_eq!(c.cluster.unwrap().role, NodeRole::Mid);
+        let e = Config::from_toml("[cluster]\nrole = \"origin\"\n").unwrap_err();
+        assert!(e.contains("role") && e.contains("origin"), "{e}");
         for bad in [
             "redis = \"http://x\"",
             "node_id = \"a b\"",

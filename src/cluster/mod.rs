@@ -10,8 +10,10 @@
 //!   POST, the playback document) cost no Redis round trip.
 //! - **placement** ([`Cluster::redirect_target`], [`Cluster::playback_base`]): the least-loaded
 //!   other live node with room, by the load each node published.
-//! - **the origin resolver** ([`RedisResolver`]): where an edge pulls a stream from (the origin's
-//!   `public_http` + `/whep/{stream}`, never this node).
+//! - **the upstream resolver** ([`RedisResolver`]): where this node pulls a stream published on
+//!   another node from: an `edge` node from the least-loaded live `mid` node with room, else the
+//!   origin; a `mid` node from the origin (`public_http` + `/whep/{stream}`, never this node).
+//!   Edges never pull from edges and mids never from mids, so tiers cannot loop.
 //! - **the LL-HLS proxy** ([`hls_proxy`]): any node answers `/hls/{stream}/…` of a stream whose
 //!   origin is another node by proxying to it, so a CDN has one stable URL per stream.
 //!
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, NodeRole};
 use crate::egress::sfu::SfuHandle;
 use crate::media::{Registry, StreamState};
 
@@ -78,6 +80,9 @@ pub struct NodeInfo {
     pub room: bool,
     /// The node serves WebRTC at all.
     pub webrtc: bool,
+    /// `cluster.role` (documents of nodes that predate it read as `edge`).
+    #[serde(default)]
+    pub role: NodeRole,
 }
 
 /// A node as last read from the registry.
@@ -95,8 +100,11 @@ pub struct NodeView {
 pub struct StreamView {
     pub name: String,
     pub origin: String,
-    /// Node ids pulling the stream from its origin.
+    /// Node ids pulling the stream (from its origin or from a mid-tier node).
     pub edges: Vec<String>,
+    /// Where each of `edges` pulls from: edge id → upstream node id (or the upstream URL when
+    /// it is no node of the cluster). Edges of an older version are missing here.
+    pub upstreams: std::collections::BTreeMap<String, String>,
 }
 
 /// The last registry read.
@@ -129,6 +137,7 @@ pub struct Cluster {
     pub node_id: String,
     pub public_http: String,
     pub capacity: usize,
+    pub role: NodeRole,
     pub heartbeat: Duration,
     pub ttl: Duration,
     /// A Redis URL is configured.
@@ -201,6 +210,7 @@ impl Cluster {
             node_id,
             public_http,
             capacity,
+            role: c.role,
             heartbeat: Duration::from_millis(c.heartbeat_ms),
             ttl: Duration::from_millis(c.ttl_ms),
             enabled: !c.redis.is_empty(),
@@ -249,6 +259,7 @@ impl Cluster {
             id: self.node_id.clone(),
             public_http: self.public_http.clone(),
             capacity: self.capacity as u64,
+            role: self.role,
             ..Default::default()
         };
         let Some(sfu) = &self.sfu else {
@@ -435,6 +446,42 @@ impl Cluster {
             .map(|n| n.info.clone())
     }
 
+    /// Where this node pulls a stream whose origin is `origin` from (see [`RedisResolver`]):
+    /// None when it is published here. An edge takes the least-loaded other `mid` node with
+    /// room and WebRTC (counted as handed a viewer, so a burst of pulls spreads over the mids),
+    /// else the origin; a mid always takes the origin.
+    fn pull_source(&self, origin: NodeInfo) -> Option<NodeInfo> {
+        if origin.id == self.node_id || origin.public_http.is_empty() {
+            return None;
+        }
+        if self.role == NodeRole::Edge {
+            let mids = self
+                .fresh_others()
+                .into_iter()
+                .map(|n| n.info)
+                .filter(|n| n.role == NodeRole::Mid);
+            if let Some(mid) = least_loaded(mids) {
+                self.hand_to(&mid.id);
+                return Some(mid);
+            }
+        }
+        Some(origin)
+    }
+
+    /// The node id an upstream WHEP URL belongs to in the last view (the URL itself when none).
+    fn upstream_id(&self, url: &str) -> String {
+        let v = self.view.read();
+        v.nodes
+            .iter()
+            .find(|n| {
+                !n.info.public_http.is_empty()
+                    && url
+                        .strip_prefix(n.info.public_http.as_str())
+                        .is_some_and(|rest| rest.starts_with("/whep/"))
+            })
+            .map_or_else(|| url.to_string(), |n| n.info.id.clone())
+    }
+
     /// `deltacast_cluster_*` (only in a cluster: a single node's metrics are as before).
     pub fn encode_metrics(&self, r: &mut prometheus_client::registry::Registry) {
         use crate::metrics::{counter, gauge};
@@ -493,6 +540,7 @@ impl Cluster {
                     name,
                     origin: self.node_id.clone(),
                     edges: Vec::new(),
+                    upstreams: Default::default(),
                 })
                 .collect();
             return serde_json::json!({
@@ -546,8 +594,10 @@ fn least_loaded(nodes: impl Iterator<Item = NodeInfo>) -> Option<NodeInfo> {
 /// more than this many workers of it).
 const MAX_WORKERS: usize = 256;
 
-/// The `OriginResolver` over the registry: the origin node's `public_http` + `/whep/{stream}`,
-/// never this node itself.
+/// The `OriginResolver` over the registry: `public_http` + `/whep/{stream}` of the node this one
+/// pulls from by its role ([`Cluster::pull_source`]: a mid-tier node or the origin), never this
+/// node itself. A pull that loses its upstream asks again, so a dead mid is replaced by another
+/// mid or the origin once its key expires.
 pub struct RedisResolver(Arc<Cluster>);
 
 impl OriginResolver for RedisResolver {
@@ -566,8 +616,9 @@ impl OriginResolver for RedisResolver {
                 Some(o) => Some(o),
                 None => c.origin_of(stream),
             }?;
-            (origin.id != c.node_id && !origin.public_http.is_empty()).then(|| Upstream {
-                whep_url: format!("{}/whep/{stream}", origin.public_http),
+            let from = c.pull_source(origin)?;
+            Some(Upstream {
+                whep_url: format!("{}/whep/{stream}", from.public_http),
                 bearer: None,
             })
         })
@@ -596,16 +647,25 @@ pub fn parse_via(query: Option<&str>) -> Vec<String> {
 fn stream_views(
     origins: Vec<(String, Option<String>)>,
     edges: HashMap<String, Vec<String>>,
+    mut upstreams: HashMap<String, HashMap<String, String>>,
 ) -> Vec<StreamView> {
     let mut out: Vec<StreamView> = origins
         .into_iter()
         .filter_map(|(name, origin)| {
             let origin = origin?;
             let edges = edges.get(&name).cloned().unwrap_or_default();
+            // Only the live edges' entries (a dead edge's lingers until the key expires).
+            let upstreams = upstreams
+                .remove(&name)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(e, _)| edges.contains(e))
+                .collect();
             Some(StreamView {
                 name,
                 origin,
                 edges,
+                upstreams,
             })
         })
         .collect();
@@ -675,6 +735,77 @@ mod tests {
         // A new view counts whoever arrived; the tally starts over.
         c.store_view(vec![other("b", 30), other("c", 20)], Vec::new());
         assert_eq!(c.playback_base().as_deref(), Some("http://c"));
+    }
+
+    #[test]
+    fn an_edge_pulls_from_the_least_loaded_mid_with_room_and_a_mid_from_the_origin() {
+        let cluster = |role: &str| {
+            let cfg = Config::from_toml(&format!(
+                "[cluster]\nredis = \"redis://127.0.0.1:1\"\nnode_id = \"me\"\nrole = \"{role}\"\n"
+            ))
+            .unwrap();
+            Cluster::new(&cfg, Registry::new(), None)
+        };
+        let view = |n: NodeInfo| NodeView {
+            info: n,
+            last_seen_ms: 0,
+        };
+        let mid = |id: &str, load: f64, room: bool| NodeInfo {
+            role: NodeRole::Mid,
+            capacity: 100,
+            viewers: (load * 100.0) as u64,
+            ..node(id, load, room)
+        };
+        let origin = node("o", 0.0, true);
+        let edge = cluster("edge");
+        // No mid at all: the origin, exactly as without tiers.
+        edge.store_view(
+            vec![view(origin.clone()), view(node("e2", 0.0, true))],
+            vec![],
+        );
+        assert_eq!(edge.pull_source(origin.clone()).unwrap().id, "o");
+        // Mids: the least loaded with room; never another edge, even an idle one.
+        edge.store_view(
+            vec![
+                view(origin.clone()),
+                view(node("e2", 0.0, true)),
+                view(mid("m1", 0.5, true)),
+                view(mid("m2", 0.3, true)),
+                view(mid("m3", 0.1, false)),
+            ],
+            vec![],
+        );
+        assert_eq!(edge.pull_source(origin.clone()).unwrap().id, "m2");
+        // No mid with room: the origin.
+        edge.store_view(
+            vec![view(origin.clone()), view(mid("m1", 1.0, false))],
+            vec![],
+        );
+        assert_eq!(edge.pull_source(origin.clone()).unwrap().id, "o");
+        // A stream published here is never pulled.
+        assert!(edge.pull_source(node("me", 0.0, true)).is_none());
+        // A mid pulls from the origin even when another mid is idle.
+        let m = cluster("mid");
+        m.store_view(
+            vec![view(origin.clone()), view(mid("m2", 0.0, true))],
+            vec![],
+        );
+        assert_eq!(m.pull_source(origin).unwrap().id, "o");
+        assert_eq!(m.local_info().role, NodeRole::Mid);
+    }
+
+    #[test]
+    fn a_node_document_without_a_role_reads_as_an_edge() {
+        let doc = r#"{"id":"a","public_http":"http://x","candidates":[],"capacity":1,
+            "viewers":0,"workers":[],"busy_pct":0.0,"load":0.0,"room":true,"webrtc":true}"#;
+        let n: NodeInfo = serde_json::from_str(doc).unwrap();
+        assert_eq!(n.role, NodeRole::Edge);
+        let json = serde_json::to_string(&NodeInfo {
+            role: NodeRole::Mid,
+            ..n
+        })
+        .unwrap();
+        assert!(json.contains(r#""role":"mid""#), "{json}");
     }
 
     #[test]

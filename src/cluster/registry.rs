@@ -9,6 +9,7 @@
 //! | `deltacast:origin:{stream}` | string | origin node id | `ttl_ms`, refreshed by the origin; deleted (if still its own) when the stream ends |
 //! | `deltacast:streams` | sorted set | stream names (score: last write, ms) | index, swept like `nodes` |
 //! | `deltacast:edges:{stream}` | sorted set | ids of nodes pulling the stream (score: last write, ms) | whole key `ttl_ms`; members older than 2 × ttl are ignored |
+//! | `deltacast:upstream:{stream}` | hash | edge node id → the node id (or URL) it pulls from | whole key `ttl_ms`; only fields of live edges are read |
 //!
 //! A node is alive while its node key exists; how long ago it wrote is read from the key's
 //! remaining TTL, so no clock of another machine is compared. Every heartbeat writes every key of
@@ -46,6 +47,9 @@ fn origin_key(stream: &str) -> String {
 }
 fn edges_key(stream: &str) -> String {
     format!("{PREFIX}edges:{stream}")
+}
+fn upstream_key(stream: &str) -> String {
+    format!("{PREFIX}upstream:{stream}")
 }
 fn nodes_index() -> String {
     format!("{PREFIX}nodes")
@@ -157,7 +161,8 @@ async fn beat(
     let now = now_ms();
     let info = c.local_info();
     let origins: HashSet<String> = c.origin_streams().into_iter().collect();
-    let edges: HashSet<String> = c.pulled().into_iter().map(|(s, _)| s).collect();
+    let pulled = c.pulled();
+    let edges: HashSet<String> = pulled.iter().map(|(s, _)| s.clone()).collect();
     let json = serde_json::to_string(&info).unwrap_or_default();
 
     let mut p = redis::pipe();
@@ -199,8 +204,17 @@ async fn beat(
             .ignore();
         p.cmd("PEXPIRE").arg(edges_key(s)).arg(ttl).ignore();
     }
+    for (s, url) in &pulled {
+        p.cmd("HSET")
+            .arg(upstream_key(s))
+            .arg(&c.node_id)
+            .arg(c.upstream_id(url))
+            .ignore();
+        p.cmd("PEXPIRE").arg(upstream_key(s)).arg(ttl).ignore();
+    }
     for s in reg.edges.difference(&edges) {
         p.cmd("ZREM").arg(edges_key(s)).arg(&c.node_id).ignore();
+        p.cmd("HDEL").arg(upstream_key(s)).arg(&c.node_id).ignore();
     }
     let sweep = now.saturating_sub(10 * ttl);
     p.cmd("ZREMRANGEBYSCORE")
@@ -238,6 +252,7 @@ async fn beat(
             .arg("LIMIT")
             .arg(0)
             .arg(MAX_NODES);
+        p.cmd("HGETALL").arg(upstream_key(s));
     }
     let vals: Vec<Value> = if ids.is_empty() && streams.is_empty() {
         Vec::new()
@@ -264,16 +279,21 @@ async fn beat(
     }
     let mut origin_of = Vec::with_capacity(streams.len());
     let mut edges_of = HashMap::new();
+    let mut upstreams_of = HashMap::new();
     for s in &streams {
-        let (Some(o), Some(e)) = (it.next(), it.next()) else {
+        let (Some(o), Some(e), Some(u)) = (it.next(), it.next(), it.next()) else {
             break;
         };
         let o: Option<String> = redis::from_redis_value(&o).unwrap_or(None);
         let e: Vec<String> = redis::from_redis_value(&e).unwrap_or_default();
+        let mut u: HashMap<String, String> = redis::from_redis_value(&u).unwrap_or_default();
+        // Bounded like the edges (a field per live edge; anything larger is not ours).
+        u.retain(|k, v| k.len() <= 64 && v.len() <= 512);
         origin_of.push((s.clone(), o));
         edges_of.insert(s.clone(), e);
+        upstreams_of.insert(s.clone(), u);
     }
-    c.store_view(nodes, stream_views(origin_of, edges_of));
+    c.store_view(nodes, stream_views(origin_of, edges_of, upstreams_of));
     Ok(())
 }
 
@@ -321,6 +341,7 @@ pub(super) async fn leave(c: &Cluster) {
     }
     for (s, _) in c.pulled() {
         p.cmd("ZREM").arg(edges_key(&s)).arg(&c.node_id).ignore();
+        p.cmd("HDEL").arg(upstream_key(&s)).arg(&c.node_id).ignore();
     }
     match tokio::time::timeout(Duration::from_secs(1), p.query_async::<()>(&mut m)).await {
         Ok(Ok(())) => tracing::info!(node = %c.node_id, "cluster: left"),
