@@ -12,6 +12,8 @@
 //! edge plays what A receives and the registry lists the edge; viewers that follow the playback
 //! API spread over the nodes by load; the origin killed with SIGKILL and the publisher reconnected
 //! to an edge: that edge becomes the origin, the other edge re-pulls from it, its viewers keep
+//! playing; with a mid-tier node M (`role = "mid"`), the edges pull from M and M alone from A
+//! (A serves one pull), and M killed with SIGKILL: the edges re-pull from A, their viewers keep
 //! playing; an edge at its threshold redirects to the other edge (whose pull the full origin still
 //! admits), and a full cluster answers 503.
 
@@ -27,6 +29,8 @@ use testkit::{request, resolve, Ffmpeg, Playlist, Server};
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+/// A mid-tier node (`role = "mid"`).
+const M: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
 
 /// A node `id` on `ip` in the cluster of `redis`; `cluster_extra` goes under `[cluster]` (a
 /// `ttl_ms`).
@@ -750,4 +754,112 @@ fn an_edge_at_its_threshold_redirects_to_the_other_edge_and_a_full_cluster_answe
             "a viewer stalled"
         );
     }
+}
+
+/// Each edge of `stream` → the node it pulls from (`upstreams` of the stream's view).
+fn upstreams_of(v: &Value, stream: &str) -> std::collections::BTreeMap<String, String> {
+    v["streams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == stream))
+        .and_then(|s| s["upstreams"].as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tiers(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn edges_pull_through_the_mid_tier_the_origin_serves_one_pull_and_a_dead_mid_falls_back() {
+    let redis = Redis::start("midtier");
+    let t = "ttl_ms = 1500\n";
+    let [a, b, c] = three("cl-mid", &redis, [t, t, t]);
+    let m = node_with(
+        "cl-mid-m",
+        "m",
+        M,
+        &redis,
+        "",
+        "ttl_ms = 1500\nrole = \"mid\"\n",
+    );
+    for s in [&a, &b, &c, &m] {
+        s.wait_cluster("the mid registered", Duration::from_secs(15), |v| {
+            node_of(v, "m").is_some_and(|n| n["role"] == "mid")
+                && node_of(v, "b").is_some_and(|n| n["role"] == "edge")
+        });
+    }
+    let _ff = publish("cl-mid", &a, "show");
+    for s in [&b, &c, &m] {
+        s.wait_cluster("origin of show", Duration::from_secs(10), |v| {
+            origin_of(v, "show").as_deref() == Some("a")
+        });
+    }
+
+    // Viewers on edges B and C play; B and C pull from M, M from A.
+    let mut vb = viewer_av(&b, "show");
+    let mut vc = viewer_av(&c, "show");
+    let want = tiers(&[("b", "m"), ("c", "m"), ("m", "a")]);
+    let v = a.wait_cluster("A → M → B, C", Duration::from_secs(15), |v| {
+        upstreams_of(v, "show") == want
+    });
+    assert_eq!(origin_of(&v, "show").as_deref(), Some("a"), "{v:#}");
+    assert_eq!(
+        a.metric("deltacast_pull_active"),
+        0.0,
+        "the origin pulls nothing"
+    );
+    for s in [&m, &b, &c] {
+        assert_eq!(s.metric("deltacast_pull_active"), 1.0, "{}", s.http);
+    }
+    // The origin serves exactly one session: M's pull (B's and C's go to M).
+    let a_now = a.cluster();
+    assert_eq!(node_of(&a_now, "a").unwrap()["viewers"], 1, "{a_now:#}");
+    let m_now = m.cluster();
+    assert_eq!(node_of(&m_now, "m").unwrap()["viewers"], 2, "{m_now:#}");
+    let (fb, fc) = (vb.frames.len(), vc.frames.len());
+    let (kb, kc) = (vb.keyframes(), vc.keyframes());
+    let (ab, ac) = (vb.audio_frames, vc.audio_frames);
+
+    // kill -9 the mid: the edges' pulls lose their upstream, re-resolve, and (no mid left)
+    // re-pull from the origin; their viewers keep playing without a new POST.
+    // SAFETY: kill(2) on the pid of the server this test started; it is still running.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    let bound = Duration::from_secs(30);
+    let resumed = |s: &testkit::webrtc::Seen, f: usize, k: usize, au: usize| {
+        s.keyframes() > k && s.frames.len() >= f + 30 && s.audio_frames >= au + 30
+    };
+    while !(resumed(&vb, fb, kb, ab) && resumed(&vc, fc, kc, ac)) {
+        assert!(
+            killed.elapsed() < bound,
+            "not resumed within {bound:?} of the mid's kill: B's viewer {} frames (was {fb}), \
+             C's {} (was {fc})\nB:\n{}\nC:\n{}",
+            vb.frames.len(),
+            vc.frames.len(),
+            b.log_tail(30),
+            c.log_tail(30)
+        );
+        for x in [&mut vb, &mut vc] {
+            x.run(Duration::from_millis(50), |_| false);
+        }
+    }
+    println!(
+        "mid killed: both edges' viewers resumed {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!vb.disconnected && !vc.disconnected, "a viewer was dropped");
+    let want = tiers(&[("b", "a"), ("c", "a")]);
+    let v = a.wait_cluster("A → B, C", Duration::from_secs(15), |v| {
+        upstreams_of(v, "show") == want
+    });
+    assert!(node_of(&v, "m").is_none(), "M left the view: {v:#}");
+    assert!(b.metric("deltacast_pull_restarts_total") >= 1.0);
 }
