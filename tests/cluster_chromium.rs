@@ -131,6 +131,20 @@ fn base(s: &Server) -> String {
     format!("http://{}", s.http)
 }
 
+/// The watch page opened on edge B, playing over WebRTC from B, marked so that a reload shows.
+fn open_on_b(cl: &Cluster, label: &str) -> Browser {
+    let mut br = Browser::launch(label);
+    br.open(&format!("{}/watch/show?debug=1", base(cl.b())));
+    br.expect(
+        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
+        Duration::from_secs(20),
+        "playing over WebRTC from edge B",
+    );
+    assert_plays_webrtc_from(&mut br, cl.b(), "page on B");
+    br.eval("window.__sameDocument = 42");
+    br
+}
+
 /// The page plays over WebRTC (path, frames advancing) and the session is on `on`.
 fn assert_plays_webrtc_from(b: &mut Browser, on: &Server, context: &str) {
     let f0 = b.eval("__deltacast.framesDecoded").as_f64().unwrap_or(0.0);
@@ -170,15 +184,7 @@ fn watch_page_on_an_edge_plays_from_it_and_fails_over_to_the_other_edge_when_it_
     got.sort();
     assert_eq!(got, want, "{pb}");
 
-    let mut br = Browser::launch("clw-failover");
-    br.open(&format!("{b_base}/watch/show?debug=1"));
-    br.expect(
-        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
-        Duration::from_secs(20),
-        "playing over WebRTC from edge B",
-    );
-    assert_plays_webrtc_from(&mut br, cl.b(), "page on B");
-    br.eval("window.__sameDocument = 42");
+    let mut br = open_on_b(&cl, "clw-failover");
     // B's API: the viewer, and the stream pulled from A.
     let v = cl.b().wait_cluster(
         "B with a viewer and a pull of show from A",
@@ -448,15 +454,7 @@ fn every_alternate_refusing_webrtc_ends_the_page_on_ll_hls_without_a_reload() {
     });
 
     // The page on B plays from B (B pulls from A, which fills A).
-    let mut br = Browser::launch("clw-allrefused");
-    br.open(&format!("{b_base}/watch/show?debug=1"));
-    br.expect(
-        "__deltacast.path === 'webrtc' && __deltacast.framesDecoded > 30",
-        Duration::from_secs(20),
-        "playing over WebRTC from edge B",
-    );
-    assert_plays_webrtc_from(&mut br, cl.b(), "page on B");
-    br.eval("window.__sameDocument = 42");
+    let mut br = open_on_b(&cl, "clw-allrefused");
     for s in [&cl.a, cl.b(), &cl.c] {
         s.wait_cluster("every node full", Duration::from_secs(10), |v| {
             ["a", "b", "c"]

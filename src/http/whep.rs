@@ -248,10 +248,7 @@ fn full_here(state: &AppState, stream: &str, via: &[String], e: WhepError) -> Re
         c.count_redirect(false);
         // The operator reads which limit refused: in a cluster it is every node's, not only
         // this node's `sfu.max_viewers`.
-        let secs = match &e {
-            WhepError::Refused(r) => r.retry_after_secs(),
-            _ => 10,
-        };
+        let secs = retry_secs(&e).unwrap_or(10);
         tracing::debug!(
             stream,
             "WHEP join refused: every node of the cluster is full"
@@ -394,6 +391,15 @@ pub(super) fn created(
     r
 }
 
+/// The `Retry-After` of a refusal for lack of room (`None`: not such a refusal).
+fn retry_secs(e: &WhepError) -> Option<u32> {
+    match e {
+        WhepError::Full => Some(10),
+        WhepError::Refused(r) => Some(r.retry_after_secs()),
+        _ => None,
+    }
+}
+
 fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
     let msg = e.to_string();
     match e {
@@ -406,13 +412,12 @@ fn error_response(state: &AppState, e: WhepError) -> Response<Body> {
             reply(state, StatusCode::NOT_FOUND, msg)
         }
         WhepError::NotLive(_) => retry_after(reply(state, StatusCode::CONFLICT, msg), 5),
-        WhepError::Full => retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), 10),
-        WhepError::Refused(r) => {
-            tracing::debug!(reason = r.as_str(), "WHEP join refused");
-            retry_after(
-                reply(state, StatusCode::SERVICE_UNAVAILABLE, msg),
-                r.retry_after_secs(),
-            )
+        WhepError::Full | WhepError::Refused(_) => {
+            if let WhepError::Refused(r) = &e {
+                tracing::debug!(reason = r.as_str(), "WHEP join refused");
+            }
+            let secs = retry_secs(&e).unwrap_or(10);
+            retry_after(reply(state, StatusCode::SERVICE_UNAVAILABLE, msg), secs)
         }
         WhepError::Internal(_) => reply(state, StatusCode::INTERNAL_SERVER_ERROR, msg),
     }

@@ -614,6 +614,21 @@ impl PullManager {
         (!by.starts_with("pull ")).then(|| format!("a local publisher ({by}) took the stream over"))
     }
 
+    /// [`Self::taken_over`], logged and counted: true when the pull of `stream` must stop.
+    fn stop_if_taken_over(&self, stream: &str) -> bool {
+        let Some(why) = self.taken_over(stream) else {
+            return false;
+        };
+        tracing::info!(
+            stream,
+            side = "ingest",
+            path = "pull",
+            "{why}; pull stopped, this node is the stream's origin now"
+        );
+        self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     fn live_here(&self, stream: &str) -> bool {
         self.registry.get(stream).is_some_and(|s| {
             s.state() == crate::media::StreamState::Publishing && s.tracks().is_some()
@@ -773,14 +788,7 @@ impl PullManager {
             // this node): this node is the stream's origin now and its viewers already play
             // from that publisher. Stop pulling, so the cluster registers this node as the
             // origin and the other edges re-pull from here.
-            if let Some(why) = self.taken_over(stream) {
-                tracing::info!(
-                    stream,
-                    side = "ingest",
-                    path = "pull",
-                    "{why}; pull stopped, this node is the stream's origin now"
-                );
-                self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+            if self.stop_if_taken_over(stream) {
                 break;
             }
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
@@ -788,14 +796,7 @@ impl PullManager {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.notified() => break,
             }
-            if let Some(why) = self.taken_over(stream) {
-                tracing::info!(
-                    stream,
-                    side = "ingest",
-                    path = "pull",
-                    "{why}; pull stopped, this node is the stream's origin now"
-                );
-                self.stats.taken_over.fetch_add(1, Ordering::Relaxed);
+            if self.stop_if_taken_over(stream) {
                 break;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
